@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing and install the pinned requirements; the install is skipped
+# when a stamp keyed to the hash of the requirement files and pyproject.toml already exists.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REQUIREMENT_FILES := requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
+STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENT_FILES) | sha256sum | cut -c1-16)
+DEMO_DIR ?= demo_run
+DEMO_POSTINGS ?= 3000
+
+.PHONY: install test test-fast demo lint clean-demo
+
+install: $(STAMP)
+
+$(STAMP): $(REQUIREMENT_FILES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: install
+	$(PY) -m pytest tests
+
+# Skips tests marked slow (multi-process training, real-size exports).
+test-fast: install
+	$(PY) -m pytest -m "not slow" tests
+
+demo: install
+	$(PY) -m tf_shopee.demo --workdir $(DEMO_DIR) --postings $(DEMO_POSTINGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,262 @@
+"""Typed run configuration: one dataclass tree per run, saved into the run's folder.
+
+A run's configuration is built from defaults, then a JSON file (``--config``), then ``--set``
+overrides with dotted keys (``--set model.text.num_layers=4``), then the named command-line flags.
+The resolved tree is written to ``<workdir>/config.json`` when training starts and beside every
+export, so a result can always be traced back to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tf_shopee.errors import UserError
+
+MODEL_KINDS = ("image", "text", "multimodal")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data is and how it is fed."""
+
+    tfrecords: str = ""  # folder written by convert_tfrecords.py (holds manifest.json)
+    image_size: int = 256
+    validation_fold: int = 0  # train on folds != k, validate on fold k; -1 trains on everything
+    shuffle_buffer: int = 2048
+    augment: bool = True
+    class_balanced: bool = False  # sample rare label groups as often as large ones
+    deterministic: bool = False
+    cache: bool = False  # cache decoded records in memory (small datasets only)
+
+
+@dataclass
+class ImageModelConfig:
+    """The image tower: a CNN backbone, pooling, and the embedding head."""
+
+    backbone: str = "efficientnet_b0"  # see tf_shopee.models.image.BACKBONES, or a keras-hub preset
+    weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
+    pooling: str = "gem"  # avg | gem (generalised mean with learnable p)
+    gem_p: float = 3.0
+    dropout: float = 0.2
+    trainable: str = "all"  # head | last_block | all
+
+
+@dataclass
+class TextModelConfig:
+    """The text tower: a BERT-family encoder with masked mean pooling and the embedding head.
+
+    ``backbone="scratch"`` builds a small BERT from the config below with a WordPiece vocabulary
+    learned from the training titles; anything else is a keras-hub preset name or a local preset /
+    Hugging Face directory.
+    """
+
+    backbone: str = "scratch"
+    vocabulary: str = ""  # scratch: WordPiece vocab file, learned from the titles at first start
+    sequence_length: int = 48
+    lowercase: bool = True
+    vocabulary_size: int = 12000  # scratch only: target WordPiece vocabulary size
+    num_layers: int = 4  # scratch only
+    hidden_dim: int = 256  # scratch only
+    num_heads: int = 4  # scratch only
+    intermediate_dim: int = 512  # scratch only
+    dropout: float = 0.1
+    trainable: str = "all"  # head | all
+
+
+@dataclass
+class ArcFaceConfig:
+    """Additive angular margin head (used only while training)."""
+
+    scale: float = 30.0
+    margin: float = 0.5
+    initial_margin: float = 0.2  # margin warm-up start; equal to margin disables the warm-up
+    margin_warmup_epochs: float = 2.0
+    easy_margin: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and its towers."""
+
+    kind: str = "image"  # image | text | multimodal
+    embedding_dim: int = 512
+    image: ImageModelConfig = field(default_factory=ImageModelConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+    arc_face: ArcFaceConfig = field(default_factory=ArcFaceConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, distribution and checkpointing."""
+
+    epochs: int = 10
+    batch_size: int = 16  # per replica; the global batch is batch_size x replicas
+    learning_rate: float = 1e-4  # for a global batch of 64; scaled linearly with the global batch
+    head_learning_rate_multiplier: float = 10.0  # the ArcFace head learns faster
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    gradient_clip_norm: float = 1.0
+    steps_per_epoch: int = 0  # 0: one pass over the training folds
+    strategy: str = "auto"  # auto | one_device | mirrored | multi_worker | tpu
+    tpu: str = ""
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 42
+    validate: bool = True
+    checkpoint_every_steps: int = 0  # 0: at each epoch end only (BackupAndRestore saves mid-epoch)
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs."""
+
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """The configuration as plain JSON-ready data."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the configuration as JSON (atomically)."""
+        from tf_shopee.io_utils import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "RunConfig":
+        """Build a configuration from (possibly partial) nested data; unknown keys are an error."""
+        return _from_dict(cls, payload, prefix="")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        """Read a configuration JSON file written by :meth:`save` or by hand."""
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as error:
+            raise UserError(f"config file {path} is not valid JSON: {error}") from None
+        return cls.from_dict(payload)
+
+    def override(self, assignments: list[str]) -> "RunConfig":
+        """Apply ``key=value`` assignments with dotted keys, e.g. ``model.text.num_layers=2``."""
+        for assignment in assignments:
+            key, separator, raw_value = assignment.partition("=")
+            if not separator:
+                raise UserError(f"--set expects key=value, got {assignment!r}")
+            set_by_path(self, key.strip(), raw_value.strip())
+        return self
+
+    def validate(self) -> "RunConfig":
+        """Check values that no type annotation can express; raise UserError naming the option."""
+        if self.model.kind not in MODEL_KINDS:
+            raise UserError(f"model.kind must be one of {MODEL_KINDS}, got {self.model.kind!r}")
+        if self.model.embedding_dim <= 0:
+            raise UserError("model.embedding_dim must be positive")
+        if self.train.batch_size <= 0:
+            raise UserError("train.batch_size must be positive")
+        if self.train.epochs <= 0:
+            raise UserError("train.epochs must be positive")
+        if self.data.image_size < 16:
+            raise UserError("data.image_size must be at least 16 pixels")
+        if self.model.image.pooling not in ("avg", "gem"):
+            raise UserError(f"model.image.pooling must be avg or gem, got {self.model.image.pooling!r}")
+        if self.model.image.trainable not in ("head", "last_block", "all"):
+            raise UserError("model.image.trainable must be head, last_block or all")
+        if self.model.text.trainable not in ("head", "all"):
+            raise UserError("model.text.trainable must be head or all")
+        return self
+
+
+def _from_dict(cls, payload: dict, prefix: str):
+    if not isinstance(payload, dict):
+        raise UserError(f"config section {prefix or '<root>'} must be an object")
+    hints = typing.get_type_hints(cls)
+    known = {item.name for item in dataclasses.fields(cls)}
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}")
+    values = {}
+    for name, value in payload.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _from_dict(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value, hint, key: str):
+    """Convert ``value`` (from JSON or a command-line string) to the annotated scalar type."""
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key {key} expects {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def set_by_path(config, dotted_key: str, raw_value) -> None:
+    """Set ``config.<dotted_key>`` to ``raw_value`` converted to the field's type."""
+    target = config
+    parts = dotted_key.split(".")
+    for depth, part in enumerate(parts):
+        hints = typing.get_type_hints(type(target))
+        if part not in hints:
+            where = ".".join(parts[:depth]) or "<root>"
+            options = ", ".join(sorted(hints))
+            raise UserError(f"unknown config key {dotted_key!r} (in {where}: {options})")
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(hints[part]):
+                raise UserError(f"config key {dotted_key!r} is a section, set one of its fields")
+            setattr(target, part, _coerce(raw_value, hints[part], dotted_key))
+        else:
+            target = getattr(target, part)
+
+
+def tiny_overrides(kind: str) -> list[str]:
+    """The smallest configuration of each model, for CPU smoke runs (``train.py --tiny``)."""
+    overrides = [
+        "data.image_size=64",
+        "data.shuffle_buffer=256",
+        "model.embedding_dim=64",
+        "model.image.backbone=efficientnet_tiny",
+        "model.image.weights=none",
+        "model.text.backbone=scratch",
+        "model.text.sequence_length=32",
+        "model.text.vocabulary_size=2000",
+        "model.text.num_layers=2",
+        "model.text.hidden_dim=64",
+        "model.text.num_heads=2",
+        "model.text.intermediate_dim=128",
+        "model.arc_face.margin_warmup_epochs=1",
+        "train.batch_size=8",
+        "train.learning_rate=1e-3",
+        "train.warmup_epochs=0.5",
+    ]
+    del kind  # the same shrink applies to every tower; kept for future per-kind tweaks
+    return overrides

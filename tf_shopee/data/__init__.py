@@ -1,0 +1,1 @@
+"""Data: synthetic mini-Shopee generator, CSV → TFRecord conversion, TFRecord schema, tf.data."""

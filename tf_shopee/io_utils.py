@@ -1,0 +1,59 @@
+"""Small file helpers shared by every stage: atomic writes and hashing.
+
+Outputs are written to a temporary name in the destination folder and renamed into place, so an
+interrupted job never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; rename it into place when the block succeeds.
+
+    The temporary file is removed if the block raises, so no partial output is ever left under the
+    final name.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary_name = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=TEMPORARY_SUFFIX, dir=destination.parent
+    )
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        os.replace(temporary, destination)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``destination`` atomically."""
+    with atomic_path(destination) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(destination: str | os.PathLike, payload) -> None:
+    """Write ``payload`` as indented JSON to ``destination`` atomically."""
+    write_text_atomic(destination, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(block_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
