@@ -63,7 +63,9 @@ def serialize_posting(posting: Posting) -> bytes:
         "fold": int_feature(posting.fold),
     }
     example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString()
+    # deterministic=True: identical postings give identical bytes, so a resumed conversion can
+    # be checked shard by shard against a clean one.
+    return example.SerializeToString(deterministic=True)
 
 
 def feature_description() -> dict:
