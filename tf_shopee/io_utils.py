@@ -17,6 +17,21 @@ from typing import Iterator
 TEMPORARY_SUFFIX = ".tmp"
 
 
+def _current_umask() -> int:
+    # Linux reports the umask without changing it; os.umask() would briefly set it process-wide,
+    # racing with other threads that create files.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; rename it into place when the block succeeds.
@@ -33,6 +48,10 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary_name)
     try:
         yield temporary
+        # mkstemp creates the file private (0600); give the result the permissions an ordinary
+        # open() would, so outputs stay readable by the other users of a shared machine.
+        if temporary.exists():
+            os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, destination)
     finally:
         if temporary.exists():
