@@ -1,0 +1,1064 @@
+"""CSV (+ image folder) → sharded TFRecords, label map, folds, rejects and manifest.
+
+The library side of ``convert_tfrecords.py`` (console entry point ``tf-shopee-convert``)::
+
+    python convert_tfrecords.py --csv train.csv --images train_images --out tfrecords/train
+
+What it writes into ``--out`` (the shared contract read by :mod:`tf_shopee.data.manifest`):
+
+* ``{split}-{i:05d}-of-{n:05d}.tfrec``: postings in :mod:`tf_shopee.data.schema` format; split is
+  ``train`` when the CSV has ``label_group`` and ``test`` otherwise.
+* ``label_map.json``: ``{"<label_group>": dense label index}``, label groups in increasing numeric
+  order, computed from every CSV row (before rejects), so it is reproducible from the CSV alone.
+* ``rejects.csv``: ``posting_id,row,reason`` for postings left out because of their image.
+* ``manifest.json``: counts, folds, shard checksums and options; written last, so a folder with a
+  manifest is a finished conversion.
+* ``.convert_progress.json``: the shards finished so far, with the CSV checksum and options; it is
+  what lets an interrupted run resume.
+
+Decisions worth knowing:
+
+* Rows are numbered from 0 in messages and in rejects.csv (header excluded), as in a pandas index.
+* Folds: fold k is the k-th test split of ``sklearn.model_selection.GroupKFold(n_splits=folds)``
+  (no shuffling) over label_group, on the CSV rows in file order before any reject, so
+  ``--folds 3`` fold 0 is the held-out third used by the benchmarks.
+* Shards: rows are ordered by a keyed hash of their posting_id (``--shuffle-seed``; -1 keeps the
+  CSV order) and cut into runs of ``--examples-per-shard``; shard i always receives the same rows
+  (a rejected row simply leaves a gap), so an interrupted run can redo single shards and its
+  output is byte-identical to a clean run. Shuffling here means every shard mixes label groups and
+  folds even when the CSV is sorted by group.
+* Images: JPEG files are stored byte for byte; other formats (PNG, WebP, GIF, ...) and photos
+  with a side longer than ``--max-side`` are decoded and re-encoded as JPEG (transparency
+  composited on white). EXIF orientation is not applied, deliberately: ``tf.io.decode_jpeg``
+  ignores it, and so does the exported model when it decodes raw JPEG bytes at serving time, so
+  training sees the pixels exactly as serving will.
+* A missing ``image_phash`` (no column, or an empty cell) is computed with ``imagehash.phash`` on
+  the decoded photo when there is one.
+* Invalid UTF-8 inside a title is replaced (U+FFFD) and counted; invalid UTF-8 in the header or in
+  any other column, a UTF-16 file or a binary file means the file is not a UTF-8 CSV: an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import stat
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from tf_shopee.data.manifest import LABEL_MAP_NAME, MANIFEST_NAME, REJECTS_NAME
+from tf_shopee.data.schema import (
+    MISSING_INTEGER,
+    SCHEMA_VERSION,
+    SHARD_SUFFIX,
+    Posting,
+    serialize_posting,
+    shard_name,
+)
+from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.io_utils import TEMPORARY_SUFFIX, atomic_path, sha256_file, write_json_atomic
+
+DEFAULT_FOLDS = 5
+# About 100-200 MB per shard at the default --max-side: the size TensorFlow's guides recommend
+# for reading many files in parallel; the real train set (34,250 rows) makes 17 shards.
+DEFAULT_EXAMPLES_PER_SHARD = 2048
+# Large enough for every model trained on Shopee (512 px is the usual top resolution); smaller
+# files make the input pipeline cheaper.
+DEFAULT_MAX_SIDE = 512
+# Decompression-bomb limit checked from the header before decoding: 50 megapixels still admits
+# 48 MP phone photos while refusing the gigapixel PNGs such attacks use.
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_JPEG_QUALITY = 90
+DEFAULT_MAX_REJECT_FRACTION = 0.01
+DEFAULT_SHUFFLE_SEED = 0
+
+PROGRESS_NAME = ".convert_progress.json"
+REQUIRED_COLUMNS = ("posting_id", "title")
+PHASH_PATTERN = re.compile(r"^[0-9a-fA-F]{16}$")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the CSV
+
+
+@dataclass
+class CsvTable:
+    """The validated columns of a posting CSV (one entry per data row, in file order).
+
+    ``images`` is None when the CSV has no ``image`` column, ``phashes`` entries are "" when
+    absent, ``label_groups`` is None when the CSV has no ``label_group`` column.
+    """
+
+    posting_ids: list[str]
+    titles: list[str]
+    images: list[str] | None
+    phashes: list[str]
+    label_groups: list[int] | None
+    empty_titles: int = 0
+    invalid_utf8_titles: int = 0
+
+    def __len__(self) -> int:
+        return len(self.posting_ids)
+
+
+def _has_invalid_utf8(text: str) -> bool:
+    # Undecodable bytes survive "surrogateescape" decoding as lone surrogates U+DC80..U+DCFF.
+    return any("\udc80" <= character <= "\udcff" for character in text)
+
+
+def _read_csv_bytes(csv_path: Path) -> bytes:
+    if not csv_path.exists():
+        raise UserError(f"CSV file not found: {csv_path}")
+    if not csv_path.is_file():
+        raise UserError(f"--csv {csv_path} is not a file")
+    try:
+        if zipfile.is_zipfile(csv_path):
+            with zipfile.ZipFile(csv_path) as archive:
+                members = [
+                    name
+                    for name in archive.namelist()
+                    if not name.endswith("/") and not name.startswith("__MACOSX/")
+                ]
+                if len(members) != 1:
+                    raise UserError(
+                        f"{csv_path} is a zip archive with {len(members)} files; "
+                        "it must hold exactly one CSV"
+                    )
+                return archive.read(members[0])
+        return csv_path.read_bytes()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot read CSV file {csv_path}: {error}") from None
+
+
+def read_csv_table(csv_path: str | os.PathLike) -> CsvTable:
+    """Read and validate a posting CSV (plain or a zip holding one CSV).
+
+    Required columns: posting_id, title. Optional: image, image_phash, label_group.
+
+    Raises:
+        UserError: missing or unreadable file, not UTF-8 text, malformed CSV, missing required
+            column, empty or duplicate posting_id, non-integer label_group, malformed image_phash
+            (each message names the file, row and column).
+    """
+    csv_path = Path(csv_path)
+    raw = _read_csv_bytes(csv_path)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{csv_path} is UTF-16 encoded; save it as UTF-8")
+    if b"\x00" in raw:
+        raise UserError(f"{csv_path} contains NUL bytes: it is not a UTF-8 CSV file")
+    if raw.startswith(b"\xef\xbb\xbf"):  # the UTF-8 byte-order mark spreadsheets write
+        raw = raw[3:]
+    text = raw.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None or not any(name.strip() for name in header):
+            raise UserError(f"{csv_path} is empty: expected a header row with posting_id,title,...")
+        header = [name.strip() for name in header]
+        if any(_has_invalid_utf8(name) for name in header):
+            raise UserError(f"{csv_path}: the header row is not valid UTF-8: not a UTF-8 CSV")
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise UserError(f"{csv_path}: duplicate column(s) {', '.join(duplicated)}")
+        missing = [name for name in REQUIRED_COLUMNS if name not in header]
+        if missing:
+            raise UserError(
+                f"{csv_path} is missing required column(s) {', '.join(missing)} "
+                f"(found: {', '.join(header)})"
+            )
+        records = []
+        for record in reader:
+            if not record:  # csv yields [] for blank lines
+                continue
+            if len(record) != len(header):
+                raise UserError(
+                    f"{csv_path}: row {len(records)} (line {reader.line_num}) has "
+                    f"{len(record)} fields but the header has {len(header)}: not a valid CSV"
+                )
+            records.append(record)
+    except csv.Error as error:
+        raise UserError(
+            f"{csv_path}: not a valid CSV near line {reader.line_num}: {error}"
+        ) from None
+    if not records:
+        raise UserError(f"{csv_path} has a header but no rows")
+
+    column = {name: index for index, name in enumerate(header)}
+    table = CsvTable(
+        posting_ids=[],
+        titles=[],
+        images=[] if "image" in column else None,
+        phashes=[],
+        label_groups=[] if "label_group" in column else None,
+    )
+
+    def strict_field(row: int, record: list[str], name: str) -> str:
+        value = record[column[name]].strip()
+        if _has_invalid_utf8(value):
+            raise UserError(
+                f"{csv_path}: row {row} column {name} is not valid UTF-8: not a UTF-8 CSV"
+            )
+        return value
+
+    first_row_of_id: dict[str, int] = {}
+    for row, record in enumerate(records):
+        posting_id = strict_field(row, record, "posting_id")
+        if not posting_id:
+            raise UserError(f"{csv_path}: row {row} has an empty posting_id")
+        if posting_id in first_row_of_id:
+            raise UserError(
+                f"{csv_path}: duplicate posting_id {posting_id!r} in rows "
+                f"{first_row_of_id[posting_id]} and {row}"
+            )
+        first_row_of_id[posting_id] = row
+        table.posting_ids.append(posting_id)
+
+        title = record[column["title"]].strip()
+        if _has_invalid_utf8(title):
+            table.invalid_utf8_titles += 1
+            title = title.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        if not title:
+            table.empty_titles += 1
+        table.titles.append(title)
+
+        if table.images is not None:
+            table.images.append(strict_field(row, record, "image"))
+
+        phash = strict_field(row, record, "image_phash") if "image_phash" in column else ""
+        if phash and not PHASH_PATTERN.match(phash):
+            raise UserError(
+                f"{csv_path}: row {row} (posting_id {posting_id!r}) has image_phash {phash!r}; "
+                "expected 16 hexadecimal digits or an empty cell"
+            )
+        table.phashes.append(phash.lower())
+
+        if table.label_groups is not None:
+            value = strict_field(row, record, "label_group")
+            try:
+                label_group = int(value)
+            except ValueError:
+                raise UserError(
+                    f"{csv_path}: row {row} (posting_id {posting_id!r}) has label_group "
+                    f"{value!r}, which is not an integer"
+                ) from None
+            if not INT64_MIN <= label_group <= INT64_MAX:
+                raise UserError(f"{csv_path}: row {row} label_group {value} does not fit int64")
+            table.label_groups.append(label_group)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Images (run in worker processes: keep this part free of TensorFlow)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images are checked and stored."""
+
+    images_root: str  # realpath of the image folder
+    max_side: int
+    max_pixels: int
+    jpeg_quality: int
+
+
+@dataclass
+class ImageResult:
+    """What one worker returns for one row: the stored image, or why the row was rejected."""
+
+    row: int
+    image: bytes = b""
+    height: int = 0
+    width: int = 0
+    phash: str = ""
+    reencoded: bool = False
+    reject_reason: str | None = None
+
+
+class _Rejected(Exception):
+    """Internal: the row's image cannot be used; the message is the reject reason."""
+
+
+_worker_options: ImageOptions | None = None
+
+
+def _initialise_worker(options: ImageOptions) -> None:
+    global _worker_options
+    _worker_options = options
+    from PIL import Image
+
+    # Our own header check (max_pixels) replaces Pillow's warning/error thresholds, which would
+    # otherwise fire at a different size than the one the user chose.
+    Image.MAX_IMAGE_PIXELS = None
+
+
+def _resolve_image_path(image_name: str, images_root: str) -> str:
+    if not image_name:
+        raise _Rejected("empty image path")
+    if (
+        PurePosixPath(image_name).is_absolute()
+        or PureWindowsPath(image_name).is_absolute()
+        or PureWindowsPath(image_name).drive
+    ):
+        raise _Rejected(f"absolute image path {image_name!r} (paths must be inside --images)")
+    if ".." in PurePosixPath(image_name.replace("\\", "/")).parts:
+        raise _Rejected(f"image path {image_name!r} escapes the image folder ('..')")
+    real_path = os.path.realpath(os.path.join(images_root, image_name))
+    if os.path.commonpath([real_path, images_root]) != images_root:
+        raise _Rejected(
+            f"image path {image_name!r} escapes the image folder (symlink to {real_path})"
+        )
+    return real_path
+
+
+def _load_image(image_name: str, options: ImageOptions, need_phash: bool) -> ImageResult:
+    from PIL import Image, UnidentifiedImageError
+
+    real_path = _resolve_image_path(image_name, options.images_root)
+    try:
+        status = os.stat(real_path)
+    except FileNotFoundError:
+        raise _Rejected(f"image file not found: {image_name}") from None
+    except OSError as error:
+        raise _Rejected(f"unreadable image file {image_name}: {error.strerror}") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise _Rejected(f"{image_name} is not a regular file")
+    try:
+        with open(real_path, "rb") as stream:
+            data = stream.read()
+    except OSError as error:
+        raise _Rejected(f"unreadable image file {image_name}: {error.strerror}") from None
+
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise _Rejected(f"{image_name} is not an image in a format Pillow reads") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _Rejected(f"corrupt image {image_name}: {error}") from None
+    with image:
+        width, height = image.size
+        # Checked from the header, before any pixel is decoded (decompression bombs).
+        if width * height > options.max_pixels:
+            raise _Rejected(
+                f"image {image_name} is {width}x{height} = {width * height} pixels, over the "
+                f"--max-pixels limit {options.max_pixels} (decompression bomb?)"
+            )
+        if width < 1 or height < 1:
+            raise _Rejected(f"image {image_name} has size {width}x{height}")
+        image_format = image.format
+        longest_side = max(width, height)
+        target_size = None
+        if longest_side > options.max_side:
+            scale = options.max_side / longest_side
+            target_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            if image_format == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale in the DCT (never below target_size): several
+                # times faster for big photos, and the whole file is still read and checked.
+                image.draft(None, target_size)
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise _Rejected(f"corrupt image {image_name}: {error}") from None
+
+        phash = ""
+        if need_phash:
+            import imagehash
+
+            phash = str(imagehash.phash(image))
+
+        keep_original = (
+            image_format == "JPEG" and target_size is None and image.mode in ("RGB", "L", "CMYK")
+        )
+        if keep_original:
+            return ImageResult(row=-1, image=data, height=height, width=width, phash=phash)
+
+        converted = _to_storable_mode(image)
+        if target_size is not None and converted.size != target_size:
+            converted = converted.resize(target_size, Image.Resampling.LANCZOS)
+        output = io.BytesIO()
+        converted.save(output, format="JPEG", quality=options.jpeg_quality)
+        stored_width, stored_height = converted.size
+        return ImageResult(
+            row=-1,
+            image=output.getvalue(),
+            height=stored_height,
+            width=stored_width,
+            phash=phash,
+            reencoded=True,
+        )
+
+
+def _to_storable_mode(image):
+    """An RGB or L copy of ``image`` that JPEG can hold; transparency composited on white."""
+    from PIL import Image
+
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255.
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        return Image.fromarray(np.clip(values / peak * 255.0, 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def process_image(task: tuple[int, str, bool]) -> ImageResult:
+    """Read, check and (if needed) re-encode one row's image; never raises for a bad image.
+
+    ``task`` is ``(row, image_name, need_phash)``; options come from the worker initialiser.
+    """
+    row, image_name, need_phash = task
+    assert _worker_options is not None, "process_image needs _initialise_worker first"
+    try:
+        result = _load_image(image_name, _worker_options, need_phash)
+    except _Rejected as rejected:
+        return ImageResult(row=row, reject_reason=str(rejected))
+    except MemoryError:
+        return ImageResult(row=row, reject_reason=f"image {image_name} does not fit in memory")
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad image, not a crash
+        return ImageResult(
+            row=row, reject_reason=f"corrupt image {image_name}: {type(error).__name__}: {error}"
+        )
+    result.row = row
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: labels, folds, shard assignment
+
+
+def build_label_map(label_groups: list[int]) -> dict[int, int]:
+    """Dense label indices 0..n-1 for the label groups, in increasing numeric order."""
+    return {label_group: index for index, label_group in enumerate(sorted(set(label_groups)))}
+
+
+def assign_folds(label_groups: list[int], folds: int) -> list[int]:
+    """Fold of each row: fold k = the k-th test split of GroupKFold(n_splits=folds), no shuffle."""
+    import numpy as np
+    from sklearn.model_selection import GroupKFold
+
+    distinct = len(set(label_groups))
+    if distinct < folds:
+        raise UserError(
+            f"--folds {folds} needs at least {folds} label groups; the CSV has {distinct}"
+        )
+    groups = np.asarray(label_groups, dtype=np.int64)
+    fold_of_row = np.full(len(groups), -1, dtype=np.int64)
+    splitter = GroupKFold(n_splits=folds)
+    for fold, (_, test_rows) in enumerate(splitter.split(np.zeros(len(groups)), groups=groups)):
+        fold_of_row[test_rows] = fold
+    return fold_of_row.tolist()
+
+
+def shard_order(posting_ids: list[str], shuffle_seed: int) -> list[int]:
+    """Row order used to fill shards: a keyed hash of posting_id, or file order for seed -1.
+
+    A hash (rather than a random permutation) depends only on the ids and the seed, never on a
+    random-number library version, so the same CSV always fills the same shards.
+    """
+    if shuffle_seed < 0:
+        return list(range(len(posting_ids)))
+    key = str(shuffle_seed).encode("utf-8")
+
+    def hashed(row: int) -> bytes:
+        data = posting_ids[row].encode("utf-8")
+        return hashlib.blake2b(data, digest_size=16, key=key).digest()
+
+    return sorted(range(len(posting_ids)), key=lambda row: (hashed(row), row))
+
+
+# --------------------------------------------------------------------------------------------
+# The output folder: clean start, resume, refusal
+
+
+@dataclass
+class _ShardRecord:
+    """A finished shard, as kept in the progress file."""
+
+    file: str
+    sha256: str
+    examples: int
+    rejects: list[tuple[int, str]] = field(default_factory=list)
+    reencoded_images: int = 0
+    computed_phashes: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "examples": self.examples,
+            "rejects": [list(reject) for reject in self.rejects],
+            "reencoded_images": self.reencoded_images,
+            "computed_phashes": self.computed_phashes,
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "_ShardRecord":
+        return cls(
+            file=payload["file"],
+            sha256=payload["sha256"],
+            examples=int(payload["examples"]),
+            rejects=[(int(row), str(reason)) for row, reason in payload["rejects"]],
+            reencoded_images=int(payload["reencoded_images"]),
+            computed_phashes=int(payload["computed_phashes"]),
+        )
+
+
+def _our_files(out_dir: Path) -> list[Path]:
+    names = {MANIFEST_NAME, LABEL_MAP_NAME, REJECTS_NAME, PROGRESS_NAME}
+    found = []
+    for path in out_dir.iterdir():
+        if not path.is_file():
+            continue
+        if path.name in names or path.name.endswith(SHARD_SUFFIX):
+            found.append(path)
+        # Leftovers of atomic_path from a killed run: ".<final name>.<random>.tmp".
+        elif path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX):
+            found.append(path)
+    return found
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    for path in out_dir.iterdir():
+        if path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX) and path.is_file():
+            path.unlink()
+
+
+def _read_json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            differences.append(f"{key}: {old.get(key)!r} → {new.get(key)!r}")
+    return "; ".join(differences) or "unknown difference"
+
+
+def _prepare_output(
+    out_dir: Path, fingerprint: dict, *, overwrite: bool, say
+) -> tuple[dict[str, _ShardRecord], dict | None]:
+    """Make ``out_dir`` ready; return (finished shards to keep, existing matching manifest)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        removed = _our_files(out_dir)
+        for path in removed:
+            path.unlink()
+        if removed:
+            say(f"--overwrite: removed {len(removed)} files of an earlier conversion in {out_dir}")
+        return {}, None
+
+    manifest_path = out_dir / MANIFEST_NAME
+    progress_path = out_dir / PROGRESS_NAME
+    progress = _read_json_or_none(progress_path) if progress_path.exists() else None
+    manifest = _read_json_or_none(manifest_path) if manifest_path.exists() else None
+
+    if manifest is not None or manifest_path.exists():
+        if progress is None or progress.get("fingerprint") != fingerprint:
+            old = (progress or {}).get("fingerprint") or {}
+            detail = _describe_difference(old, fingerprint) if old else "it has no progress file"
+            raise UserError(
+                f"{out_dir} already holds a finished conversion made from another CSV or with "
+                f"other options ({detail}); pass --overwrite to replace it, or choose another --out"
+            )
+    elif progress is not None:
+        if progress.get("fingerprint") != fingerprint:
+            detail = _describe_difference(progress.get("fingerprint") or {}, fingerprint)
+            raise UserError(
+                f"{out_dir} holds an unfinished conversion of another CSV or with other options "
+                f"({detail}); pass --overwrite to start clean, or choose another --out"
+            )
+    else:
+        leftovers = [
+            path.name for path in _our_files(out_dir) if not path.name.endswith(TEMPORARY_SUFFIX)
+        ]
+        if leftovers:
+            raise UserError(
+                f"{out_dir} already holds {', '.join(sorted(leftovers)[:3])}... not written by a "
+                "conversion this tool can resume; pass --overwrite to replace them"
+            )
+
+    _remove_temporaries(out_dir)
+    kept: dict[str, _ShardRecord] = {}
+    if progress is not None:
+        for payload in progress.get("shards", []):
+            try:
+                record = _ShardRecord.from_json(payload)
+            except (KeyError, TypeError, ValueError):
+                continue
+            path = out_dir / record.file
+            if path.is_file() and sha256_file(path) == record.sha256:
+                kept[record.file] = record
+    return kept, manifest
+
+
+def _write_progress(out_dir: Path, fingerprint: dict, records: dict[str, _ShardRecord]) -> None:
+    write_json_atomic(
+        out_dir / PROGRESS_NAME,
+        {
+            "fingerprint": fingerprint,
+            "shards": [records[name].to_json() for name in sorted(records)],
+        },
+    )
+
+
+def _write_rejects(out_dir: Path, rejects: list[tuple[int, str]], posting_ids: list[str]) -> None:
+    with atomic_path(out_dir / REJECTS_NAME) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["posting_id", "row", "reason"])
+            for row, reason in sorted(rejects):
+                writer.writerow([posting_ids[row], row, reason])
+
+
+# --------------------------------------------------------------------------------------------
+# The conversion
+
+
+def _check_options(
+    folds, examples_per_shard, max_side, max_pixels, jpeg_quality, max_reject_fraction, workers
+) -> None:
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise UserError(message)
+
+    need(isinstance(folds, int) and folds >= 2, f"--folds must be an integer >= 2, got {folds}")
+    need(examples_per_shard >= 1, f"--examples-per-shard must be >= 1, got {examples_per_shard}")
+    need(max_side >= 1, f"--max-side must be >= 1, got {max_side}")
+    need(max_pixels >= 1, f"--max-pixels must be >= 1, got {max_pixels}")
+    need(1 <= jpeg_quality <= 100, f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+    need(
+        0.0 <= max_reject_fraction <= 1.0,
+        f"--max-reject-fraction must be in 0..1, got {max_reject_fraction}",
+    )
+    need(workers is None or workers >= 1, f"--workers must be >= 1, got {workers}")
+
+
+def _image_results(tasks, options: ImageOptions, workers: int):
+    """Yield ImageResults in task order, from a process pool when workers > 1."""
+    if workers == 1 or len(tasks) < 2:
+        _initialise_worker(options)
+        for task in tasks:
+            yield process_image(task)
+        return
+    import multiprocessing
+
+    # spawn, not fork: the parent may already hold TensorFlow's threads, which fork copies badly.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_initialise_worker, initargs=(options,)) as pool:
+        yield from pool.imap(process_image, tasks, chunksize=8)
+
+
+def convert_csv(
+    csv_path: str | os.PathLike,
+    images_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    shuffle_seed: int = DEFAULT_SHUFFLE_SEED,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Convert a posting CSV (and its image folder) into a TFRecord folder; return the manifest.
+
+    Args:
+        csv_path: CSV with posting_id, title and optionally image, image_phash, label_group
+            (the Kaggle layout); a .zip holding one CSV also works.
+        images_dir: folder the ``image`` column is relative to; None converts text-only.
+        out_dir: output folder (created).
+        folds: GroupKFold splits over label_group (ignored for an unlabelled CSV).
+        examples_per_shard: rows per shard (before rejects).
+        max_side: photos with a longer side are downscaled to it and re-encoded.
+        max_pixels: images whose header announces more pixels are rejected without decoding.
+        jpeg_quality: quality for re-encoded images.
+        shuffle_seed: key of the posting_id hash that orders rows into shards; -1 = file order.
+        max_reject_fraction: fail when more than this fraction of rows is rejected.
+        overwrite: remove an earlier conversion in ``out_dir`` first instead of resuming.
+        workers: image processes (default: all CPU cores).
+        progress: show a progress bar and status lines on stderr.
+
+    Returns:
+        The manifest dict, also written to ``out_dir/manifest.json``.
+
+    Raises:
+        UserError: bad CSV or options (before any shard is written), an output folder holding a
+            different conversion, or too many rejected rows (see ``out_dir/rejects.csv``).
+    """
+    from tf_shopee import __version__
+
+    _check_options(
+        folds, examples_per_shard, max_side, max_pixels, jpeg_quality, max_reject_fraction, workers
+    )
+    workers = workers or os.cpu_count() or 1
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"convert: {message}", file=sys.stderr, flush=True)
+
+    csv_path = Path(csv_path).absolute()
+    out_dir = Path(out_dir).absolute()
+    if images_dir is not None:
+        images_dir = Path(images_dir).absolute()
+        if not images_dir.is_dir():
+            raise UserError(f"--images {images_dir} is not a folder")
+
+    table = read_csv_table(csv_path)
+    rows = len(table)
+    if images_dir is not None and table.images is None:
+        say("the CSV has no image column: converting text-only (ignoring --images)")
+    has_images = images_dir is not None and table.images is not None
+    has_labels = table.label_groups is not None
+    split = "train" if has_labels else "test"
+    if table.invalid_utf8_titles:
+        say(f"{table.invalid_utf8_titles} titles had invalid UTF-8; replaced with U+FFFD")
+
+    label_map = build_label_map(table.label_groups) if has_labels else {}
+    fold_of_row = (
+        assign_folds(table.label_groups, folds) if has_labels else [MISSING_INTEGER] * rows
+    )
+    order = shard_order(table.posting_ids, shuffle_seed)
+    shard_count = max(1, math.ceil(rows / examples_per_shard))
+    shard_rows = [
+        order[index * examples_per_shard : (index + 1) * examples_per_shard]
+        for index in range(shard_count)
+    ]
+    shard_names = [shard_name(split, index, shard_count) for index in range(shard_count)]
+
+    output_options = {
+        "folds": folds if has_labels else 0,
+        "examples_per_shard": examples_per_shard,
+        "max_side": max_side,
+        "max_pixels": max_pixels,
+        "jpeg_quality": jpeg_quality,
+        "shuffle_seed": shuffle_seed,
+    }
+    csv_sha256 = sha256_file(csv_path)
+    # Everything the shard bytes depend on; a resumed run must match it exactly.
+    fingerprint = {
+        "schema_version": SCHEMA_VERSION,
+        "created_by": f"tf_shopee {__version__}",
+        "source_csv_sha256": csv_sha256,
+        "images_dir": str(images_dir) if has_images else None,
+        "split": split,
+        **output_options,
+    }
+
+    kept, existing_manifest = _prepare_output(out_dir, fingerprint, overwrite=overwrite, say=say)
+    if existing_manifest is not None and set(kept) == set(shard_names):
+        say(f"{out_dir} already holds this conversion, every shard checksum matches: nothing to do")
+        return existing_manifest
+    if kept:
+        say(f"resuming: keeping {len(kept)} of {shard_count} shards already written")
+    # From here on the folder is being changed: it must not look finished.
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+    records: dict[str, _ShardRecord] = dict(kept)
+    _write_progress(out_dir, fingerprint, records)
+    rejects: list[tuple[int, str]] = [
+        reject for record in kept.values() for reject in record.rejects
+    ]
+    allowed_rejects = math.floor(max_reject_fraction * rows)
+
+    def fail_on_rejects(finished: bool) -> None:
+        if len(rejects) <= allowed_rejects:
+            return
+        _write_rejects(out_dir, rejects, table.posting_ids)
+        stopped = "" if finished else " (stopped early: the limit could not be met any more)"
+        raise UserError(
+            f"{len(rejects)} of {rows} rows rejected, more than --max-reject-fraction "
+            f"{max_reject_fraction} allows ({allowed_rejects}){stopped}; the reasons are in "
+            f"{out_dir / REJECTS_NAME}. Fix the images (or raise --max-reject-fraction) and run "
+            "the same command again: finished shards are kept."
+        )
+
+    fail_on_rejects(finished=False)
+    todo = [index for index in range(shard_count) if shard_names[index] not in kept]
+    tasks = []
+    if has_images:
+        for index in todo:
+            for row in shard_rows[index]:
+                tasks.append((row, table.images[row], not table.phashes[row]))
+    options = ImageOptions(
+        images_root=os.path.realpath(images_dir) if has_images else "",
+        max_side=max_side,
+        max_pixels=max_pixels,
+        jpeg_quality=jpeg_quality,
+    )
+
+    # Imported before the progress bar starts so its rate is not skewed by TensorFlow's start-up.
+    import tensorflow  # noqa: F401
+    from tqdm import tqdm
+
+    progress_bar = tqdm(
+        total=sum(len(shard_rows[index]) for index in todo),
+        unit="posting",
+        desc="convert",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    results = (
+        _image_results(tasks, options, min(workers, max(1, len(tasks)))) if has_images else None
+    )
+    try:
+        for index in todo:
+            record = _write_shard(
+                out_dir / shard_names[index],
+                shard_rows[index],
+                table=table,
+                results=results,
+                label_map=label_map,
+                fold_of_row=fold_of_row,
+                progress_bar=progress_bar,
+            )
+            records[record.file] = record
+            rejects.extend(record.rejects)
+            _write_progress(out_dir, fingerprint, records)
+            fail_on_rejects(finished=False)
+    finally:
+        progress_bar.close()
+        if results is not None:
+            results.close()  # shuts the worker pool down, also on errors
+
+    fail_on_rejects(finished=True)
+    _write_rejects(out_dir, rejects, table.posting_ids)
+    rejected_rows = {row for row, _ in rejects}
+    fold_counts: dict[str, int] = {str(fold): 0 for fold in range(folds)} if has_labels else {}
+    label_counts = [0] * len(label_map)
+    for row in range(rows):
+        if row in rejected_rows or not has_labels:
+            continue
+        fold_counts[str(fold_of_row[row])] += 1
+        label_counts[label_map[table.label_groups[row]]] += 1
+    if has_labels:
+        write_json_atomic(
+            out_dir / LABEL_MAP_NAME,
+            {str(label_group): index for label_group, index in label_map.items()},
+        )
+    else:
+        (out_dir / LABEL_MAP_NAME).unlink(missing_ok=True)
+
+    ordered = [records[name] for name in shard_names]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created_by": f"tf_shopee {__version__}",
+        "split": split,
+        "source_csv": str(csv_path),
+        "source_csv_sha256": csv_sha256,
+        "images_dir": str(images_dir) if has_images else None,
+        "has_images": has_images,
+        "has_labels": has_labels,
+        "num_folds": folds if has_labels else 0,
+        "fold_counts": fold_counts,
+        "num_labels": len(label_map),
+        "label_counts": label_counts,
+        "counts": {
+            "rows": rows,
+            "written": sum(record.examples for record in ordered),
+            "rejected": len(rejects),
+            "empty_titles": table.empty_titles,
+            "invalid_utf8_titles": table.invalid_utf8_titles,
+            "reencoded_images": sum(record.reencoded_images for record in ordered),
+            "computed_phashes": sum(record.computed_phashes for record in ordered),
+        },
+        "shards": [
+            {"file": record.file, "sha256": record.sha256, "examples": record.examples}
+            for record in ordered
+        ],
+        "options": {**output_options, "max_reject_fraction": max_reject_fraction},
+    }
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)  # last: the folder is now complete
+    say(
+        f"wrote {manifest['counts']['written']} postings in {shard_count} shards to {out_dir} "
+        f"({len(rejects)} rejected, {manifest['counts']['reencoded_images']} images re-encoded)"
+    )
+    return manifest
+
+
+def _write_shard(
+    path: Path,
+    rows: list[int],
+    *,
+    table: CsvTable,
+    results,
+    label_map: dict[int, int],
+    fold_of_row: list[int],
+    progress_bar,
+) -> _ShardRecord:
+    import tensorflow as tf
+
+    record = _ShardRecord(file=path.name, sha256="", examples=0)
+    with atomic_path(path) as temporary:
+        with tf.io.TFRecordWriter(str(temporary)) as writer:
+            for row in rows:
+                progress_bar.update(1)
+                image = ImageResult(row=row, phash=table.phashes[row])
+                if results is not None:
+                    image = next(results)
+                    if image.row != row:  # would mean the task list and the plan disagree
+                        raise RuntimeError(f"image result for row {image.row}, expected {row}")
+                    if image.reject_reason is not None:
+                        record.rejects.append((row, image.reject_reason))
+                        continue
+                    record.reencoded_images += int(image.reencoded)
+                    if not table.phashes[row] and image.phash:
+                        record.computed_phashes += 1
+                label_group = table.label_groups[row] if table.label_groups is not None else None
+                posting = Posting(
+                    posting_id=table.posting_ids[row],
+                    title=table.titles[row],
+                    image=image.image,
+                    height=image.height,
+                    width=image.width,
+                    image_phash=table.phashes[row] or image.phash,
+                    label_group=MISSING_INTEGER if label_group is None else label_group,
+                    label=MISSING_INTEGER if label_group is None else label_map[label_group],
+                    fold=fold_of_row[row],
+                )
+                writer.write(serialize_posting(posting))
+                record.examples += 1
+    record.sha256 = sha256_file(path)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    """The ``convert_tfrecords.py`` / ``tf-shopee-convert`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="convert_tfrecords.py",
+        description=(
+            "Convert a Shopee-style posting CSV and its image folder into sharded TFRecords "
+            "(train-*.tfrec when the CSV has label_group, test-*.tfrec otherwise), label_map.json, "
+            "rejects.csv and manifest.json. Re-running the same command after an interruption "
+            "resumes: finished shards whose checksum matches are kept."
+        ),
+        epilog=(
+            "CSV columns: posting_id and title are required; image, image_phash and label_group "
+            "are used when present (a CSV without label_group is a test set; without an image "
+            "column, or without --images, the conversion is text-only). Rows are numbered from 0, "
+            "header excluded. Images that are missing, corrupt, outside --images or over "
+            "--max-pixels are listed in rejects.csv. Exit status: 0 done, 2 bad input or too many "
+            "rejects (message on stderr).\n\n"
+            "example: python convert_tfrecords.py --csv data/train.csv "
+            "--images data/train_images --out tfrecords/train --folds 5"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--csv", required=True, help="posting CSV (or a .zip holding one CSV)")
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="folder the CSV's image column is relative to (omit: text only)",
+    )
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=DEFAULT_FOLDS,
+        help=f"GroupKFold folds over label_group, no shuffling (default {DEFAULT_FOLDS})",
+    )
+    parser.add_argument(
+        "--examples-per-shard",
+        type=int,
+        default=DEFAULT_EXAMPLES_PER_SHARD,
+        help=f"rows per shard before rejects (default {DEFAULT_EXAMPLES_PER_SHARD})",
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help=f"downscale and re-encode photos whose longer side exceeds this (default "
+        f"{DEFAULT_MAX_SIDE} px)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"reject images whose header announces more pixels, without decoding them "
+        f"(decompression bombs; default {DEFAULT_MAX_PIXELS})",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=DEFAULT_JPEG_QUALITY,
+        help=f"JPEG quality of re-encoded images (default {DEFAULT_JPEG_QUALITY})",
+    )
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=DEFAULT_SHUFFLE_SEED,
+        help="key of the posting_id hash that orders rows into shards; -1 keeps the CSV order "
+        f"(default {DEFAULT_SHUFFLE_SEED})",
+    )
+    parser.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=DEFAULT_MAX_REJECT_FRACTION,
+        help=f"fail when more than this fraction of rows is rejected (default "
+        f"{DEFAULT_MAX_REJECT_FRACTION})",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier conversion in --out and start clean instead of resuming",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="image worker processes (default: CPU cores)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point: parse ``argv`` and run :func:`convert_csv`."""
+    arguments = build_argument_parser().parse_args(argv)
+    return convert_csv(
+        arguments.csv,
+        arguments.images,
+        arguments.out,
+        folds=arguments.folds,
+        examples_per_shard=arguments.examples_per_shard,
+        max_side=arguments.max_side,
+        max_pixels=arguments.max_pixels,
+        jpeg_quality=arguments.jpeg_quality,
+        shuffle_seed=arguments.shuffle_seed,
+        max_reject_fraction=arguments.max_reject_fraction,
+        overwrite=arguments.overwrite,
+        workers=arguments.workers,
+        progress=not arguments.quiet,
+    )
+
+
+if __name__ == "__main__":
+    main()
