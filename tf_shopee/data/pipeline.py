@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob as glob_module
 import math
+import numbers
 import os
 import random
 from typing import Callable, Iterable, Mapping, Sequence
@@ -73,9 +74,11 @@ def _decode_jpeg_downscaled(image_bytes: tf.Tensor, min_side: int) -> tf.Tensor:
     shape = tf.image.extract_jpeg_shape(image_bytes)
     shorter_side = tf.minimum(shape[0], shape[1])
     # Ratios are largest first and "fits" is monotone (False..False, True..True), so the first
-    # ratio that still leaves enough pixels sits at index = number of ratios that do not fit.
-    fits = [shorter_side >= ratio * min_side for ratio in JPEG_DECODE_RATIOS[:-1]]
-    branch_index = tf.add_n([tf.cast(tf.logical_not(fit), tf.int32) for fit in fits])
+    # ratio that still leaves enough pixels sits at index = number of ratios that do not fit;
+    # when none fits (a small image) the last ratio, 1, is used.
+    fits = tf.stack([shorter_side >= ratio * min_side for ratio in JPEG_DECODE_RATIOS])
+    not_fitting = tf.reduce_sum(tf.cast(tf.logical_not(fits), tf.int32))
+    branch_index = tf.minimum(not_fitting, len(JPEG_DECODE_RATIOS) - 1)
     branches = [
         (lambda ratio=ratio: tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio))
         for ratio in JPEG_DECODE_RATIOS
@@ -145,8 +148,9 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 
     Pure TensorFlow ops: works eagerly, in ``tf.data`` and inside a SavedModel / ``tf.function``.
     """
-    if not isinstance(image_size, int) or image_size < 1:
+    if not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    image_size = int(image_size)
     image_bytes = tf.convert_to_tensor(image_bytes, dtype=tf.string)
 
     def decode_and_resize():
@@ -461,12 +465,15 @@ def make_dataset(
     """
     folds = _normalise_folds(folds, "folds")
     exclude_folds = _normalise_folds(exclude_folds, "exclude_folds")
-    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+    if not isinstance(global_batch_size, numbers.Integral) or global_batch_size < 1:
         raise UserError(f"global batch size must be a positive int, got {global_batch_size!r}")
-    if with_image and (not isinstance(image_size, int) or image_size < 1):
+    if with_image and (not isinstance(image_size, numbers.Integral) or image_size < 1):
         raise UserError(
             f"image_size must be a positive int when images are read, got {image_size!r}"
         )
+    global_batch_size = int(global_batch_size)
+    if with_image:
+        image_size = int(image_size)
     if training and shuffle_buffer < 1:
         raise UserError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
     if repeat is None:
