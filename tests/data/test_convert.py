@@ -763,6 +763,7 @@ def _real_train_csv(tmp_path: Path) -> Path:
 
 @pytest.mark.real_data
 def test_real_sample_photos_convert(tmp_path):
+    import imagehash
     import pandas as pd
     import tensorflow as tf
 
@@ -790,6 +791,19 @@ def test_real_sample_photos_convert(tmp_path):
         assert decoded.shape == (posting["height"], posting["width"], 3)
         assert max(posting["height"], posting["width"]) <= 512
 
+    # Without the image_phash column the converter computes it: Kaggle's hash, give or take a bit.
+    sample.drop(columns=["image_phash"]).to_csv(csv_path, index=False)
+    manifest = convert_csv(
+        csv_path, sample_dir, out_dir, folds=2, overwrite=True, workers=1, progress=False
+    )
+    assert manifest["counts"]["computed_phashes"] == len(sample)
+    distances = [
+        imagehash.hex_to_hash(posting["image_phash"].decode())
+        - imagehash.hex_to_hash(expected.loc[posting["posting_id"].decode(), "image_phash"])
+        for posting in read_postings(out_dir)
+    ]
+    assert max(distances) <= 2 and distances.count(0) >= len(sample) - 2
+
 
 @pytest.mark.real_data
 def test_real_csv_three_folds_match_the_protocol_fold(tmp_path):
@@ -807,3 +821,13 @@ def test_real_csv_three_folds_match_the_protocol_fold(tmp_path):
     protocol_ids = set(train["posting_id"].iloc[protocol_rows])
     fold_zero = {p["posting_id"].decode() for p in read_postings(out_dir) if p["fold"] == 0}
     assert fold_zero == protocol_ids
+
+
+def test_unwritable_output_is_a_user_error(tmp_path):
+    csv_path, images = simple_dataset(tmp_path, count=4)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="is not a folder"):
+        convert_csv(csv_path, images, blocker, folds=2, workers=1, progress=False)
+    with pytest.raises(UserError, match="cannot write the output folder"):
+        convert_csv(csv_path, images, blocker / "out", folds=2, workers=1, progress=False)
