@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tf_shopee  # noqa: F401  (sets TF environment defaults before Keras is used)
-
 # MirroredStrategy needs two logical CPU devices, which can only be configured before the
 # TensorFlow runtime starts: do it at import (collection) time, check at test time.
 try:
