@@ -872,14 +872,6 @@ def convert_csv(
 
         fail_on_rejects(finished=True)
         _write_rejects(out_dir, rejects, table.posting_ids)
-        rejected_rows = {row for row, _ in rejects}
-        fold_counts: dict[str, int] = {str(fold): 0 for fold in range(folds)} if has_labels else {}
-        label_counts = [0] * len(label_map)
-        for row in range(rows):
-            if row in rejected_rows or not has_labels:
-                continue
-            fold_counts[str(fold_of_row[row])] += 1
-            label_counts[label_map[table.label_groups[row]]] += 1
         if has_labels:
             write_json_atomic(
                 out_dir / LABEL_MAP_NAME,
@@ -887,42 +879,81 @@ def convert_csv(
             )
         else:
             (out_dir / LABEL_MAP_NAME).unlink(missing_ok=True)
-
-        ordered = [records[name] for name in shard_names]
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "created_by": f"tf_shopee {__version__}",
-            "split": split,
-            "source_csv": str(csv_path),
-            "source_csv_sha256": csv_sha256,
-            "images_dir": str(images_dir) if has_images else None,
-            "has_images": has_images,
-            "has_labels": has_labels,
-            "num_folds": folds if has_labels else 0,
-            "fold_counts": fold_counts,
-            "num_labels": len(label_map),
-            "label_counts": label_counts,
-            "counts": {
-                "rows": rows,
-                "written": sum(record.examples for record in ordered),
-                "rejected": len(rejects),
-                "empty_titles": table.empty_titles,
-                "invalid_utf8_titles": table.invalid_utf8_titles,
-                "reencoded_images": sum(record.reencoded_images for record in ordered),
-                "computed_phashes": sum(record.computed_phashes for record in ordered),
-            },
-            "shards": [
-                {"file": record.file, "sha256": record.sha256, "examples": record.examples}
-                for record in ordered
-            ],
-            "options": {**output_options, "max_reject_fraction": max_reject_fraction},
-        }
+        manifest = _build_manifest(
+            table=table,
+            records=[records[name] for name in shard_names],
+            rejects=rejects,
+            label_map=label_map,
+            fold_of_row=fold_of_row,
+            folds=folds if has_labels else 0,
+            split=split,
+            csv_path=csv_path,
+            csv_sha256=csv_sha256,
+            images_dir=images_dir if has_images else None,
+            options={**output_options, "max_reject_fraction": max_reject_fraction},
+        )
         write_json_atomic(out_dir / MANIFEST_NAME, manifest)  # last: the folder is now complete
         say(
             f"wrote {manifest['counts']['written']} postings in {shard_count} shards to {out_dir} "
             f"({len(rejects)} rejected, {manifest['counts']['reencoded_images']} images re-encoded)"
         )
         return manifest
+
+
+def _build_manifest(
+    *,
+    table: CsvTable,
+    records: list[_ShardRecord],
+    rejects: list[tuple[int, str]],
+    label_map: dict[int, int],
+    fold_of_row: list[int],
+    folds: int,
+    split: str,
+    csv_path: Path,
+    csv_sha256: str,
+    images_dir: Path | None,
+    options: dict,
+) -> dict:
+    """The manifest.json contents (the shared contract) for a finished conversion."""
+    from tf_shopee import __version__
+
+    rejected_rows = {row for row, _ in rejects}
+    has_labels = table.label_groups is not None
+    fold_counts = {str(fold): 0 for fold in range(folds)}
+    label_counts = [0] * len(label_map)
+    if has_labels:
+        for row, label_group in enumerate(table.label_groups):
+            if row not in rejected_rows:
+                fold_counts[str(fold_of_row[row])] += 1
+                label_counts[label_map[label_group]] += 1
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_by": f"tf_shopee {__version__}",
+        "split": split,
+        "source_csv": str(csv_path),
+        "source_csv_sha256": csv_sha256,
+        "images_dir": None if images_dir is None else str(images_dir),
+        "has_images": images_dir is not None,
+        "has_labels": has_labels,
+        "num_folds": folds,
+        "fold_counts": fold_counts,
+        "num_labels": len(label_map),
+        "label_counts": label_counts,
+        "counts": {
+            "rows": len(table),
+            "written": sum(record.examples for record in records),
+            "rejected": len(rejects),
+            "empty_titles": table.empty_titles,
+            "invalid_utf8_titles": table.invalid_utf8_titles,
+            "reencoded_images": sum(record.reencoded_images for record in records),
+            "computed_phashes": sum(record.computed_phashes for record in records),
+        },
+        "shards": [
+            {"file": record.file, "sha256": record.sha256, "examples": record.examples}
+            for record in records
+        ],
+        "options": options,
+    }
 
 
 def _write_shard(
