@@ -859,6 +859,13 @@ def build_text_tower(
             )
     if config.trainable == "head":
         encoder.trainable = False
+    for unused_layer_name in ("pooled_dense",):
+        # BERT's [CLS] pooler never reaches the mean-pooled embedding: training it would only
+        # draw "Gradients do not exist" warnings and optimizer slots.
+        try:
+            encoder.get_layer(unused_layer_name).trainable = False
+        except ValueError:
+            pass
 
     length = config.sequence_length
     token_ids = keras.Input(shape=(length,), dtype="int32", name="token_ids")
