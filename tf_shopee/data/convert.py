@@ -722,7 +722,7 @@ def convert_csv(
         shuffle_seed: key of the posting_id hash that orders rows into shards; -1 = file order.
         max_reject_fraction: fail when more than this fraction of rows is rejected.
         overwrite: remove an earlier conversion in ``out_dir`` first instead of resuming.
-        workers: image processes (default: all CPU cores).
+        workers: image processes (default: the CPU cores this process may use).
         progress: show a progress bar and status lines on stderr.
 
     Returns:
@@ -737,7 +737,10 @@ def convert_csv(
     _check_options(
         folds, examples_per_shard, max_side, max_pixels, jpeg_quality, max_reject_fraction, workers
     )
-    workers = workers or os.cpu_count() or 1
+    if workers is None:
+        # The CPUs this process may run on (a container or taskset can allow fewer than exist).
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        workers = workers or os.cpu_count() or 1
 
     def say(message: str) -> None:
         if progress:
@@ -1006,71 +1009,91 @@ def _write_shard(
 # Command line
 
 
+HELP_DESCRIPTION = """\
+Convert a Shopee-style posting CSV and its image folder into sharded TFRecords
+(train-*.tfrec when the CSV has label_group, test-*.tfrec otherwise), label_map.json,
+rejects.csv and manifest.json (written last). Running the same command again after an
+interruption resumes: finished shards whose checksum matches are kept."""
+
+HELP_EPILOG = """\
+CSV columns: posting_id and title are required; image, image_phash and label_group are
+used when present. Without label_group the CSV is a test set; without an image column or
+without --images the conversion is text-only. A missing image_phash is computed from the
+photo. Rows are numbered from 0, header excluded.
+
+Images: JPEGs within --max-side are stored byte for byte (EXIF orientation is not applied,
+just as tf.io.decode_jpeg and the exported model do not apply it); other formats and larger
+photos are re-encoded as JPEG. Missing, corrupt or non-image files, images over
+--max-pixels and paths leading outside --images go to rejects.csv with the reason.
+
+Exit status: 0 done; 2 for bad input, an --out holding another conversion, or more
+rejects than --max-reject-fraction allows (the message is on stderr).
+
+example:
+  python convert_tfrecords.py --csv data/train.csv --images data/train_images \\
+      --out tfrecords/train --folds 5"""
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
     """The ``convert_tfrecords.py`` / ``tf-shopee-convert`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="convert_tfrecords.py",
-        description=(
-            "Convert a Shopee-style posting CSV and its image folder into sharded TFRecords "
-            "(train-*.tfrec when the CSV has label_group, test-*.tfrec otherwise), label_map.json, "
-            "rejects.csv and manifest.json. Re-running the same command after an interruption "
-            "resumes: finished shards whose checksum matches are kept."
-        ),
-        epilog=(
-            "CSV columns: posting_id and title are required; image, image_phash and label_group "
-            "are used when present (a CSV without label_group is a test set; without an image "
-            "column, or without --images, the conversion is text-only). Rows are numbered from 0, "
-            "header excluded. Images that are missing, corrupt, outside --images or over "
-            "--max-pixels are listed in rejects.csv. Exit status: 0 done, 2 bad input or too many "
-            "rejects (message on stderr).\n\n"
-            "example: python convert_tfrecords.py --csv data/train.csv "
-            "--images data/train_images --out tfrecords/train --folds 5"
-        ),
+        description=HELP_DESCRIPTION,
+        epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--csv", required=True, help="posting CSV (or a .zip holding one CSV)")
+    parser.add_argument(
+        "--csv", required=True, metavar="PATH", help="posting CSV (or a .zip holding one CSV)"
+    )
     parser.add_argument(
         "--images",
         default=None,
+        metavar="DIR",
         help="folder the CSV's image column is relative to (omit: text only)",
     )
-    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument(
         "--folds",
         type=int,
         default=DEFAULT_FOLDS,
+        metavar="K",
         help=f"GroupKFold folds over label_group, no shuffling (default {DEFAULT_FOLDS})",
     )
     parser.add_argument(
         "--examples-per-shard",
         type=int,
         default=DEFAULT_EXAMPLES_PER_SHARD,
+        metavar="N",
         help=f"rows per shard before rejects (default {DEFAULT_EXAMPLES_PER_SHARD})",
     )
     parser.add_argument(
         "--max-side",
         type=int,
         default=DEFAULT_MAX_SIDE,
-        help=f"downscale and re-encode photos whose longer side exceeds this (default "
-        f"{DEFAULT_MAX_SIDE} px)",
+        metavar="PX",
+        help="downscale and re-encode photos whose longer side exceeds this "
+        f"(default {DEFAULT_MAX_SIDE})",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help=f"reject images whose header announces more pixels, without decoding them "
+        metavar="N",
+        help="reject images whose header announces more pixels, without decoding them "
         f"(decompression bombs; default {DEFAULT_MAX_PIXELS})",
     )
     parser.add_argument(
         "--jpeg-quality",
         type=int,
         default=DEFAULT_JPEG_QUALITY,
+        metavar="Q",
         help=f"JPEG quality of re-encoded images (default {DEFAULT_JPEG_QUALITY})",
     )
     parser.add_argument(
         "--shuffle-seed",
         type=int,
         default=DEFAULT_SHUFFLE_SEED,
+        metavar="SEED",
         help="key of the posting_id hash that orders rows into shards; -1 keeps the CSV order "
         f"(default {DEFAULT_SHUFFLE_SEED})",
     )
@@ -1078,8 +1101,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--max-reject-fraction",
         type=float,
         default=DEFAULT_MAX_REJECT_FRACTION,
-        help=f"fail when more than this fraction of rows is rejected (default "
-        f"{DEFAULT_MAX_REJECT_FRACTION})",
+        metavar="F",
+        help="fail when more than this fraction of rows is rejected "
+        f"(default {DEFAULT_MAX_REJECT_FRACTION})",
     )
     parser.add_argument(
         "--overwrite",
@@ -1087,7 +1111,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="delete an earlier conversion in --out and start clean instead of resuming",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="image worker processes (default: CPU cores)"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="W",
+        help="image worker processes (default: the CPU cores this process may use)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
     return parser
