@@ -754,7 +754,7 @@ def test_folder_with_foreign_shards_is_refused(tmp_path):
 # real Shopee data (skipped on a fresh clone)
 
 
-def _real_train_csv(tmp_path: Path) -> Path:
+def _real_train_csv() -> Path:
     zipped = REAL_DATA / "train.csv.zip"
     if not zipped.exists():
         pytest.skip(f"{zipped} is absent")
@@ -767,7 +767,7 @@ def test_real_sample_photos_convert(tmp_path):
     import pandas as pd
     import tensorflow as tf
 
-    zipped = _real_train_csv(tmp_path)
+    zipped = _real_train_csv()
     sample_dir = REAL_DATA / "train_images_sample"
     if not sample_dir.is_dir():
         pytest.skip(f"{sample_dir} is absent")
@@ -810,7 +810,7 @@ def test_real_csv_three_folds_match_the_protocol_fold(tmp_path):
     import pandas as pd
     from sklearn.model_selection import GroupKFold
 
-    zipped = _real_train_csv(tmp_path)
+    zipped = _real_train_csv()
     out_dir = tmp_path / "out"
     manifest = convert_csv(zipped, None, out_dir, folds=3, workers=1, progress=False)
     assert manifest["counts"]["rows"] == manifest["counts"]["written"] == 34250

@@ -722,7 +722,9 @@ def convert_csv(
         shuffle_seed: key of the posting_id hash that orders rows into shards; -1 = file order.
         max_reject_fraction: fail when more than this fraction of rows is rejected.
         overwrite: remove an earlier conversion in ``out_dir`` first instead of resuming.
-        workers: image processes (default: the CPU cores this process may use).
+        workers: image processes (default: the CPU cores this process may use). More than one
+            starts "spawn" processes, so a calling script needs the usual
+            ``if __name__ == "__main__":`` guard.
         progress: show a progress bar and status lines on stderr.
 
     Returns:
