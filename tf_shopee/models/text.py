@@ -549,12 +549,21 @@ def _is_hugging_face_wordpiece(directory: Path) -> bool:
     return True
 
 
+def _loading_errors(backbone: TextBackbone) -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this preset cannot be loaded" rather than a bug of ours."""
+    if backbone.source == "preset":
+        # Downloads fail in many ways (DNS, HTTP status, Kaggle authentication, quota); all of
+        # them end the same way for the user, and the message keeps the original error.
+        return (Exception,)
+    return (OSError, ValueError, KeyError)
+
+
 def _load_keras_hub_tokenizer(backbone: TextBackbone):
     import keras_hub
 
     try:
         return keras_hub.models.Tokenizer.from_preset(backbone.location, sequence_length=None)
-    except (OSError, ValueError, KeyError) as error:
+    except _loading_errors(backbone) as error:
         if backbone.source == "preset":
             raise UserError(
                 f"could not load the tokenizer of text preset {backbone.location!r} "
@@ -792,7 +801,7 @@ def _load_preset_encoder(backbone: TextBackbone, load_weights: bool):
         encoder = keras_hub.models.Backbone.from_preset(
             backbone.location, load_weights=load_weights, name="text_encoder"
         )
-    except (OSError, ValueError, KeyError) as error:
+    except _loading_errors(backbone) as error:
         detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" if str(error) else ""
         if backbone.source == "preset":
             raise UserError(
