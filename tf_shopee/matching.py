@@ -1,0 +1,792 @@
+"""Embeddings → neighbours → match lists: the chunked cosine top-k and the post-processing that the
+winning Shopee solutions used (thresholds, min2, neighbourhood blending, unions, concatenation).
+
+Everything here works on L2-normalised float32 embeddings, so the inner product is the cosine
+similarity, and returns or consumes :class:`tf_shopee.neighbours.Neighbours` (the form every
+neighbour source shares) or per-query match lists (int arrays of catalog rows, self first).
+
+The exact top-k (:func:`top_k_neighbours`) is computed tile by tile with TensorFlow ops so that
+memory stays bounded by ``max_chunk_mb`` whatever the number of postings:
+
+* Self-matching is symmetric, so only the tiles on and above the diagonal are multiplied
+  (about half of the N × N × D product); each tile feeds the neighbour lists of its rows *and* of
+  its columns.
+* Each row keeps its best ``k`` candidates so far. A new tile can only change a row's list where a
+  score reaches the row's current k-th best (or ``min_score``), so after the first tile of a row
+  only those few scores are extracted (``tf.where``) and merged; a full ``tf.math.top_k`` over the
+  tile is needed only while a row has fewer than ``k`` candidates (its first tile) or when a tile
+  has too many passing scores for the sparse path to pay off. With product-like data that is
+  almost never, which is what makes the matcher cheaper than a per-tile top-k (see
+  ``benchmarks/bench_matching.py``).
+* Tiles are visited row-major (tile row I, tile columns J ≥ I ascending), so every row receives its
+  candidate columns in increasing order. ``tf.math.top_k`` is stable (equal values keep their
+  order), hence equal scores are broken by the lower catalog index, exactly as a stable sort of the
+  whole similarity row would.
+
+The result is exact: identical to a brute-force sort of the full similarity matrix apart from
+float rounding of the dot products (tiles are multiplied separately, so the last bit of a score may
+differ from one large matmul).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from tf_shopee.errors import UserError
+from tf_shopee.neighbours import Neighbours
+
+DEFAULT_K = 51  # 50 matches (the competition's cap) plus the posting itself
+DEFAULT_MAX_MATCHES = 50
+DEFAULT_MAX_CHUNK_MB = 256
+
+# Bytes of working memory per similarity-tile element in the worst (dense) path: the float32 tile,
+# its masked copy and the [buffer | tile] concatenation fed to top_k.
+_BYTES_PER_TILE_ELEMENT = 12
+# Below this budget nothing useful fits; the smallest tile is _TILE_ALIGNMENT rows.
+_TILE_ALIGNMENT = 8
+# Measured on 2 CPU cores (benchmarks/bench_matching.py): tiles larger than this stop getting
+# faster and spill out of the L3 cache, so a generous budget does not mean a slower matcher.
+_FASTEST_TILE = 2048
+# The sparse merge extracts scores with tf.where (16 bytes of coordinates per hit); when more than
+# this fraction of a tile passes, the dense top_k over the tile is cheaper and bounded in memory.
+_SPARSE_HIT_FRACTION = 1 / 16
+
+
+def tile_size_for_budget(max_chunk_mb: float, *, cap: int = _FASTEST_TILE) -> int:
+    """Rows (and columns) of one similarity tile so that a tile step fits in ``max_chunk_mb``.
+
+    One step holds a ``tile × tile`` float32 similarity block plus a masked copy and the
+    ``[best-so-far | block]`` concatenation given to ``tf.math.top_k`` (about 12 bytes per block
+    element in the worst case). The tile is rounded down to a multiple of 8 and capped at ``cap``
+    (the fastest size measured here; bigger tiles only cost memory).
+
+    Raises:
+        UserError: when the budget is not positive or too small for an 8 × 8 tile.
+    """
+    if not (isinstance(max_chunk_mb, (int, float)) and math.isfinite(max_chunk_mb)):
+        raise UserError(f"max_chunk_mb must be a positive number, got {max_chunk_mb!r}")
+    if max_chunk_mb <= 0:
+        raise UserError(f"max_chunk_mb must be positive, got {max_chunk_mb}")
+    budget_bytes = max_chunk_mb * 1024 * 1024
+    tile = int(math.sqrt(budget_bytes / _BYTES_PER_TILE_ELEMENT))
+    tile -= tile % _TILE_ALIGNMENT
+    if tile < _TILE_ALIGNMENT:
+        minimum_mb = _BYTES_PER_TILE_ELEMENT * _TILE_ALIGNMENT**2 / 1024 / 1024
+        raise UserError(f"max_chunk_mb={max_chunk_mb} is too small (at least {minimum_mb:.4f} MB)")
+    return max(_TILE_ALIGNMENT, min(tile, cap))
+
+
+def _as_embeddings(array, name: str) -> np.ndarray:
+    """A C-contiguous float32 (rows, dim) copy-free view when possible; UserError on bad rows."""
+    matrix = np.ascontiguousarray(array, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise UserError(f"{name} must be a 2-D array (rows, dim), got shape {matrix.shape}")
+    if matrix.shape[1] == 0:
+        raise UserError(f"{name} has zero columns")
+    finite_rows = np.isfinite(matrix).all(axis=1)
+    if not finite_rows.all():
+        bad_row = int(np.flatnonzero(~finite_rows)[0])
+        raise UserError(f"{name} row {bad_row} contains NaN or infinity")
+    return matrix
+
+
+def _pad_rows(matrix: np.ndarray, multiple: int) -> np.ndarray:
+    padded_rows = -(-matrix.shape[0] // multiple) * multiple
+    if padded_rows == matrix.shape[0]:
+        return matrix
+    padded = np.zeros((padded_rows, matrix.shape[1]), dtype=np.float32)
+    padded[: matrix.shape[0]] = matrix
+    return padded
+
+
+def top_k_neighbours(
+    embeddings,
+    *,
+    k: int = DEFAULT_K,
+    catalog=None,
+    max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
+    min_score: float | None = None,
+) -> Neighbours:
+    """Exact cosine top-k of each embedding, computed in memory-bounded TensorFlow tiles.
+
+    Args:
+        embeddings: (N, D) L2-normalised float array, the queries. Scores are inner products, so
+            unnormalised inputs give inner-product (not cosine) neighbours.
+        k: neighbours kept per query (default 51: the posting itself plus at most 50 matches).
+        catalog: (M, D) embeddings to search in; ``None`` searches ``embeddings`` themselves
+            (self-matching: each posting normally finds itself first with score ≈ 1). Use a catalog
+            to match new postings against an existing set.
+        max_chunk_mb: working-memory budget of one tile step in MiB (the tile side follows from
+            :func:`tile_size_for_budget`); the output arrays (N × k) are not counted.
+        min_score: when given, only scores ≥ ``min_score`` are kept (the rest of a row is
+            padding). Pass the lowest threshold in use: fewer candidates make the search faster,
+            and thresholded match lists come out identical to those of the full top-k.
+
+    Returns:
+        :class:`Neighbours` with ``indices`` int32 (N, k) into the catalog (or into
+        ``embeddings``), -1 padded at the end of a row when fewer than ``k`` catalog rows exist
+        (or pass ``min_score``), and ``scores`` float32 (N, k), ``-inf`` at padding, each row sorted
+        by decreasing score with equal scores in increasing index order.
+
+    Raises:
+        UserError: for non-finite rows, mismatched dimensions, ``k < 1`` or a bad ``max_chunk_mb``.
+
+    Example:
+        >>> neighbours = top_k_neighbours(image_embeddings, k=51, min_score=0.5)
+        >>> matches = matches_from_neighbours(neighbours, threshold=0.6)
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise UserError(f"k must be a positive integer, got {k!r}")
+    k = int(k)
+    tile = tile_size_for_budget(max_chunk_mb)
+    if min_score is not None and not math.isfinite(float(min_score)):
+        raise UserError(f"min_score must be a finite number or None, got {min_score!r}")
+    queries = _as_embeddings(embeddings, "embeddings")
+    self_matching = catalog is None
+    catalog_matrix = queries if self_matching else _as_embeddings(catalog, "catalog")
+    if catalog_matrix.shape[1] != queries.shape[1]:
+        raise UserError(
+            f"catalog has dimension {catalog_matrix.shape[1]} but embeddings have "
+            f"{queries.shape[1]}"
+        )
+    num_queries, num_catalog = queries.shape[0], catalog_matrix.shape[0]
+    if num_queries == 0 or num_catalog == 0:
+        return Neighbours(
+            np.full((num_queries, k), -1, dtype=np.int32),
+            np.full((num_queries, k), -np.inf, dtype=np.float32),
+        )
+    # A tile larger than the data only adds padding work.
+    tile = min(tile, -(-max(num_queries, num_catalog) // _TILE_ALIGNMENT) * _TILE_ALIGNMENT)
+    floor = -np.inf if min_score is None else float(min_score)
+    if self_matching:
+        scores, indices = _self_top_k(queries, k=k, tile=tile, floor=floor)
+    else:
+        scores, indices = _catalog_top_k(queries, catalog_matrix, k=k, tile=tile, floor=floor)
+    scores, indices = scores[:num_queries], indices[:num_queries]
+    indices[np.isneginf(scores)] = -1
+    return Neighbours(indices, scores)
+
+
+def _self_top_k(matrix: np.ndarray, *, k: int, tile: int, floor: float):
+    """Symmetric tiled search: diagonal tiles first (they give every row a lower bound on its k-th
+    best score), then the tiles above the diagonal row-major, each feeding its rows and columns."""
+    import tensorflow as tf
+
+    kernels = _tile_kernels()
+    num_rows = matrix.shape[0]
+    padded = tf.constant(_pad_rows(matrix, tile))
+    padded_rows = padded.shape[0]
+    tile_tensor, limit = tf.constant(tile), tf.constant(num_rows)
+    best_scores = np.full((padded_rows, k), -np.inf, dtype=np.float32)
+    best_indices = np.full((padded_rows, k), -1, dtype=np.int32)
+
+    # Pass 1: each row's best within its own diagonal tile. They are merged into the running lists
+    # only when the row-major pass reaches that tile (keeping candidate columns in ascending order
+    # for the tie rule), but their k-th best already bounds which scores can matter anywhere.
+    diagonal_scores = np.empty_like(best_scores)
+    diagonal_indices = np.empty_like(best_indices)
+    # Padding rows (zero vectors) must never collect candidates: an infinite bound shuts them out
+    # (otherwise their 0 scores tie with their own k-th best and flood the sparse merge).
+    floor_bounds = np.full(padded_rows, floor, dtype=np.float32)
+    floor_bounds[num_rows:] = np.inf
+    for start in range(0, padded_rows, tile):
+        rows = slice(start, start + tile)
+        scores, indices = kernels.rows(
+            padded,
+            padded,
+            tf.constant(start),
+            tf.constant(start),
+            tile_tensor,
+            best_scores[rows],
+            best_indices[rows],
+            floor_bounds[rows],
+            limit,
+        )
+        diagonal_scores[rows], diagonal_indices[rows] = scores.numpy(), indices.numpy()
+    bounds = np.maximum(diagonal_scores[:, k - 1], floor_bounds)
+
+    # Pass 2: tile row I merges its diagonal result, then tiles (I, J > I) left to right.
+    for row_start in range(0, padded_rows, tile):
+        rows = slice(row_start, row_start + tile)
+        scores, indices = kernels.merge(
+            best_scores[rows], best_indices[rows], diagonal_scores[rows], diagonal_indices[rows]
+        )
+        best_scores[rows], best_indices[rows] = scores.numpy(), indices.numpy()
+        for column_start in range(row_start + tile, padded_rows, tile):
+            columns = slice(column_start, column_start + tile)
+            row_scores, row_indices, column_scores, column_indices = kernels.symmetric(
+                padded,
+                tf.constant(row_start),
+                tf.constant(column_start),
+                tile_tensor,
+                best_scores[rows],
+                best_indices[rows],
+                bounds[rows],
+                best_scores[columns],
+                best_indices[columns],
+                bounds[columns],
+                limit,
+            )
+            best_scores[rows], best_indices[rows] = row_scores.numpy(), row_indices.numpy()
+            best_scores[columns] = column_scores.numpy()
+            best_indices[columns] = column_indices.numpy()
+    return best_scores, best_indices
+
+
+def _catalog_top_k(queries: np.ndarray, catalog: np.ndarray, *, k: int, tile: int, floor: float):
+    """Query-vs-catalog tiled search: each query tile sweeps the catalog tiles left to right."""
+    import tensorflow as tf
+
+    kernels = _tile_kernels()
+    padded_queries = tf.constant(_pad_rows(queries, tile))
+    padded_catalog = tf.constant(_pad_rows(catalog, tile))
+    tile_tensor, limit = tf.constant(tile), tf.constant(catalog.shape[0])
+    best_scores = np.full((padded_queries.shape[0], k), -np.inf, dtype=np.float32)
+    best_indices = np.full((padded_queries.shape[0], k), -1, dtype=np.int32)
+    floor_bounds = np.full(padded_queries.shape[0], floor, dtype=np.float32)
+    floor_bounds[queries.shape[0] :] = np.inf  # padding queries collect nothing
+    for row_start in range(0, padded_queries.shape[0], tile):
+        rows = slice(row_start, row_start + tile)
+        for column_start in range(0, padded_catalog.shape[0], tile):
+            scores, indices = kernels.rows(
+                padded_queries,
+                padded_catalog,
+                tf.constant(row_start),
+                tf.constant(column_start),
+                tile_tensor,
+                best_scores[rows],
+                best_indices[rows],
+                floor_bounds[rows],
+                limit,
+            )
+            best_scores[rows], best_indices[rows] = scores.numpy(), indices.numpy()
+    return best_scores, best_indices
+
+
+class _TileKernels:
+    """The tile-step tf.functions.
+
+    Shapes are dynamic so one trace serves every tile size, k and dimension (a trace costs about a
+    second on 2 cores). All per-row arrays (best scores and indices, bounds) are the slices of the
+    rows a tile feeds; ``bounds`` holds, per row, a score known to be ≤ its final k-th best (and
+    ≥ ``min_score``), so anything below it can be skipped.
+    """
+
+    def __init__(self, sparse_hit_fraction: float):
+        import tensorflow as tf
+
+        self.sparse_hit_fraction = sparse_hit_fraction
+
+        matrix = tf.TensorSpec([None, None], tf.float32)
+        scores = tf.TensorSpec([None, None], tf.float32)
+        indices = tf.TensorSpec([None, None], tf.int32)
+        bounds = tf.TensorSpec([None], tf.float32)
+        scalar = tf.TensorSpec([], tf.int32)
+        self.rows = tf.function(
+            self._rows,
+            input_signature=[
+                matrix,
+                matrix,
+                scalar,
+                scalar,
+                scalar,
+                scores,
+                indices,
+                bounds,
+                scalar,
+            ],
+        )
+        self.symmetric = tf.function(
+            self._symmetric,
+            input_signature=[
+                matrix,
+                scalar,
+                scalar,
+                scalar,
+                scores,
+                indices,
+                bounds,
+                scores,
+                indices,
+                bounds,
+                scalar,
+            ],
+        )
+        self.merge = tf.function(_merge_lists, input_signature=[scores, indices, scores, indices])
+
+    @staticmethod
+    def _similarity(queries, catalog, row_start, column_start, tile):
+        import tensorflow as tf
+
+        dim = tf.shape(queries)[1]
+        query_tile = tf.slice(queries, [row_start, 0], [tile, dim])
+        catalog_tile = tf.slice(catalog, [column_start, 0], [tile, dim])
+        return tf.matmul(query_tile, catalog_tile, transpose_b=True)
+
+    def _rows(
+        self, queries, catalog, row_start, column_start, tile, scores, indices, bounds, limit
+    ):
+        similarity = self._similarity(queries, catalog, row_start, column_start, tile)
+        return _merge_tile(
+            similarity, column_start, limit, scores, indices, bounds, self.sparse_hit_fraction
+        )
+
+    def _symmetric(
+        self,
+        matrix,
+        row_start,
+        column_start,
+        tile,
+        row_scores,
+        row_indices,
+        row_bounds,
+        column_scores,
+        column_indices,
+        column_bounds,
+        limit,
+    ):
+        similarity = self._similarity(matrix, matrix, row_start, column_start, tile)
+        new_row_scores, new_row_indices = _merge_tile(
+            similarity,
+            column_start,
+            limit,
+            row_scores,
+            row_indices,
+            row_bounds,
+            self.sparse_hit_fraction,
+        )
+        # The column direction's candidates are this tile's rows, which are never padding (only
+        # the last tile is padded and it is never the row side of an off-diagonal tile).
+        new_column_scores, new_column_indices = _merge_tile(
+            similarity,
+            row_start,
+            limit,
+            column_scores,
+            column_indices,
+            column_bounds,
+            self.sparse_hit_fraction,
+            owners="columns",
+        )
+        return new_row_scores, new_row_indices, new_column_scores, new_column_indices
+
+
+_KERNELS: dict[float, _TileKernels] = {}
+
+
+def _tile_kernels() -> _TileKernels:
+    # Keyed by the (module-level) sparse/dense switch so tests can force either merge path.
+    if _SPARSE_HIT_FRACTION not in _KERNELS:
+        _KERNELS[_SPARSE_HIT_FRACTION] = _TileKernels(_SPARSE_HIT_FRACTION)
+    return _KERNELS[_SPARSE_HIT_FRACTION]
+
+
+def _merge_lists(scores, indices, other_scores, other_indices):
+    """Best k of two neighbour lists; on equal scores the first list's entries win."""
+    import tensorflow as tf
+
+    k = tf.shape(scores)[1]
+    best = tf.math.top_k(tf.concat([scores, other_scores], axis=1), k)
+    return best.values, tf.gather(
+        tf.concat([indices, other_indices], axis=1), best.indices, batch_dims=1
+    )
+
+
+def _merge_tile(
+    similarity,
+    candidate_start,
+    limit,
+    scores,
+    indices,
+    bounds,
+    sparse_hit_fraction,
+    owners="rows",
+):
+    """Merge one similarity tile into the neighbour lists of its rows or of its columns.
+
+    With ``owners="rows"`` row i of the tile owns list i and its candidates are catalog indices
+    ``candidate_start + j``; with ``owners="columns"`` the roles swap (the transposed direction of
+    a symmetric tile, without materialising the transpose). Candidates ≥ ``limit`` are padding.
+
+    Only scores ≥ max(owner's current k-th best, its bound) can enter a list. They are extracted
+    sparsely (tf.where) and merged for the owners that have any; when more than
+    ``sparse_hit_fraction`` of the tile passes (an owner's first tile without a bound, a very low
+    ``min_score``), the whole tile goes through top_k instead.
+    """
+    import tensorflow as tf
+
+    by_column = owners == "columns"
+    k = tf.shape(scores)[1]
+    bar = tf.maximum(scores[:, k - 1], bounds)
+    passing = similarity >= (bar[tf.newaxis, :] if by_column else bar[:, tf.newaxis])
+    coordinates = tf.where(passing)
+    hits = tf.shape(coordinates)[0]
+    limit_hits = tf.cast(tf.cast(tf.size(similarity), tf.float32) * sparse_hit_fraction, tf.int32)
+
+    def dense():
+        owner_view = tf.transpose(similarity) if by_column else similarity
+        owner_passing = tf.transpose(passing) if by_column else passing
+        width = tf.shape(owner_view)[1]
+        valid = tf.range(width) + candidate_start < limit
+        keep = tf.logical_and(owner_passing, valid[tf.newaxis, :])
+        masked = tf.where(keep, owner_view, tf.constant(-np.inf, tf.float32))
+        best = tf.math.top_k(tf.concat([scores, masked], axis=1), k)
+        previous = tf.gather(indices, tf.minimum(best.indices, k - 1), batch_dims=1)
+        from_tile = best.indices >= k
+        return best.values, tf.where(from_tile, best.indices - k + candidate_start, previous)
+
+    def sparse():
+        hit_coordinates = coordinates
+        if by_column:
+            # tf.where lists hits row-major; regroup them by column, rows staying ascending.
+            hit_coordinates = tf.gather(coordinates, tf.argsort(coordinates[:, 1], stable=True))
+        hit_scores = tf.gather_nd(similarity, hit_coordinates)
+        hit_coordinates = tf.cast(hit_coordinates, tf.int32)
+        owner_axis, candidate_axis = (1, 0) if by_column else (0, 1)
+        hit_owners = hit_coordinates[:, owner_axis]
+        hit_candidates = hit_coordinates[:, candidate_axis] + candidate_start
+        valid = hit_candidates < limit
+        return _merge_hits(
+            tf.boolean_mask(hit_owners, valid),
+            tf.boolean_mask(hit_candidates, valid),
+            tf.boolean_mask(hit_scores, valid),
+            scores,
+            indices,
+        )
+
+    return tf.cond(hits > limit_hits, dense, sparse)
+
+
+def _merge_hits(hit_rows, hit_indices, hit_scores, scores, indices):
+    """Merge hits (grouped by row, ascending candidate index) into the lists of the rows they hit.
+
+    The hits of each row are scattered into a small dense block placed after the row's current
+    best, so ``top_k`` (stable) prefers existing entries, then lower indices, on equal scores.
+    """
+    import tensorflow as tf
+
+    rows = tf.shape(scores)[0]
+    counts = tf.math.bincount(hit_rows, minlength=rows, maxlength=rows, dtype=tf.int32)
+    active = tf.cast(tf.where(counts > 0)[:, 0], tf.int32)
+    # Position of each row among the active ones, and of each hit within its row.
+    active_position = tf.cumsum(tf.cast(counts > 0, tf.int32), exclusive=True)
+    starts = tf.cumsum(counts, exclusive=True)
+    within_row = tf.range(tf.shape(hit_rows)[0]) - tf.gather(starts, hit_rows)
+    block_shape = tf.stack([tf.shape(active)[0], tf.reduce_max(tf.concat([counts, [0]], 0))])
+    where = tf.stack([tf.gather(active_position, hit_rows), within_row], axis=1)
+    block_scores = tf.tensor_scatter_nd_update(
+        tf.fill(block_shape, tf.constant(-np.inf, tf.float32)), where, hit_scores
+    )
+    block_indices = tf.tensor_scatter_nd_update(tf.fill(block_shape, -1), where, hit_indices)
+    merged_scores, merged_indices = _merge_lists(
+        tf.gather(scores, active), tf.gather(indices, active), block_scores, block_indices
+    )
+    active_rows = active[:, tf.newaxis]
+    return (
+        tf.tensor_scatter_nd_update(scores, active_rows, merged_scores),
+        tf.tensor_scatter_nd_update(indices, active_rows, merged_indices),
+    )
+
+
+def _selected_slots(
+    neighbours: Neighbours,
+    threshold: float,
+    *,
+    max_matches: int,
+    include_self: bool,
+    min2: bool,
+    min2_floor: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (N, k) mask of the neighbour slots that become matches (self excluded), and the
+    number of self slots each row gets in front (0 or 1). Shared by match lists and blending."""
+    if isinstance(max_matches, bool) or not isinstance(max_matches, (int, np.integer)):
+        raise UserError(f"max_matches must be a positive integer, got {max_matches!r}")
+    if max_matches < 1:
+        raise UserError(f"max_matches must be at least 1, got {max_matches}")
+    indices, scores = neighbours.indices, neighbours.scores
+    num_rows = indices.shape[0]
+    real = indices >= 0
+    if include_self:
+        is_self = indices == np.arange(num_rows, dtype=np.int32)[:, np.newaxis]
+        others = real & ~is_self
+    else:
+        others = real
+    selected = others & (scores >= threshold)
+    if min2:
+        # Rows where nothing but (possibly) self passes keep their nearest other candidate.
+        lonely = ~selected.any(axis=1) & others.any(axis=1)
+        nearest = np.argmax(others, axis=1)
+        if min2_floor is not None:
+            lonely &= scores[np.arange(num_rows), nearest] >= min2_floor
+        selected[np.flatnonzero(lonely), nearest[lonely]] = True
+    allowed = max_matches - 1 if include_self else max_matches
+    selected &= np.cumsum(selected, axis=1) <= allowed
+    return selected, int(include_self)
+
+
+def _split_rows(row_ids: np.ndarray, values: np.ndarray, num_rows: int) -> list[np.ndarray]:
+    """Values grouped by (already sorted) row id, one array per row, empty rows included."""
+    counts = np.bincount(row_ids, minlength=num_rows)
+    return np.split(values, np.cumsum(counts)[:-1])
+
+
+def matches_from_neighbours(
+    neighbours: Neighbours,
+    threshold: float,
+    *,
+    max_matches: int = DEFAULT_MAX_MATCHES,
+    include_self: bool = True,
+    min2: bool = False,
+    min2_floor: float | None = None,
+) -> list[np.ndarray]:
+    """Turn neighbour lists into match lists: every neighbour scoring ≥ ``threshold``.
+
+    Args:
+        neighbours: from :func:`top_k_neighbours` or any other source (TF-IDF, phash).
+        threshold: minimum score of a match (cosine, or ``1 - hamming/64`` for phash).
+        max_matches: cap on the length of each list, self included (the competition capped
+            groups at 50); the best-scoring neighbours are kept.
+        include_self: self-matching (neighbours of a set against itself): row i's own index is
+            put first and always kept, even when exact duplicates pushed it out of the top-k or
+            behind another row. Pass ``False`` for query-vs-catalog neighbours.
+        min2: when no other candidate passes the threshold, keep the nearest other one anyway
+            (every Shopee posting had at least one duplicate), unless its score is below
+            ``min2_floor``.
+        min2_floor: lowest score min2 accepts; ``None`` accepts any.
+
+    Returns:
+        One int32 array per query: matched catalog rows, self first (when ``include_self``), then
+        by decreasing score.
+    """
+    selected, self_slots = _selected_slots(
+        neighbours,
+        threshold,
+        max_matches=max_matches,
+        include_self=include_self,
+        min2=min2,
+        min2_floor=min2_floor,
+    )
+    num_rows = neighbours.num_queries
+    row_ids, slot_ids = np.nonzero(selected)
+    values = neighbours.indices[row_ids, slot_ids]
+    if self_slots:
+        # Self first: merge (row, 0, self) with (row, 1, neighbour) by a stable sort on the row.
+        row_ids = np.concatenate([np.arange(num_rows), row_ids])
+        values = np.concatenate([np.arange(num_rows, dtype=np.int32), values])
+        order = np.argsort(row_ids, kind="stable")
+        row_ids, values = row_ids[order], values[order]
+    return _split_rows(row_ids, values.astype(np.int32, copy=False), num_rows)
+
+
+def neighbourhood_blend(
+    embeddings,
+    neighbours: Neighbours,
+    threshold: float | Sequence[float],
+    *,
+    iterations: int = 1,
+    k: int | None = None,
+    min2: bool = False,
+    min2_floor: float | None = None,
+    max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
+) -> np.ndarray:
+    """Iterative neighbourhood blending (INB), the post-processing of the 1st-place Shopee solution.
+
+    Each embedding is replaced by the similarity-weighted sum of itself and its thresholded
+    neighbours, then L2-normalised::
+
+        e_i' = normalise(e_i + sum_{j in N(i)} s_ij * e_j),   N(i) = {j != i : s_ij >= threshold}
+
+    (self enters with weight s_ii = 1; the normalisation makes sum and mean the same). Postings of
+    one product pull each other together, so the match step that follows on the blended embeddings
+    separates groups better. With ``iterations > 1`` the neighbours are searched again on the
+    blended embeddings (:func:`top_k_neighbours`) and the blend repeated; the 1st-place team used
+    2 blending stages with their own threshold each, which ``threshold`` as a sequence allows. It
+    is QE / DBA (query expansion, database-side augmentation) from image retrieval applied to every
+    posting at once ("From Embeddings to Matches", Kaggle discussion 238136).
+
+    Args:
+        embeddings: (N, D) L2-normalised embeddings the neighbours were computed from.
+        neighbours: their self-matching neighbours (``top_k_neighbours(embeddings)``).
+        threshold: neighbours scoring ≥ threshold are blended in; one value for all iterations or
+            one per iteration.
+        iterations: number of blend steps.
+        k: neighbours searched per posting for the later iterations (default: ``neighbours.k``).
+        min2: like :func:`matches_from_neighbours`: a posting with no neighbour above the
+            threshold blends in its nearest one (unless that scores below ``min2_floor``).
+        min2_floor: lowest score min2 accepts; ``None`` accepts any.
+        max_chunk_mb: memory budget of the re-searches.
+
+    Returns:
+        (N, D) float32 blended embeddings, L2-normalised; match them again with
+        :func:`top_k_neighbours` and :func:`matches_from_neighbours`.
+    """
+    import scipy.sparse
+
+    current = _as_embeddings(embeddings, "embeddings")
+    num_rows = current.shape[0]
+    if neighbours.num_queries != num_rows:
+        raise UserError(
+            f"neighbours has {neighbours.num_queries} rows but embeddings has {num_rows}; "
+            "blending needs the self-matching neighbours of these embeddings"
+        )
+    if neighbours.indices.size and neighbours.indices.max() >= num_rows:
+        raise UserError("neighbours point past the last embedding row; they are not self-matching")
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
+        raise UserError(f"iterations must be a positive integer, got {iterations!r}")
+    if iterations < 1:
+        raise UserError(f"iterations must be at least 1, got {iterations}")
+    if isinstance(threshold, (int, float, np.floating, np.integer)):
+        thresholds = [float(threshold)] * iterations
+    else:
+        thresholds = [float(value) for value in threshold]
+        if len(thresholds) != iterations:
+            raise UserError(
+                f"got {len(thresholds)} blending thresholds for {iterations} iteration(s)"
+            )
+    search_k = neighbours.k if k is None else k
+    for iteration, stage_threshold in enumerate(thresholds):
+        if iteration > 0:
+            # Only scores the selection can use need to come back from the search.
+            lowest_used = stage_threshold
+            if min2:
+                lowest_used = None if min2_floor is None else min(stage_threshold, min2_floor)
+            neighbours = top_k_neighbours(
+                current, k=search_k, max_chunk_mb=max_chunk_mb, min_score=lowest_used
+            )
+        selected, _ = _selected_slots(
+            neighbours,
+            stage_threshold,
+            max_matches=neighbours.k + 1,
+            include_self=True,
+            min2=min2,
+            min2_floor=min2_floor,
+        )
+        row_ids, slot_ids = np.nonzero(selected)
+        diagonal = np.arange(num_rows)
+        weight_values = np.concatenate(
+            [np.ones(num_rows, np.float32), neighbours.scores[row_ids, slot_ids]]
+        )
+        weight_rows = np.concatenate([diagonal, row_ids])
+        weight_columns = np.concatenate([diagonal, neighbours.indices[row_ids, slot_ids]])
+        weights = scipy.sparse.csr_matrix(
+            (weight_values, (weight_rows, weight_columns)), shape=(num_rows, num_rows)
+        )
+        blended = np.asarray(weights @ current, dtype=np.float32)
+        current = _l2_normalise(blended, fallback=current)
+    return current
+
+
+def _l2_normalise(matrix: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero (or take ``fallback``'s row)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    zero = norms[:, 0] == 0
+    normalised = matrix / np.where(norms == 0, 1, norms)
+    if fallback is not None and zero.any():
+        normalised[zero] = fallback[zero]
+    return normalised.astype(np.float32, copy=False)
+
+
+def union_matches(
+    *match_lists: Sequence[np.ndarray],
+    max_matches: int = DEFAULT_MAX_MATCHES,
+    include_self: bool = True,
+) -> list[np.ndarray]:
+    """Union of several sources' match lists, posting by posting.
+
+    The 1st-place solution took the union of image, text and concatenated-embedding matches: a pair
+    is kept when any source is confident about it.
+
+    Args:
+        *match_lists: lists of per-query index arrays, all of the same length (one entry per query).
+        max_matches: cap on each merged list, self included; entries that appear first are kept.
+        include_self: self-matching lists: row i's own index is put first (and added when absent).
+
+    Returns:
+        One int32 array per query: self first (when ``include_self``), then every index in order of
+        first appearance (source by source, in each source's order), without duplicates.
+    """
+    if not match_lists:
+        raise UserError("union_matches needs at least one list of matches")
+    if isinstance(max_matches, bool) or not isinstance(max_matches, (int, np.integer)):
+        raise UserError(f"max_matches must be a positive integer, got {max_matches!r}")
+    if max_matches < 1:
+        raise UserError(f"max_matches must be at least 1, got {max_matches}")
+    num_rows = len(match_lists[0])
+    for number, matches in enumerate(match_lists):
+        if len(matches) != num_rows:
+            raise UserError(
+                f"match list {number} has {len(matches)} rows but match list 0 has {num_rows}"
+            )
+    row_parts, value_parts = [], []
+    if include_self:
+        row_parts.append(np.arange(num_rows, dtype=np.int64))
+        value_parts.append(np.arange(num_rows, dtype=np.int64))
+    for matches in match_lists:
+        lengths = np.fromiter((len(row) for row in matches), dtype=np.int64, count=num_rows)
+        row_parts.append(np.repeat(np.arange(num_rows, dtype=np.int64), lengths))
+        value_parts.append(
+            np.concatenate([np.asarray(row, dtype=np.int64).ravel() for row in matches])
+            if lengths.sum()
+            else np.zeros(0, np.int64)
+        )
+    rows = np.concatenate(row_parts)
+    values = np.concatenate(value_parts)
+    if values.size and values.min() < 0:
+        raise UserError("match lists contain negative indices")
+    # Entries are in source order; a stable sort on (row, value) puts each pair's first
+    # appearance first, which marks the duplicates.
+    span = int(values.max()) + 1 if values.size else 1
+    order = np.argsort(rows * span + values, kind="stable")
+    keys = (rows * span + values)[order]
+    first = np.ones(keys.shape, dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keep = np.zeros(keys.shape, dtype=bool)
+    keep[order[first]] = True
+    rows, values = rows[keep], values[keep]
+    # Back in order of appearance per row, then capped.
+    order = np.argsort(rows, kind="stable")
+    rows, values = rows[order], values[order]
+    counts = np.bincount(rows, minlength=num_rows)
+    starts = np.cumsum(counts) - counts
+    within_row = np.arange(rows.size) - starts[rows]
+    capped = within_row < max_matches
+    return _split_rows(rows[capped], values[capped].astype(np.int32), num_rows)
+
+
+def concat_embeddings(*embeddings_list, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Concatenate several embeddings of the same postings into one normalised embedding.
+
+    Each part is L2-normalised, scaled by ``sqrt(weight)``, the parts are concatenated and the
+    result renormalised. The cosine of two concatenated embeddings is then the weighted mean of
+    the parts' cosines, ``sum(w_m * cos_m) / sum(w_m)`` (the 1st-place "comb" embedding: image and
+    text evidence that are both moderate add up). Match it as a source of its own.
+
+    Args:
+        *embeddings_list: (N, D_m) arrays with the same N.
+        weights: one non-negative weight per part (default: all equal).
+
+    Returns:
+        (N, sum D_m) float32, L2-normalised (an all-zero row stays zero).
+    """
+    if not embeddings_list:
+        raise UserError("concat_embeddings needs at least one embedding matrix")
+    parts = [
+        _as_embeddings(part, f"embeddings {number}") for number, part in enumerate(embeddings_list)
+    ]
+    num_rows = parts[0].shape[0]
+    for number, part in enumerate(parts):
+        if part.shape[0] != num_rows:
+            raise UserError(
+                f"embeddings {number} has {part.shape[0]} rows, embeddings 0 has {num_rows}"
+            )
+    if weights is None:
+        weights = [1.0] * len(parts)
+    weights = [float(weight) for weight in weights]
+    if len(weights) != len(parts):
+        raise UserError(f"got {len(weights)} weights for {len(parts)} embedding matrices")
+    if any(weight < 0 or not math.isfinite(weight) for weight in weights) or sum(weights) == 0:
+        raise UserError(f"weights must be finite, non-negative and not all zero, got {weights}")
+    scaled = [_l2_normalise(part) * math.sqrt(weight) for part, weight in zip(parts, weights)]
+    return _l2_normalise(np.concatenate(scaled, axis=1))
