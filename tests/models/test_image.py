@@ -235,6 +235,9 @@ def test_unknown_backbone_lists_the_choices():
     message = str(caught.value)
     assert "efficientnet_b9" in message
     assert "efficientnet_tiny" in message and "resnet50" in message and "keras-hub" in message
+    with pytest.raises(UserError, match="directory not found: /nowhere/preset"):
+        build_image_tower(tiny_config(backbone="/nowhere/preset"), image_size=64,
+                          embedding_dim=8)
 
 
 @pytest.mark.parametrize(

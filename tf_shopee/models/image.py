@@ -272,14 +272,18 @@ def build_image_tower(
             image_size=image_size,
             weights=weights if load_pretrained_weights else None,
         )
-        features_input = CaffePreprocessing(name="caffe_preprocessing")(image_input) if (
-            spec.family == "resnet"
-        ) else image_input
+        features_input = image_input
+        if spec.family == "resnet":  # EfficientNets normalise inside the backbone
+            features_input = CaffePreprocessing(name="caffe_preprocessing")(image_input)
     elif _looks_like_keras_hub_preset(config.backbone):
         backbone, preprocessing = _build_keras_hub_backbone(
             config.backbone, weights=weights if load_pretrained_weights else None
         )
         features_input = preprocessing(image_input)
+    elif os.sep in config.backbone:
+        raise UserError(
+            f"image backbone directory not found: {config.backbone} (model.image.backbone)"
+        )
     else:
         raise UserError(
             f"unknown image backbone {config.backbone!r} (model.image.backbone); choose one of "
