@@ -37,7 +37,7 @@ class DataConfig:
 class ImageModelConfig:
     """The image tower: a CNN backbone, pooling, and the embedding head."""
 
-    backbone: str = "efficientnet_b0"  # see tf_shopee.models.image.BACKBONES, or a keras-hub preset
+    backbone: str = "efficientnet_b0"  # see tf_shopee.models.image.IMAGE_BACKBONES, or a keras-hub preset
     weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
     pooling: str = "gem"  # avg | gem (generalised mean with learnable p)
     gem_p: float = 3.0
