@@ -1,0 +1,645 @@
+"""Training: CLI resolution, the distributed step, XLA, resume, multi-worker, refusals.
+
+Multi-process tests (mirrored over 2 logical CPUs, 2 workers, kill-and-resume) start fresh
+interpreters: the logical-device split and TF_CONFIG must be in place before TensorFlow starts.
+Every run is tiny (32 px images, 2-layer BERT, a few steps).
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tf_shopee  # noqa: F401  (sets TensorFlow's environment defaults first)
+from tf_shopee.config import RunConfig
+from tf_shopee.errors import UserError
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPOSITORY / "train.py"
+IMAGE_SIZE = 32
+WORDS = ["kopi", "teh", "susu", "sabun", "kaos", "tas", "sepatu", "botol", "madu", "beras"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny TFRecord folders in the converter's layout (manifest.json per the shared contract)
+# ----------------------------------------------------------------------------------------------
+
+
+def write_tfrecords(directory: Path, *, groups=18, per_group=4, folds=3, shards=2, seed=0):
+    """Labelled postings whose group shows in the photo colour and the title words."""
+    import tensorflow as tf
+
+    from tf_shopee.data.schema import Posting, serialize_posting, shard_name
+
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    postings = []
+    for label in range(groups):
+        colour = rng.integers(0, 256, 3)
+        name = f"{WORDS[label % len(WORDS)]} {WORDS[(label * 3 + 1) % len(WORDS)]} seri{label}"
+        for copy in range(per_group):
+            pixels = colour + rng.normal(0, 25, (40, 40, 3))
+            stream = io.BytesIO()
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(stream, "JPEG")
+            title = name if copy % 2 == 0 else f"PROMO {name.upper()} ready"
+            postings.append(
+                Posting(
+                    posting_id=f"p{label}_{copy}",
+                    title=title,
+                    image=stream.getvalue(),
+                    height=40,
+                    width=40,
+                    label_group=5000 + label,
+                    label=label,
+                    fold=label % folds,
+                )
+            )
+    postings = [postings[index] for index in rng.permutation(len(postings))]
+    shard_entries = []
+    for index in range(shards):
+        name = shard_name("train", index, shards)
+        part = postings[index::shards]
+        with tf.io.TFRecordWriter(str(directory / name)) as writer:
+            for posting in part:
+                writer.write(serialize_posting(posting))
+        digest = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        shard_entries.append({"file": name, "sha256": digest, "examples": len(part)})
+    manifest = {
+        "schema_version": 1,
+        "created_by": "tests/test_training.py",
+        "split": "train",
+        "source_csv": "",
+        "source_csv_sha256": "",
+        "images_dir": None,
+        "has_images": True,
+        "has_labels": True,
+        "num_folds": folds,
+        "fold_counts": {str(f): sum(p.fold == f for p in postings) for f in range(folds)},
+        "num_labels": groups,
+        "label_counts": [per_group] * groups,
+        "counts": {
+            "rows": len(postings),
+            "written": len(postings),
+            "rejected": 0,
+            "empty_titles": 0,
+            "invalid_utf8_titles": 0,
+            "reencoded_images": 0,
+        },
+        "shards": shard_entries,
+        "options": {},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / "label_map.json").write_text(
+        json.dumps({str(5000 + label): label for label in range(groups)})
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory) -> Path:
+    return write_tfrecords(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def tiny_arguments(data: Path, workdir: Path, kind: str = "image", *extra: str) -> list[str]:
+    """train.py arguments of a few-step tiny run."""
+    return [
+        "--data",
+        str(data),
+        "--model",
+        kind,
+        "--workdir",
+        str(workdir),
+        "--export",
+        str(workdir.parent / f"{workdir.name}-export"),
+        "--tiny",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--batch-size",
+        "4",
+        "--set",
+        "data.shuffle_buffer=32",
+        "--set",
+        "model.embedding_dim=16",
+        *extra,
+    ]
+
+
+def run_in_subprocess(arguments, *, env=None, timeout=600, script=None):
+    """Run train.py (or a Python ``script``) in a fresh interpreter from the repository root."""
+    command = [sys.executable, "-c", script] if script else [sys.executable, str(TRAIN_SCRIPT)]
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        command + list(arguments),
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+
+
+def history(workdir: Path) -> dict:
+    return json.loads((workdir / "history.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line and configuration
+# ----------------------------------------------------------------------------------------------
+
+
+def test_settings_precedence_defaults_config_tiny_set_flags(tmp_path):
+    from tf_shopee.training import build_argument_parser, config_from_arguments
+
+    config_file = tmp_path / "run.json"
+    config_file.write_text(
+        json.dumps({"train": {"epochs": 3, "seed": 7}, "data": {"image_size": 200}})
+    )
+    parser = build_argument_parser()
+
+    def resolve(*extra):
+        base = ["--data", "d", "--model", "text", "--workdir", "w", "--config", str(config_file)]
+        return config_from_arguments(parser.parse_args(base + list(extra)))
+
+    config = resolve()
+    assert (config.train.epochs, config.train.seed, config.data.image_size) == (3, 7, 200)
+    assert config.model.kind == "text" and config.data.tfrecords == "d"
+    config = resolve("--tiny")
+    assert config.data.image_size == 64  # --tiny beats --config
+    assert config.model.text.num_layers == 2 and config.train.seed == 7
+    config = resolve("--tiny", "--set", "data.image_size=48", "--set", "train.epochs=5")
+    assert (config.data.image_size, config.train.epochs) == (48, 5)  # --set beats --tiny
+    config = resolve(
+        "--tiny", "--set", "train.epochs=5", "--epochs", "9", "--image-size", "40",
+        "--backbone", "scratch", "--jit-compile", "--validation-fold", "2",
+    )  # fmt: skip
+    assert (config.train.epochs, config.data.image_size) == (9, 40)  # named flags win
+    assert config.train.jit_compile and config.data.validation_fold == 2
+    assert not config.train.mixed_precision  # an absent store_true flag leaves the config alone
+
+    image = config_from_arguments(
+        parser.parse_args(
+            ["--data", "d", "--model", "multimodal", "--workdir", "w", "--backbone",
+             "efficientnet_b3", "--weights", "/models/b3.weights.h5", "--batch-size", "2"]
+        )
+    )  # fmt: skip
+    assert image.model.image.backbone == "efficientnet_b3"  # multimodal: the image tower
+    assert image.model.image.weights == "/models/b3.weights.h5"
+    assert image.train.batch_size == 2
+    with pytest.raises(UserError, match="--weights applies to the image tower"):
+        config_from_arguments(
+            parser.parse_args(
+                ["--data", "d", "--model", "text", "--workdir", "w", "--weights", "x"]
+            )
+        )
+    with pytest.raises(UserError, match="unknown config key"):
+        resolve("--set", "train.epoch=3")
+
+
+def test_learning_rate_scales_with_the_global_batch_and_warms_up_then_decays():
+    from tf_shopee.training import make_warmup_cosine_schedule, scaled_learning_rate
+
+    assert scaled_learning_rate(1e-4, 64) == pytest.approx(1e-4)
+    assert scaled_learning_rate(1e-4, 256) == pytest.approx(4e-4)
+    schedule = make_warmup_cosine_schedule(1.0, warmup_steps=10, total_steps=110)
+    rates = [float(schedule(step)) for step in range(111)]
+    assert rates[0] == pytest.approx(0.1)  # the first update already moves
+    assert rates[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))
+    assert rates[10] == pytest.approx(1.0)
+    assert rates[60] == pytest.approx(0.5, abs=1e-6)  # half way through the cosine
+    assert rates[110] == pytest.approx(0.0, abs=1e-6)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The distributed step
+# ----------------------------------------------------------------------------------------------
+
+EQUIVALENCE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tf_shopee
+    from tf_shopee import distribute
+    distribute.split_cpu_into_logical_devices(2)
+    import keras
+    import tensorflow as tf
+    from tf_shopee.models.arc_face import ArcFace
+    from tf_shopee.training import Trainer
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(8, 4, 4, 3)).astype("float32"),
+        "label": np.array([0, 1, 2, 3, 4, 0, 1, 2], "int32"),
+    }
+
+    def run(strategy, policy="float32", loss_scaling=False):
+        keras.mixed_precision.set_global_policy(policy)
+        keras.utils.set_random_seed(1)
+        with strategy.scope():
+            image = keras.Input((4, 4, 3), name="image")
+            hidden = keras.layers.Dense(6, activation="relu")(keras.layers.Flatten()(image))
+            embedding = keras.layers.Dense(8, dtype="float32")(hidden)
+            embedding_model = keras.Model({"image": image}, embedding)
+            label = keras.Input((), dtype="int32", name="label")
+            logits = ArcFace(5, name="arc_face")(embedding_model({"image": image}), label)
+            training_model = keras.Model({"image": image, "label": label}, logits)
+            trainer = Trainer(
+                strategy, embedding_model, training_model, kind="image", global_batch_size=8,
+                learning_rate=0.01, head_learning_rate_multiplier=10.0, weight_decay=1e-3,
+                warmup_steps=0, total_steps=100, gradient_clip_norm=0.5,
+                loss_scaling=loss_scaling,
+            )
+        dataset = tf.data.Dataset.from_tensors(batch).repeat().unbatch().batch(8)
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        if loss_scaling:  # one step per call, to see each step's loss
+            outputs = [trainer.train_steps(iterator, 1).loss_sum for _ in range(6)]
+        else:
+            outputs = trainer.train_steps(iterator, 3)
+        keras.mixed_precision.set_global_policy("float32")
+        state = [np.asarray(v.numpy(), "float64") for v in training_model.trainable_variables]
+        moments = [np.asarray(v.numpy(), "float64") for v in
+                   trainer.backbone_optimizer.variables + trainer.head_optimizer.variables]
+        return outputs, state, moments, trainer
+
+    single, single_state, single_moments, _ = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    mirrored, mirrored_state, mirrored_moments, _ = run(distribute.get_strategy("mirrored"))
+    scaled, scaled_state, _, scaled_trainer = run(
+        distribute.get_strategy("mirrored"), policy="mixed_float16", loss_scaling=True
+    )
+    report = {
+        "loss": [single.loss_sum, mirrored.loss_sum],
+        "scaled_losses": scaled,
+        "norm": [single.gradient_norm_sum, mirrored.gradient_norm_sum],
+        "state": max(float(np.abs(a - b).max()) for a, b in zip(single_state, mirrored_state)),
+        "moments": max(float(np.abs(a - b).max())
+                       for a, b in zip(single_moments, mirrored_moments)),
+        "moment_scale": max(float(np.abs(a).max()) for a in single_moments),
+        "scaled_finite": all(bool(np.isfinite(a).all()) for a in scaled_state),
+        "loss_scale": float(scaled_trainer.loss_scale.scale.numpy()),
+        "step": int(scaled_trainer.global_step.numpy()),
+    }
+    print("REPORT", json.dumps(report))
+    """
+)
+
+
+def test_two_mirrored_replicas_make_the_same_update_as_one_device():
+    # The step all-reduces gradients itself and its optimizers skip their own reduction: a
+    # double reduction would double Adam's first moments (Adam's update itself hides it).
+    result = run_in_subprocess([], script=EQUIVALENCE_SCRIPT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT", 1)[1])
+    single_loss, mirrored_loss = report["loss"]
+    assert mirrored_loss == pytest.approx(single_loss, rel=1e-4)
+    assert report["norm"][1] == pytest.approx(report["norm"][0], rel=1e-4)
+    assert report["state"] < 1e-5
+    assert report["moment_scale"] > 1e-3
+    assert report["moments"] < 1e-6
+    # float16 with dynamic loss scaling (the GPU path, run here on CPU) on a repeated batch:
+    # the initial scale 2^15 overflows float16 gradients, so the first steps are skipped (the
+    # loss does not move) and the scale halves each time; then training proceeds.
+    overflows = int(np.log2(2.0**15 / report["loss_scale"]))
+    assert 2.0 ** (15 - overflows) == report["loss_scale"] and overflows >= 1
+    losses = report["scaled_losses"]
+    assert overflows < len(losses) - 2 and np.isfinite(losses).all()
+    assert losses[: overflows + 1] == pytest.approx([losses[0]] * (overflows + 1), rel=1e-3)
+    assert losses[-1] < losses[overflows]
+    assert report["scaled_finite"] and report["step"] == 6
+
+
+def _kind_batch(kind: str, batch_size: int, preprocessor):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    batch = {"label": np.arange(batch_size, dtype=np.int32) % 3}
+    if kind != "text":
+        batch["image"] = rng.uniform(0, 255, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(
+            np.float32
+        )
+    if kind != "image":
+        titles = tf.constant([f"{WORDS[i % len(WORDS)]} seri{i}" for i in range(batch_size)])
+        batch.update({key: value.numpy() for key, value in preprocessor(titles).items()})
+    return batch
+
+
+@pytest.mark.slow
+def test_the_train_step_of_every_model_kind_compiles_with_xla_and_has_no_py_function(tfrecords):
+    import keras
+    import tensorflow as tf
+
+    from tf_shopee import distribute
+    from tf_shopee.data.pipeline import make_dataset
+    from tf_shopee.models import build_embedding_model, build_training_model
+    from tf_shopee.models.text import build_title_preprocessor
+    from tf_shopee.training import Trainer
+
+    strategy = distribute.get_strategy("one_device")
+    titles = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} seri{i}" for i in range(60)]
+    for kind in ("image", "text", "multimodal"):
+        config = RunConfig()
+        config.model.kind = kind
+        config.override(tiny_arguments_overrides(kind))
+        preprocessor = None
+        if kind != "image":
+            preprocessor = build_title_preprocessor(config.model.text, titles=titles)
+        vocabulary_size = getattr(preprocessor, "vocabulary_size", None)
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            embedding_model = build_embedding_model(
+                config.model, image_size=IMAGE_SIZE, vocabulary_size=vocabulary_size
+            )
+            training_model = build_training_model(
+                embedding_model, config.model, num_classes=3, steps_per_epoch=5
+            )
+            trainer = Trainer(
+                strategy, embedding_model, training_model, kind=kind, global_batch_size=4,
+                learning_rate=1e-3, head_learning_rate_multiplier=10.0, weight_decay=1e-4,
+                warmup_steps=1, total_steps=10, gradient_clip_norm=1.0, jit_compile=True,
+            )  # fmt: skip
+        batch = _kind_batch(kind, 4, preprocessor)
+        dataset = tf.data.Dataset.from_tensors(batch).repeat()
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        outputs = trainer.train_steps(iterator, 2)
+        assert np.isfinite(outputs.loss_sum), kind
+        assert int(trainer.global_step.numpy()) == 2
+
+        # jit_compile=True raises when XLA cannot compile; check it really is in the graph.
+        concrete = trainer._train_function.get_concrete_function(iterator, tf.constant(2))
+        assert "XlaMustCompile" in str(concrete.graph.as_graph_def()), kind
+        assert_no_py_function(concrete.graph.as_graph_def(), f"{kind} train step")
+
+        # Same for the training input pipeline, tokenizer included.
+        dataset = make_dataset(
+            str(tfrecords), training=True, global_batch_size=4,
+            image_size=IMAGE_SIZE if kind != "text" else None, with_image=kind != "text",
+            text_preprocessor=preprocessor, exclude_folds=[0],
+        )  # fmt: skip
+        graph_def = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+        assert_no_py_function(graph_def, f"{kind} input pipeline")
+
+
+def tiny_arguments_overrides(kind: str) -> list[str]:
+    from tf_shopee.config import tiny_overrides
+
+    return tiny_overrides(kind) + [f"data.image_size={IMAGE_SIZE}", "model.embedding_dim=16"]
+
+
+def assert_no_py_function(graph_def, where: str) -> None:
+    """No PyFunc / EagerPyFunc node in a graph or any function of its library."""
+    forbidden = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    operations = [node.op for node in graph_def.node]
+    for function in graph_def.library.function:
+        operations.extend(node.op for node in function.node_def)
+    assert operations, where
+    assert not forbidden & set(operations), where
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole runs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_model_kind_trains_under_mirrored_on_two_logical_cpus(tfrecords, tmp_path):
+    runs = {kind: tmp_path / kind for kind in ("image", "text", "multimodal")}
+    script = textwrap.dedent(
+        f"""
+        import json
+        from tf_shopee.training import main
+        runs = {json.dumps({kind: str(path) for kind, path in runs.items()})}
+        arguments = json.loads({json.dumps(json.dumps({
+            kind: tiny_arguments(
+                tfrecords, path, kind, "--strategy", "mirrored", "--cpu-devices", "2",
+                "--epochs", "1", "--set", "train.steps_per_epoch=3",
+            )
+            for kind, path in runs.items()
+        }))})
+        for kind in ("image", "text", "multimodal"):
+            main(arguments[kind])
+        """
+    )  # fmt: skip
+    result = run_in_subprocess([], script=script, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    from tf_shopee.export import load_exported
+
+    for kind, workdir in runs.items():
+        metrics = json.loads((workdir / "final_metrics.json").read_text())
+        assert metrics["replicas"] == 2 and metrics["global_batch_size"] == 8, kind
+        assert metrics["global_step"] == 3 and metrics["epochs"] == 1, kind
+        assert np.isfinite(metrics["loss"]), kind
+        assert metrics["untrained_f1"] is not None and metrics["best_f1"] is not None, kind
+        epochs = history(workdir)["epochs"]
+        assert [record["epoch"] for record in epochs] == [0, 1], kind
+        assert epochs[1]["examples_per_second"] > 0
+        assert RunConfig.load(workdir / "config.json").model.kind == kind
+        exported = load_exported(metrics["export_dir"], expected_kind=kind)
+        assert exported.metadata["num_classes"] == 18
+        assert exported.threshold == metrics["best_threshold"]
+        assert (Path(metrics["export_dir"]) / "thresholds.json").is_file()
+        titles = ["kopi teh seri1", ""]
+        images = [b"", b""]  # empty bytes embed as black images
+        embeddings = exported.embed(images=images, titles=titles)
+        assert embeddings.shape == (2, 16)
+        assert (workdir / "tensorboard").is_dir() and any((workdir / "tensorboard").iterdir())
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_with_two_worker_processes(tfrecords, tmp_path):
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workdir = tmp_path / "run"
+    arguments = tiny_arguments(
+        tfrecords, workdir, "text", "--strategy", "multi_worker", "--epochs", "2",
+        "--set", "train.steps_per_epoch=2",
+    )  # fmt: skip
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        environment = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(TRAIN_SCRIPT), *arguments],
+                cwd=REPOSITORY,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=600))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-4000:]
+    metrics = json.loads((workdir / "final_metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["global_batch_size"] == 8
+    assert metrics["global_step"] == 4 and metrics["epochs"] == 2
+    assert Path(metrics["export_dir"]).is_dir()
+    # Only the chief (worker 0) keeps checkpoints; the other worker's copies are deleted.
+    assert not (workdir / ".worker_temp").exists() or not any(
+        (workdir / ".worker_temp").rglob("*.index")
+    )
+    assert [record["epoch"] for record in history(workdir)["epochs"]] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_where_it_stopped(tfrecords, tmp_path):
+    workdir = tmp_path / "run"
+    arguments = tiny_arguments(
+        tfrecords, workdir, "image", "--strategy", "one_device", "--epochs", "3",
+        "--set", "train.steps_per_epoch=4", "--set", "train.checkpoint_every_steps=2",
+    )  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *arguments],
+        cwd=REPOSITORY,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint_state = workdir / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + 600
+    try:
+        # Wait for the end-of-epoch-1 checkpoint (global step 4), then kill for real.
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint_state.is_file() and _latest_step(checkpoint_state) >= 4:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = _latest_step(checkpoint_state)
+    assert 4 <= killed_at < 12
+
+    result = run_in_subprocess(arguments, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "resumed from" in result.stdout
+    record = history(workdir)
+    # Two starts: the second one continued at the killed run's last checkpoint.
+    assert [start["global_step"] for start in record["starts"]] == [0, killed_at]
+    assert record["starts"][1]["epoch"] >= 2
+    # Every epoch logged once (0 = the untrained baseline, measured only by the first start).
+    assert [entry["epoch"] for entry in record["epochs"]] == [0, 1, 2, 3]
+    assert [entry["global_step"] for entry in record["epochs"][1:]] == [4, 8, 12]
+    metrics = json.loads((workdir / "final_metrics.json").read_text())
+    assert metrics["global_step"] == 12 and metrics["epochs"] == 3
+
+
+def _latest_step(checkpoint_state: Path) -> int:
+    text = checkpoint_state.read_text()
+    first = text.splitlines()[0] if text else ""
+    return int(first.rsplit("-", 1)[1].strip('"')) if "ckpt-" in first else -1
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusals: exit 2, a message, no traceback
+# ----------------------------------------------------------------------------------------------
+
+
+def run_main(arguments, capsys) -> str:
+    from tf_shopee.training import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(arguments)
+    captured = capsys.readouterr()
+    assert raised.value.code == 2, captured.err
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("error: ") or "\nerror: " in captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize(
+    "kind, extra, message",
+    [
+        ("image", ["--backbone", "efficientnet_b99"], "efficientnet_b99"),
+        ("text", ["--backbone", "no_such_preset_xyz"], "no_such_preset_xyz"),
+        ("image", ["--weights", "/nonexistent/backbone.weights.h5"], "backbone.weights.h5"),
+        ("image", ["--set", "train.strategy=gpu"], "unknown strategy 'gpu'"),
+        ("image", ["--validation-fold", "7"], "out of range"),
+    ],
+)
+def test_bad_configuration_is_a_clear_message(tfrecords, tmp_path, capsys, kind, extra, message):
+    workdir = tmp_path / "run"
+    error = run_main(tiny_arguments(tfrecords, workdir, kind, *extra), capsys)
+    assert message in error
+    # Nothing of a run was written: fixing the flag and running again is a fresh start.
+    assert not (workdir / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tfrecords, tmp_path_factory):
+    """A real one-epoch, two-step image run (in this process), to resume in odd ways."""
+    from tf_shopee.training import main
+
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    arguments = tiny_arguments(
+        tfrecords, workdir, "image", "--strategy", "one_device", "--epochs", "1",
+        "--set", "train.steps_per_epoch=2", "--set", "train.validate=false",
+    )  # fmt: skip
+    main(arguments)
+    return workdir, arguments
+
+
+def test_resume_with_data_of_another_label_count_is_refused(finished_run, tmp_path, capsys):
+    workdir, arguments = finished_run
+    other_data = write_tfrecords(tmp_path / "other", groups=9)
+    changed = list(arguments)
+    changed[changed.index("--data") + 1] = str(other_data)
+    error = run_main(changed, capsys)
+    assert "9 label groups" in error and "trained with 18" in error
+    assert "--overwrite-workdir" in error
+
+
+def test_resume_with_another_model_is_refused(finished_run, capsys):
+    workdir, arguments = finished_run
+    changed = arguments + ["--embedding-dim", "24"]
+    error = run_main(changed, capsys)
+    assert "model.embedding_dim" in error and "--overwrite-workdir" in error
+
+
+def test_a_corrupt_checkpoint_is_named_and_overwrite_starts_fresh(finished_run, tmp_path, capsys):
+    from tf_shopee.training import main
+
+    workdir, arguments = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    copied_arguments = [str(copy) if value == str(workdir) else value for value in arguments]
+    data_files = sorted((copy / "checkpoints").glob("ckpt-*.data-*"))
+    assert data_files
+    for path in data_files:
+        path.write_bytes(b"\0" * 64)
+    error = run_main(copied_arguments, capsys)
+    assert "ckpt-2" in error and "cannot restore" in error and "--overwrite-workdir" in error
+
+    main(copied_arguments + ["--overwrite-workdir"])
+    starts = history(copy)["starts"]
+    assert len(starts) == 1 and starts[0]["global_step"] == 0  # a fresh history
