@@ -146,6 +146,9 @@ def test_titles_of_one_product_vary_in_wording_and_style(dataset):
     assert any(title.isupper() for title in frame["title"])
     assert any(not title.isupper() for title in frame["title"])
     assert re.search(r"\d+ ?(ml|ML|gr|pcs|cm|L)\b", all_titles)
+    # Literal byte escapes as in the real CSV ("\xe2\x9d\x80"), never recased by a seller.
+    assert re.search(r"\\x[0-9a-f]{2}", all_titles)
+    assert not re.search(r"\\X[0-9a-fA-F]{2}|\\x[0-9a-f]?[A-F]", all_titles)
 
 
 def test_titles_of_one_product_are_closer_than_titles_of_different_products(dataset):

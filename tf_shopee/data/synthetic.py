@@ -32,6 +32,22 @@ How the data is made, and why it behaves like the real set:
 The CSV rows are sorted by image file name, as in Kaggle's train.csv. The image file name is the
 MD5 of the JPEG bytes (Kaggle's names look like that too), so a file reused by two postings
 appears once on disk.
+
+Calibration (mean per-posting F1, Kaggle definition; every posting matches itself, at most 50
+matches), measured on 3,000 synthetic postings (seed 0) and, for reference, on the full real
+train.csv (34,250 postings; a subset that small would score higher, having fewer distractors):
+
+============================================  =========  ==========
+method                                        synthetic  real Kaggle
+============================================  =========  ==========
+each posting matches only itself              0.458      0.461
+identical image_phash                         0.553      0.553
+image_phash Hamming distance <= 8             0.577      0.596
+TfidfVectorizer() on titles, best threshold   0.649      0.649
+============================================  =========  ==========
+
+so titles and hashes get about as far here as on the real data, and a learned model has room
+to show its gain.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -479,6 +496,7 @@ _ESCAPED_SYMBOLS = (
     "\\xe2\\x9d\\x80", "\\xe2\\x98\\xae", "\\xf0\\x9f\\x94\\xa5", "\\xe2\\x9c\\xa8",
     "\\xe2\\x98\\x85", "\\xf0\\x9f\\x92\\xaf", "\\xe2\\x9c\\x85", "\\xe2\\x98\\x9b",
 )
+_ESCAPE_PATTERN = re.compile(r"(\\x[0-9a-f]{2})")
 _ABBREVIATIONS = {
     "dengan": "dgn", "untuk": "utk", "yang": "yg", "harga": "hrg", "original": "ori",
     "ukuran": "uk", "tahun": "thn", "sudah": "sdh", "murah": "mrh", "kualitas": "kwalitas",
@@ -897,7 +915,10 @@ def _size_label(kind: str | None, value) -> str | None:
 
 def _format_size(rng: np.random.Generator, kind: str, value) -> str:
     """One seller's way of writing the size: 500ml, 500 ML, 0,5 L, [ISI 5], Size 39-43 ..."""
-    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+
+    def pick(options: Sequence[str]) -> str:
+        return options[int(rng.integers(len(options)))]
+
     comma = rng.random() < 0.4
     if kind == "shoe":
         low, high = value
@@ -978,6 +999,12 @@ def _typo(rng: np.random.Generator, word: str) -> str:
 
 
 def _apply_casing(rng: np.random.Generator, text: str, casing: str) -> str:
+    """Recase a title the seller's way, leaving ``\\xe2``-style escapes lower case: in the real
+    CSV they are byte escapes made after the seller typed the title."""
+    parts = _ESCAPE_PATTERN.split(text)
+    if len(parts) > 1:
+        return "".join(part if _ESCAPE_PATTERN.fullmatch(part) else
+                       _apply_casing(rng, part, casing) for part in parts)
     if casing == "upper":
         return text.upper()
     if casing == "lower":
@@ -994,7 +1021,11 @@ def _compose_title(rng: np.random.Generator, product: _Product, variant: _Varian
                    seller: _Seller) -> str:
     """One seller's listing title for ``variant`` of ``product``."""
     axis = product.axis
-    keep = lambda probability: rng.random() < probability * (1.0 - seller.drop_rate)  # noqa: E731
+
+    def keep(probability: float) -> bool:
+        # Whether this listing mentions a part; careless sellers drop more.
+        return rng.random() < probability * (1.0 - seller.drop_rate)
+
 
     brand = product.brand if keep(0.9) else None
     line = product.line if product.line and keep(0.9) else None
@@ -1063,7 +1094,7 @@ def _compose_title(rng: np.random.Generator, product: _Product, variant: _Varian
     words = " ".join(phrases).split(" ")
     words = [_typo(rng, word) if rng.random() < seller.typo_rate else word for word in words]
     title = _apply_casing(rng, " ".join(word for word in words if word), seller.casing)
-    if rng.random() < 0.02:  # the real CSV has escaped emoji bytes inside titles too
+    if rng.random() < 0.01:  # the real CSV has escaped emoji bytes inside titles too
         symbol = _ESCAPED_SYMBOLS[int(rng.integers(len(_ESCAPED_SYMBOLS)))]
         title = f"{symbol}{title}"
     return title
@@ -1103,10 +1134,10 @@ def _shape_operations(design: _Design) -> tuple[list[tuple], tuple[float, float,
     Roles: "body" (patterned primary colour), "trim" (secondary), "accent", "label", "dark",
     "erase" (cut out). Primitives: rect, rounded, ellipse, polygon, line, arc, pieslice.
     """
-    p = design.shape_parameter
+    shape = design.shape_parameter  # 0..1: this product's proportions
     name = design.silhouette
     if name == "bottle":
-        width, neck, shoulder = 0.34 + 0.18 * p, 0.12 + 0.08 * (1 - p), 0.22 + 0.1 * p
+        width, neck, shoulder = 0.34 + 0.18 * shape, 0.12 + 0.08 * (1 - shape), 0.22 + 0.1 * shape
         left, right = 0.5 - width / 2, 0.5 + width / 2
         operations = [
             ("body", "rounded", (left, shoulder + 0.05, right, 0.96), width * 0.25),
@@ -1128,8 +1159,8 @@ def _shape_operations(design: _Design) -> tuple[list[tuple], tuple[float, float,
         ]
         return operations, (0.5, 0.48, 0.36)
     if name == "box" or name == "book" or name == "wallet":
-        width = 0.55 + 0.3 * p if name != "book" else 0.6
-        height = 0.5 + 0.3 * (1 - p) if name != "book" else 0.8
+        width = 0.55 + 0.3 * shape if name != "book" else 0.6
+        height = 0.5 + 0.3 * (1 - shape) if name != "book" else 0.8
         left, top = 0.5 - width / 2, 0.5 - height / 2
         operations = [("body", "rect", (left, top, left + width, top + height), None)]
         if name == "box":
@@ -1152,7 +1183,7 @@ def _shape_operations(design: _Design) -> tuple[list[tuple], tuple[float, float,
                                None))
         return operations, (0.5, 0.5 + (0.08 if name == "wallet" else 0), min(width, height) * 0.55)
     if name in ("tshirt", "shirt", "jacket"):
-        long_sleeves = name == "jacket" or (name == "shirt" and p > 0.4)
+        long_sleeves = name == "jacket" or (name == "shirt" and shape > 0.4)
         if long_sleeves:
             sleeve = [(0.22, 0.14), (0.07, 0.5), (0.05, 0.86), (0.15, 0.87), (0.25, 0.45)]
         else:
@@ -1176,7 +1207,7 @@ def _shape_operations(design: _Design) -> tuple[list[tuple], tuple[float, float,
             operations.append(("trim", "arc", (0.39, 0.02, 0.61, 0.17), (0, 180, 0.02)))
         return operations, (0.5, 0.45, 0.22)
     if name == "shoe":
-        ankle = 0.18 + 0.25 * p
+        ankle = 0.18 + 0.25 * shape
         upper = [(0.08, 0.74), (0.08, ankle + 0.1), (0.18, ankle), (0.42, ankle + 0.02),
                  (0.58, 0.5), (0.84, 0.56), (0.95, 0.66), (0.95, 0.74)]
         operations = [
@@ -1210,7 +1241,7 @@ def _shape_operations(design: _Design) -> tuple[list[tuple], tuple[float, float,
         ]
         return operations, (0.5, 0.63, 0.3)
     if name == "tube":
-        width = 0.18 + 0.12 * p
+        width = 0.18 + 0.12 * shape
         left, right = 0.5 - width / 2, 0.5 + width / 2
         operations = [
             ("accent", "polygon", [(left + 0.02, 0.2), (left + 0.02, 0.1), (right - 0.02, 0.04),
@@ -1231,14 +1262,14 @@ def _shape_operations(design: _Design) -> tuple[list[tuple], tuple[float, float,
         operations = [
             ("trim", "arc", (0.02, 0.3, 0.3, 0.75), (90, 270, 0.02)),
             ("trim", "arc", (0.7, 0.3, 0.98, 0.75), (270, 450, 0.02)),
-            ("body", "rounded", (0.15, 0.28, 0.85, 0.78), 0.1 + 0.08 * p),
+            ("body", "rounded", (0.15, 0.28, 0.85, 0.78), 0.1 + 0.08 * shape),
             ("dark", "line", [(0.2, 0.45), (0.8, 0.45)], 0.006),
             ("dark", "line", [(0.2, 0.6), (0.8, 0.6)], 0.006),
         ]
         return operations, (0.68, 0.53, 0.14)
     if name == "cap":
         operations = [
-            ("trim", "ellipse", (0.02 + 0.3 * p, 0.58, 0.72 + 0.25 * p, 0.72), None),
+            ("trim", "ellipse", (0.02 + 0.3 * shape, 0.58, 0.72 + 0.25 * shape, 0.72), None),
             ("body", "pieslice", (0.15, 0.22, 0.85, 0.95), (180, 360)),
             ("accent", "ellipse", (0.46, 0.19, 0.54, 0.26), None),
         ]
