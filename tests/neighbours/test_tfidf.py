@@ -6,7 +6,15 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
 from tf_shopee.errors import UserError
-from tf_shopee.neighbours.tfidf import sparse_top_k, tfidf_neighbours
+from tf_shopee.neighbours import Neighbours
+from tf_shopee.neighbours.tfidf import (
+    blend_vectors,
+    clean_title,
+    filter_by_cosine,
+    sparse_top_k,
+    tfidf_neighbours,
+    tfidf_vectors,
+)
 
 WORDS = [f"w{number}" for number in range(25)] + ["tas", "sepatu", "merah", "biru", "500ml"]
 
@@ -148,3 +156,64 @@ def test_bad_options_are_user_errors(options, message):
 def test_non_string_title_names_the_row():
     with pytest.raises(UserError, match=r"titles\[1\] is int"):
         tfidf_neighbours(["a b", 5])
+
+
+def test_clean_title_decodes_byte_escapes_and_entities():
+    assert clean_title("Nescafe \\xc3\\x89clair Latte 220ml") == "Nescafe Éclair Latte 220ml"
+    assert clean_title("\\xe2\\x9d\\xa4 RATU \\xe2\\x9d\\xa4") == "❤ RATU ❤"
+    assert clean_title("Calls &amp; Music 10&amp;quot;") == 'Calls & Music 10&quot;'
+    assert clean_title("plain title") == "plain title"
+    # A truncated escape sequence decodes to the replacement character, never raises.
+    assert clean_title("bad \\xe2\\x9d end") == "bad \ufffd end"
+
+
+def test_clean_titles_removes_spurious_emoji_matches():
+    titles = ["\\xe2\\x9d\\xa4 sepatu merah", "\\xe2\\x9d\\xa4 tas biru", "sepatu merah"]
+    raw = tfidf_neighbours(titles, k=3)
+    cleaned = tfidf_neighbours(titles, k=3, clean_titles=True)
+    # Raw: the escape tokens xe2/x9d/xa4 link the two unrelated emoji titles.
+    assert 1 in raw.indices[0].tolist()
+    assert cleaned.indices[0].tolist() == [0, 2, -1]
+    assert cleaned.indices[1].tolist() == [1, -1, -1]
+
+
+def test_blend_vectors_matches_dense_formula():
+    titles = random_titles(40, seed=5)
+    vectors, _ = tfidf_vectors(titles)
+    neighbours = tfidf_neighbours(titles, k=6)
+    other = tfidf_neighbours(titles, k=3, analyzer="char_wb", ngram_range=(2, 3))
+    blended = blend_vectors(vectors, [(neighbours, 0.5), (other, 0.8)])
+    dense = vectors.toarray()
+    weights = np.eye(40)
+    for graph, threshold in [(neighbours, 0.5), (other, 0.8)]:
+        for row in range(40):
+            for index, score in zip(graph.indices[row], graph.scores[row]):
+                if index >= 0 and index != row and score >= threshold:
+                    weights[row, index] = max(weights[row, index], score)
+    expected = weights @ dense
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(blended.toarray(), expected, rtol=1e-5, atol=1e-6)
+    assert weights.sum() > 40, "the case must actually blend some neighbours"
+    with pytest.raises(UserError, match="blending graph"):
+        blend_vectors(vectors[:10], [(neighbours, 0.5)])
+
+
+def test_filter_by_cosine_keeps_agreeing_neighbours_in_order():
+    titles = ["red shoe", "red shoe big", "blue hat", "blue hat small", "green"]
+    vectors, _ = tfidf_vectors(titles)
+    cosine = (vectors @ vectors.T).toarray()
+    # Everyone is everyone's neighbour (an image source that cannot tell products apart).
+    indices = np.tile(np.arange(5, dtype=np.int32), (5, 1))
+    scores = np.tile(np.linspace(1.0, 0.6, 5, dtype=np.float32), (5, 1))
+    filtered = filter_by_cosine(Neighbours(indices, scores), vectors, 0.5)
+    for row in range(5):
+        kept = [index for index in range(5) if cosine[row, index] >= 0.5]
+        assert filtered.indices[row].tolist() == kept + [-1] * (5 - len(kept))
+        np.testing.assert_allclose(filtered.scores[row, : len(kept)], scores[row, kept])
+        assert np.isneginf(filtered.scores[row, len(kept):]).all()
+    # Query rows against another catalog.
+    catalog_vectors = vectors[[2, 0]]
+    against = filter_by_cosine(
+        Neighbours([[0, 1]], [[0.9, 0.8]]), vectors[[1]], 0.5, catalog_vectors=catalog_vectors
+    )
+    assert against.indices.tolist() == [[1, -1]]

@@ -23,7 +23,9 @@ In self-matching a posting is its own neighbour (cosine 1) like any other candid
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from typing import Sequence
 
 import numpy as np
@@ -52,6 +54,7 @@ def tfidf_neighbours(
     min_score: float | None = None,
     vectorizer=None,
     catalog_titles: Sequence[str] | None = None,
+    clean_titles: bool = False,
 ) -> Neighbours:
     """Return the ``k`` most similar catalog titles of each title by TF-IDF cosine similarity.
 
@@ -68,6 +71,8 @@ def tfidf_neighbours(
             unfitted one is cloned and fitted on the catalog. Its rows are L2-normalised here.
         catalog_titles: match ``titles`` against these instead of against themselves; the
             vocabulary and IDF weights are then learned from the catalog.
+        clean_titles: undo the byte escapes and HTML entities of scraped titles first
+            (:func:`clean_title`).
 
     Returns:
         :class:`Neighbours` with indices into the catalog (``titles`` itself when no catalog).
@@ -84,15 +89,14 @@ def tfidf_neighbours(
         raise UserError(f"k must be at least 1, got {k}")
     if max_chunk_mb <= 0:
         raise UserError(f"max_chunk_mb must be positive, got {max_chunk_mb}")
-    queries = _clean_titles(titles, "titles")
-    catalog = queries if catalog_titles is None else _clean_titles(catalog_titles, "catalog_titles")
     query_vectors, catalog_vectors = tfidf_vectors(
-        queries,
-        catalog=None if catalog_titles is None else catalog,
+        titles,
+        catalog=catalog_titles,
         analyzer=analyzer,
         ngram_range=ngram_range,
         max_features=max_features,
         vectorizer=vectorizer,
+        clean_titles=clean_titles,
     )
     return sparse_top_k(
         query_vectors, catalog_vectors, k=k, max_chunk_mb=max_chunk_mb, min_score=min_score
@@ -107,10 +111,11 @@ def tfidf_vectors(
     ngram_range: tuple[int, int] = (1, 1),
     max_features: int | None = None,
     vectorizer=None,
+    clean_titles: bool = False,
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """L2-normalised float32 TF-IDF rows of ``titles`` and of ``catalog`` (``titles`` when None).
 
-    The vectorizer is fitted on the catalog (see :func:`tfidf_neighbours` for ``vectorizer``).
+    The vectorizer is fitted on the catalog (see :func:`tfidf_neighbours` for the arguments).
     When every title is empty (no vocabulary) both matrices have zero columns.
     """
     from sklearn.base import clone
@@ -119,8 +124,11 @@ def tfidf_vectors(
     from sklearn.preprocessing import normalize
     from sklearn.utils.validation import check_is_fitted
 
-    queries = _clean_titles(titles, "titles")
-    corpus = queries if catalog is None else _clean_titles(catalog, "catalog")
+    queries = _as_title_list(titles, "titles")
+    corpus = queries if catalog is None else _as_title_list(catalog, "catalog_titles")
+    if clean_titles:
+        queries = [clean_title(title) for title in queries]
+        corpus = queries if catalog is None else [clean_title(title) for title in corpus]
     if vectorizer is None:
         if analyzer not in ANALYZERS:
             raise UserError(f"analyzer must be one of {ANALYZERS}, got {analyzer!r}")
@@ -253,7 +261,7 @@ def _histogram_prune(values, columns, row_ids, num_rows: int, k: int):
     return values[keep], columns[keep], row_ids[keep]
 
 
-def _clean_titles(titles, name: str) -> list[str]:
+def _as_title_list(titles, name: str) -> list[str]:
     """Titles as a list of strings; ``None`` and NaN become ``""``, other non-strings are errors."""
     cleaned = []
     for row, title in enumerate(titles):
@@ -264,3 +272,123 @@ def _clean_titles(titles, name: str) -> list[str]:
         else:
             raise UserError(f"{name}[{row}] is {type(title).__name__} {title!r}, expected a string")
     return cleaned
+
+
+# A run of literal byte escapes such as "\xe2\x9d\xa4" (how the scraped Shopee titles spell
+# emoji and accented letters; 671 of the 34,250 real titles have them).
+_BYTE_ESCAPES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
+
+
+def clean_title(title: str) -> str:
+    """Undo the encodings scraped Shopee titles carry, so they tokenise like the visible text.
+
+    Literal UTF-8 byte escapes (``"Nescafe \\\\xc3\\\\x89clair"``) are decoded (``"Nescafe
+    Éclair"``) and HTML entities (``&amp;``) unescaped. Without this, every emoji becomes the
+    tokens ``xe2``, ``x9d``, ... which then make unrelated titles look alike.
+
+    Example:
+        >>> clean_title("\\\\xe2\\\\x9d\\\\xa4 RATU &amp; co")
+        '❤ RATU & co'
+    """
+
+    def decode(match: re.Match) -> str:
+        raw = bytes(int(pair, 16) for pair in match.group(0).split("\\x")[1:])
+        return raw.decode("utf-8", errors="replace")
+
+    return html.unescape(_BYTE_ESCAPES.sub(decode, title))
+
+
+def blend_vectors(
+    vectors: sparse.spmatrix, graphs: Sequence[tuple[Neighbours, float]]
+) -> sparse.csr_matrix:
+    """Neighbourhood blending of sparse TF-IDF rows (INB / query expansion in the sparse space).
+
+    Each row becomes the L2-normalised, similarity-weighted sum of itself and its neighbours::
+
+        v_i' = normalise(v_i + sum_j w_ij v_j),   w_ij = max over graphs of s_ij (s_ij >= threshold)
+
+    It is :func:`tf_shopee.matching.neighbourhood_blend` for vectors that are too wide to
+    densify (tens of thousands of terms), with one addition: several neighbour graphs may vote,
+    e.g. TF-IDF neighbours and near-identical phash neighbours, so two titles of one product
+    that share few words but the same photo pull each other (and their neighbours) together.
+
+    Args:
+        vectors: (N, F) sparse rows, L2-normalised.
+        graphs: ``(neighbours, threshold)`` pairs of self-matching neighbours of the same N rows;
+            neighbours scoring ``>= threshold`` (other than the row itself) are blended in.
+
+    Returns:
+        (N, F) float32 CSR, L2-normalised (an all-zero row stays zero).
+    """
+    from sklearn.preprocessing import normalize
+
+    vectors = sparse.csr_matrix(vectors, dtype=np.float32)
+    num_rows = vectors.shape[0]
+    weights = sparse.csr_matrix((num_rows, num_rows), dtype=np.float32)
+    for neighbours, threshold in graphs:
+        if neighbours.num_queries != num_rows:
+            raise UserError(
+                f"a blending graph has {neighbours.num_queries} rows but there are {num_rows} "
+                "vectors; blending needs self-matching neighbours of the same rows"
+            )
+        rows = np.arange(num_rows, dtype=np.int32)[:, np.newaxis]
+        selected = (
+            (neighbours.scores >= threshold)
+            & (neighbours.indices >= 0)
+            & (neighbours.indices != rows)
+        )
+        row_ids, slots = np.nonzero(selected)
+        graph = sparse.csr_matrix(
+            (neighbours.scores[row_ids, slots], (row_ids, neighbours.indices[row_ids, slots])),
+            shape=(num_rows, num_rows),
+            dtype=np.float32,
+        )
+        graph.sum_duplicates()
+        weights = weights.maximum(graph)
+    weights = weights + sparse.identity(num_rows, dtype=np.float32, format="csr")
+    return normalize(weights @ vectors, norm="l2", copy=False).astype(np.float32)
+
+
+def filter_by_cosine(
+    neighbours: Neighbours,
+    query_vectors: sparse.spmatrix,
+    min_cosine: float,
+    *,
+    catalog_vectors: sparse.spmatrix | None = None,
+) -> Neighbours:
+    """Keep only the neighbours whose vectors' cosine (dot product) is at least ``min_cosine``.
+
+    Used to ask another source for agreement, e.g. phash neighbours a dozen bits apart are mostly
+    different products, but those whose titles also share words are mostly the same one. Scores
+    are left as they were; removed entries are replaced by moving the survivors forward and
+    padding the row end with ``-1`` / ``-inf``.
+
+    Args:
+        neighbours: any source's neighbours of the query rows.
+        query_vectors: (num_queries, F) L2-normalised sparse rows (e.g. from :func:`tfidf_vectors`).
+        min_cosine: lowest accepted cosine between a query and a neighbour.
+        catalog_vectors: rows the neighbour indices point into (default: ``query_vectors``).
+    """
+    query_vectors = sparse.csr_matrix(query_vectors, dtype=np.float32)
+    catalog_vectors = (
+        query_vectors
+        if catalog_vectors is None
+        else sparse.csr_matrix(catalog_vectors, dtype=np.float32)
+    )
+    indices, scores = neighbours.indices, neighbours.scores
+    if query_vectors.shape[0] != neighbours.num_queries:
+        raise UserError(
+            f"{query_vectors.shape[0]} query vectors for {neighbours.num_queries} neighbour rows"
+        )
+    row_ids, slots = np.nonzero(indices >= 0)
+    columns = indices[row_ids, slots]
+    cosines = np.asarray(
+        query_vectors[row_ids].multiply(catalog_vectors[columns]).sum(axis=1)
+    ).ravel()
+    keep = np.zeros(indices.shape, dtype=bool)
+    keep[row_ids, slots] = cosines >= min_cosine
+    # A stable sort on "dropped" moves the kept slots forward in their original order.
+    order = np.argsort(~keep, axis=1, kind="stable")
+    kept_indices = np.take_along_axis(np.where(keep, indices, -1), order, axis=1)
+    kept_scores = np.take_along_axis(np.where(keep, scores, -np.inf), order, axis=1)
+    return Neighbours(kept_indices, kept_scores)
