@@ -90,7 +90,12 @@ def get_strategy(name: str, *, tpu_address: str = ""):
         cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
         if len(cpus) == 1:
             _warn_cpu_training("mirrored strategy with a single CPU replica")
-        return tf.distribute.MirroredStrategy(devices=cpus)
+        # Logical CPU devices share one memory: reducing on one of them is cheap, and unlike
+        # the default collective ops it does not clash with the collective keys of an earlier
+        # MirroredStrategy in the same process ("Shape mismatch in the collective instance").
+        return tf.distribute.MirroredStrategy(
+            devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
     # one_device
     if gpus:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
