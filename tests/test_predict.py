@@ -1,0 +1,229 @@
+"""predict.py end to end on a small synthetic set: model-free sources, exported models, TFRecord
+input, threshold search, and the bad inputs a user can give it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tf_shopee.metrics import mean_f1, true_matches
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(tmp_path_factory):
+    """200 synthetic postings (64 px photos) and their TFRecords with 4 folds."""
+    from tf_shopee.data.convert import convert_csv
+    from tf_shopee.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("predict")
+    generate_dataset(root / "data", postings=200, seed=3, image_size=64, workers=1)
+    convert_csv(root / "data" / "train.csv", root / "data" / "train_images", root / "tfrecords",
+                folds=4, progress=False, workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported_models(synthetic_set):
+    """An untrained tiny image model and text model, exported as predict reads them."""
+    from tf_shopee.config import RunConfig, tiny_overrides
+    from tf_shopee.export import export_model
+    from tf_shopee.models import build_embedding_model
+    from tf_shopee.models.text import build_title_preprocessor
+
+    titles = pd.read_csv(synthetic_set / "data" / "train.csv")["title"].tolist()
+    exports = {}
+    for kind in ("image", "text"):
+        config = RunConfig(name=f"test_{kind}").override(tiny_overrides(kind))
+        config.override([f"model.kind={kind}", "model.embedding_dim=16"])
+        preprocessor = None
+        vocabulary_size = None
+        if kind == "text":
+            preprocessor = build_title_preprocessor(
+                config.model.text, titles=titles,
+                vocabulary_path=str(synthetic_set / "vocabulary.txt"),
+            )
+            vocabulary_size = preprocessor.vocabulary_size
+        model = build_embedding_model(config.model, image_size=config.data.image_size,
+                                      vocabulary_size=vocabulary_size)
+        exports[kind] = export_model(
+            model, kind=kind, export_dir=synthetic_set / "saved_models" / kind,
+            image_size=config.data.image_size, text_preprocessor=preprocessor,
+            metadata={"threshold": 0.9, "run_name": config.name}, config=config,
+        )
+    return exports
+
+
+def run_predict(*arguments, check=True):
+    """Run ``predict.py`` as a user does; return the completed process."""
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY / "predict.py"), "--quiet", *map(str, arguments)],
+        capture_output=True, text=True, cwd=REPOSITORY,
+    )
+    if check and completed.returncode != 0:
+        raise AssertionError(f"predict.py failed:\n{completed.stdout}\n{completed.stderr}")
+    return completed
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_model_free_prediction_writes_submission_and_report(synthetic_set, tmp_path):
+    csv_path = synthetic_set / "data" / "train.csv"
+    out = tmp_path / "submission.csv"
+    report_path = tmp_path / "report.json"
+    completed = run_predict("--csv", csv_path, "--out", out, "--evaluate", "--report", report_path)
+    assert "combined" in completed.stdout
+
+    frame = pd.read_csv(csv_path, dtype={"posting_id": str})
+    submission = read_submission(out)
+    assert list(submission.columns) == ["posting_id", "matches"]
+    assert submission["posting_id"].tolist() == frame["posting_id"].tolist()
+    predicted = [matches.split() for matches in submission["matches"]]
+    for posting_id, matches in zip(frame["posting_id"], predicted):
+        assert matches[0] == posting_id  # self first
+        assert 1 <= len(matches) <= 50
+        assert len(set(matches)) == len(matches)
+
+    report = json.loads(report_path.read_text())
+    assert report["rows"] == len(frame)
+    assert set(report["f1"]) == {"tfidf", "phash", "combined"}
+    assert set(report["thresholds"]) == {"tfidf", "phash"}
+    # The reported combined F1 is the F1 of the submission actually written.
+    truth = true_matches(frame["posting_id"].tolist(), frame["label_group"].tolist())
+    assert report["f1"]["combined"] == pytest.approx(mean_f1(predicted, truth), abs=1e-9)
+    # Each posting matching only itself is the trivial floor; every source must beat it.
+    self_only = mean_f1([[posting_id] for posting_id in frame["posting_id"]], truth)
+    assert report["f1"]["combined"] > self_only + 0.1
+
+
+def test_threshold_override_changes_matches(synthetic_set, tmp_path):
+    csv_path = synthetic_set / "data" / "train.csv"
+    strict = tmp_path / "strict.csv"
+    run_predict("--csv", csv_path, "--out", strict, "--no-phash", "--no-min2",
+                "--threshold", "tfidf=1.01")
+    # A threshold no cosine reaches leaves every posting with itself only.
+    submission = read_submission(strict)
+    assert (submission["matches"] == submission["posting_id"]).all()
+
+
+def test_search_thresholds_writes_file_that_predict_reads(synthetic_set, tmp_path):
+    csv_path = synthetic_set / "data" / "train.csv"
+    search_dir = tmp_path / "search"
+    report_path = tmp_path / "report.json"
+    run_predict("--csv", csv_path, "--out", tmp_path / "a.csv", "--evaluate",
+                "--search-thresholds", search_dir, "--report", report_path)
+    payload = json.loads((search_dir / "thresholds.json").read_text())
+    assert (search_dir / "thresholds.png").stat().st_size > 1000
+    searched = json.loads(report_path.read_text())
+    assert searched["thresholds"] == pytest.approx(payload["thresholds"])
+    # Feeding the file back reproduces the same matches.
+    run_predict("--csv", csv_path, "--out", tmp_path / "b.csv", "--thresholds",
+                search_dir / "thresholds.json")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported_models,
+                                                         tmp_path):
+    csv_path = synthetic_set / "data" / "train.csv"
+    models = ["--model", exported_models["image"], "--model", exported_models["text"]]
+    from_images = tmp_path / "images.csv"
+    report_path = tmp_path / "report.json"
+    run_predict("--csv", csv_path, "--images", synthetic_set / "data" / "train_images", *models,
+                "--out", from_images, "--evaluate", "--report", report_path,
+                "--cache-dir", tmp_path / "cache")
+    report = json.loads(report_path.read_text())
+    assert {"image", "text", "concat", "tfidf", "phash", "combined"} <= set(report["f1"])
+    assert report["threshold_origin"]["image"] == "model export"
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+    # The same postings read from the TFRecords (same JPEG bytes) give the same submission.
+    from_records = tmp_path / "records.csv"
+    run_predict("--tfrecords", synthetic_set / "tfrecords", "--csv", csv_path, *models,
+                "--out", from_records, "--cache-dir", tmp_path / "cache2")
+    assert from_images.read_bytes() == from_records.read_bytes()
+
+
+def test_fold_selection_matches_only_inside_the_fold(synthetic_set, tmp_path):
+    out = tmp_path / "fold.csv"
+    run_predict("--tfrecords", synthetic_set / "tfrecords", "--fold", "1", "--out", out)
+    manifest = json.loads((synthetic_set / "tfrecords" / "manifest.json").read_text())
+    submission = read_submission(out)
+    assert len(submission) == manifest["fold_counts"]["1"]
+    inside = set(submission["posting_id"])
+    assert all(set(matches.split()) <= inside for matches in submission["matches"])
+
+
+def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_path):
+    from tf_shopee.export import load_exported
+    from tf_shopee.predict import PredictOptions, embed_postings, read_postings
+
+    options = PredictOptions(csv=str(synthetic_set / "data" / "train.csv"),
+                             cache_dir=str(tmp_path / "cache"), progress=False)
+    postings = read_postings(options)
+    model = load_exported(exported_models["text"])
+    first = embed_postings(model, postings, options)
+    cached = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 1
+    np.save(cached[0], np.zeros_like(first))  # prove the second call reads the cache
+    second = embed_postings(model, postings, options)
+    assert np.all(second == 0)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing_column", "lacks required column(s) title"),
+        ("duplicate_id", "appears more than once"),
+        ("missing_csv", "CSV not found"),
+        ("missing_image", "missing or outside"),
+        ("not_an_export", "is not a tf_shopee export"),
+        ("image_model_without_images", "give --images"),
+        ("evaluate_without_labels", "need labels"),
+        ("bad_threshold", "--threshold expects SOURCE=VALUE"),
+        ("unknown_fold", "has folds 0..3"),
+    ],
+)
+def test_bad_input_gets_a_message_and_exit_2(synthetic_set, exported_models, tmp_path, problem,
+                                             expected):
+    frame = pd.read_csv(synthetic_set / "data" / "train.csv", dtype=str)
+    images = synthetic_set / "data" / "train_images"
+    csv_path = tmp_path / "input.csv"
+    arguments = ["--csv", csv_path, "--out", tmp_path / "out.csv"]
+    if problem == "missing_column":
+        frame = frame.drop(columns=["title"])
+    elif problem == "duplicate_id":
+        frame.loc[5, "posting_id"] = frame.loc[2, "posting_id"]
+    elif problem == "missing_csv":
+        arguments[1] = tmp_path / "absent.csv"
+    elif problem == "missing_image":
+        frame.loc[7, "image"] = "no_such_file.jpg"
+        arguments += ["--images", images, "--model", exported_models["image"]]
+    elif problem == "not_an_export":
+        (tmp_path / "random_folder").mkdir()
+        arguments += ["--model", tmp_path / "random_folder"]
+    elif problem == "image_model_without_images":
+        arguments += ["--model", exported_models["image"]]
+    elif problem == "evaluate_without_labels":
+        frame = frame.drop(columns=["label_group"])
+        arguments += ["--evaluate"]
+    elif problem == "bad_threshold":
+        arguments += ["--threshold", "tfidf"]
+    elif problem == "unknown_fold":
+        arguments = ["--tfrecords", synthetic_set / "tfrecords", "--fold", "9",
+                     "--out", tmp_path / "out.csv"]
+    frame.to_csv(csv_path, index=False)
+    completed = run_predict(*arguments, check=False)
+    assert completed.returncode == 2, completed.stderr
+    assert expected in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "out.csv").exists()
