@@ -25,7 +25,7 @@ SCORE_TOLERANCE = 1e-5
 
 def budget_for_tile(tile: int) -> float:
     """The max_chunk_mb that yields exactly this tile side."""
-    return 12 * tile * tile / 1024 / 1024
+    return matching._BYTES_PER_TILE_ELEMENT * tile * tile / 1024 / 1024
 
 
 def normalised(matrix: np.ndarray) -> np.ndarray:
@@ -269,7 +269,8 @@ def test_tile_size_follows_the_budget():
     assert tile_size_for_budget(budget_for_tile(64) * 1.5) == 72  # rounded down to 8
     assert tile_size_for_budget(100_000) == 2048  # capped at the fastest size
     assert tile_size_for_budget(100_000, cap=4096) == 4096
-    assert 12 * tile_size_for_budget(256) ** 2 <= 256 * 1024 * 1024
+    bytes_per_element = matching._BYTES_PER_TILE_ELEMENT
+    assert bytes_per_element * tile_size_for_budget(256) ** 2 <= 256 * 1024 * 1024
     with pytest.raises(UserError, match="too small"):
         tile_size_for_budget(0.0001)
     with pytest.raises(UserError, match="positive"):

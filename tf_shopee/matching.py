@@ -5,27 +5,31 @@ Everything here works on L2-normalised float32 embeddings, so the inner product 
 similarity, and returns or consumes :class:`tf_shopee.neighbours.Neighbours` (the form every
 neighbour source shares) or per-query match lists (int arrays of catalog rows, self first).
 
-The exact top-k (:func:`top_k_neighbours`) is computed tile by tile with TensorFlow ops so that
-memory stays bounded by ``max_chunk_mb`` whatever the number of postings:
+How :func:`top_k_neighbours` finds the exact top-k, tile by tile with TensorFlow ops, in memory
+bounded by ``max_chunk_mb`` whatever the number of postings:
 
-* Self-matching is symmetric, so only the tiles on and above the diagonal are multiplied
-  (about half of the N × N × D product); each tile feeds the neighbour lists of its rows *and* of
-  its columns.
-* Each row keeps its best ``k`` candidates so far. A new tile can only change a row's list where a
-  score reaches the row's current k-th best (or ``min_score``), so after the first tile of a row
-  only those few scores are extracted (``tf.where``) and merged; a full ``tf.math.top_k`` over the
-  tile is needed only while a row has fewer than ``k`` candidates (its first tile) or when a tile
-  has too many passing scores for the sparse path to pay off. With product-like data that is
-  almost never, which is what makes the matcher cheaper than a per-tile top-k (see
-  ``benchmarks/bench_matching.py``).
-* Tiles are visited row-major (tile row I, tile columns J ≥ I ascending), so every row receives its
-  candidate columns in increasing order. ``tf.math.top_k`` is stable (equal values keep their
-  order), hence equal scores are broken by the lower catalog index, exactly as a stable sort of the
-  whole similarity row would.
+* Self-matching is symmetric, so only the tiles on and above the diagonal are multiplied (about
+  half of the N × N × D product); each tile feeds the neighbour lists of its rows *and* of its
+  columns (the transposed direction is read from the same tile, never materialised).
+* Each row keeps its best ``k`` candidates so far. A later tile can only change a row's list where
+  a score reaches the row's current k-th best (and ``min_score``), and after the first tiles that
+  is a handful of scores per row. A max over each group of 8 rows of every column (one cheap pass
+  over the tile) locates them; only those groups are gathered, checked and merged. A full
+  ``tf.math.top_k`` over a tile is needed only when too many scores pass (a row's first tile when
+  no bound is known yet, a very low ``min_score``). With ``min_score`` set to the lowest threshold
+  in use, as prediction does, almost nothing but the matches themselves is ever extracted.
+* The diagonal tiles are searched first: the k-th best score of a row inside its own tile is a
+  lower bound of its final k-th best, which makes the first off-diagonal tiles sparse as well.
+* Ties: tiles are visited row-major (tile row I, then tile columns J > I ascending) and a row's
+  diagonal result is merged when its tile row starts, so every row receives its candidates in
+  increasing index order; all merges are stable ``top_k`` calls with the older (lower-index)
+  candidates first, hence equal scores are broken by the lower catalog index, exactly as a stable
+  sort of the whole similarity row would.
 
-The result is exact: identical to a brute-force sort of the full similarity matrix apart from
+The result is exact: identical to a brute-force sort of the full similarity matrix apart from the
 float rounding of the dot products (tiles are multiplied separately, so the last bit of a score may
-differ from one large matmul).
+differ from one large matmul). Speed and memory against FAISS and NumPy are measured by
+``benchmarks/bench_matching.py``.
 """
 
 from __future__ import annotations
@@ -42,26 +46,29 @@ DEFAULT_K = 51  # 50 matches (the competition's cap) plus the posting itself
 DEFAULT_MAX_MATCHES = 50
 DEFAULT_MAX_CHUNK_MB = 256
 
-# Bytes of working memory per similarity-tile element in the worst (dense) path: the float32 tile,
-# its masked copy and the [buffer | tile] concatenation fed to top_k.
-_BYTES_PER_TILE_ELEMENT = 12
-# Below this budget nothing useful fits; the smallest tile is _TILE_ALIGNMENT rows.
+# Bytes of working memory per similarity-tile element. The dense path of a symmetric tile holds the
+# float32 tile and, per direction, a boolean mask and a masked float32 copy given to top_k (one of
+# them transposed): 18 bytes; the peak resident memory measured with benchmarks/bench_matching.py
+# grows by about twice that per tile element (TensorFlow's allocator keeps freed blocks around).
+_BYTES_PER_TILE_ELEMENT = 36
+# Tiles are multiples of this many rows: the group size of the block maxima below.
 _TILE_ALIGNMENT = 8
-# Measured on 2 CPU cores (benchmarks/bench_matching.py): tiles larger than this stop getting
-# faster and spill out of the L3 cache, so a generous budget does not mean a slower matcher.
+# Measured on these 2 CPU cores (CPU seconds of the whole search at N = 16,384): 1024-row tiles
+# cost about 20 % more than 2048, 4096 no less, so a generous budget only costs memory.
 _FASTEST_TILE = 2048
-# The sparse merge extracts scores with tf.where (16 bytes of coordinates per hit); when more than
-# this fraction of a tile passes, the dense top_k over the tile is cheaper and bounded in memory.
+# The sparse path gathers the 8 scores of every candidate group; when more than this fraction of a
+# tile has to be checked, one top_k over the whole tile is cheaper (and bounded in memory).
 _SPARSE_HIT_FRACTION = 1 / 16
 
 
 def tile_size_for_budget(max_chunk_mb: float, *, cap: int = _FASTEST_TILE) -> int:
     """Rows (and columns) of one similarity tile so that a tile step fits in ``max_chunk_mb``.
 
-    One step holds a ``tile × tile`` float32 similarity block plus a masked copy and the
-    ``[best-so-far | block]`` concatenation given to ``tf.math.top_k`` (about 12 bytes per block
-    element in the worst case). The tile is rounded down to a multiple of 8 and capped at ``cap``
-    (the fastest size measured here; bigger tiles only cost memory).
+    One step holds a ``tile × tile`` float32 similarity block and, in the worst case (a tile whose
+    every score must go through ``tf.math.top_k``), a boolean mask and a masked copy of it for each
+    of its two directions; measured peak memory grows by about 36 bytes per block element, which
+    is what the budget is divided by. The tile is rounded down to a multiple of 8 and capped at
+    ``cap`` (the fastest size measured here; bigger tiles only cost memory).
 
     Raises:
         UserError: when the budget is not positive or too small for an 8 × 8 tile.
@@ -165,40 +172,40 @@ def _self_top_k(matrix: np.ndarray, *, k: int, tile: int, floor: float):
 
     kernels = _tile_kernels()
     num_rows = matrix.shape[0]
-    embeddings = tf.convert_to_tensor(matrix)
     best_scores = np.full((num_rows, k), -np.inf, dtype=np.float32)
     best_indices = np.full((num_rows, k), -1, dtype=np.int32)
     floor_bounds = np.full(num_rows, floor, dtype=np.float32)
-    starts = range(0, num_rows, tile)
-
-    def block(start):
-        return slice(start, min(start + tile, num_rows)), min(tile, num_rows - start)
+    # Tiles are handed to TensorFlow one at a time: converting the whole matrix would copy it
+    # (transiently twice), which is memory the chunk budget does not allow for.
+    blocks = [slice(start, min(start + tile, num_rows)) for start in range(0, num_rows, tile)]
 
     # Pass 1: each row's best within its own diagonal tile. They are merged into the running lists
     # only when the row-major pass reaches that tile (keeping candidate columns in ascending order
     # for the tie rule), but their k-th best already bounds which scores can matter anywhere.
     diagonal_scores = np.empty_like(best_scores)
     diagonal_indices = np.empty_like(best_indices)
-    for start in starts:
-        rows, size = block(start)
-        scores, indices = kernels.rows(
-            embeddings, embeddings, start, size, start, size,
-            best_scores[rows], best_indices[rows], floor_bounds[rows],
-        )  # fmt: skip
-        diagonal_scores[rows], diagonal_indices[rows] = scores.numpy(), indices.numpy()
+    for rows in blocks:
+        block, padding = _aligned_block(matrix[rows])
+        scores, indices, bounds = _pad_lists(
+            best_scores[rows], best_indices[rows], floor_bounds[rows], padding
+        )
+        size = rows.stop - rows.start
+        # The padded block asks; only its real rows are candidates.
+        scores, indices = kernels.rows(block, block[:size], rows.start, scores, indices, bounds)
+        diagonal_scores[rows] = scores.numpy()[:size]
+        diagonal_indices[rows] = indices.numpy()[:size]
     bounds = np.maximum(diagonal_scores[:, k - 1], floor_bounds)
 
     # Pass 2: tile row I merges its diagonal result, then tiles (I, J > I) left to right.
-    for row_start in starts:
-        rows, row_size = block(row_start)
+    for position, rows in enumerate(blocks):
         scores, indices = kernels.merge(
             best_scores[rows], best_indices[rows], diagonal_scores[rows], diagonal_indices[rows]
         )
         best_scores[rows], best_indices[rows] = scores.numpy(), indices.numpy()
-        for column_start in range(row_start + tile, num_rows, tile):
-            columns, column_size = block(column_start)
+        row_block = tf.convert_to_tensor(matrix[rows])
+        for columns in blocks[position + 1 :]:
             row_scores, row_indices, column_scores, column_indices = kernels.symmetric(
-                embeddings, row_start, row_size, column_start, column_size,
+                row_block, tf.convert_to_tensor(matrix[columns]), rows.start, columns.start,
                 best_scores[rows], best_indices[rows], bounds[rows],
                 best_scores[columns], best_indices[columns], bounds[columns],
             )  # fmt: skip
@@ -214,68 +221,87 @@ def _catalog_top_k(queries: np.ndarray, catalog: np.ndarray, *, k: int, tile: in
 
     kernels = _tile_kernels()
     num_queries, num_catalog = queries.shape[0], catalog.shape[0]
-    query_tensor, catalog_tensor = tf.convert_to_tensor(queries), tf.convert_to_tensor(catalog)
     best_scores = np.full((num_queries, k), -np.inf, dtype=np.float32)
     best_indices = np.full((num_queries, k), -1, dtype=np.int32)
     floor_bounds = np.full(num_queries, floor, dtype=np.float32)
     for row_start in range(0, num_queries, tile):
         rows = slice(row_start, min(row_start + tile, num_queries))
-        row_size = min(tile, num_queries - row_start)
+        query_block, padding = _aligned_block(queries[rows])
+        scores, indices, bounds = _pad_lists(
+            best_scores[rows], best_indices[rows], floor_bounds[rows], padding
+        )
         for column_start in range(0, num_catalog, tile):
-            column_size = min(tile, num_catalog - column_start)
+            catalog_block = tf.convert_to_tensor(catalog[column_start : column_start + tile])
             scores, indices = kernels.rows(
-                query_tensor, catalog_tensor, row_start, row_size, column_start, column_size,
-                best_scores[rows], best_indices[rows], floor_bounds[rows],
-            )  # fmt: skip
-            best_scores[rows], best_indices[rows] = scores.numpy(), indices.numpy()
+                query_block, catalog_block, column_start, scores, indices, bounds
+            )
+        size = rows.stop - rows.start
+        best_scores[rows], best_indices[rows] = scores.numpy()[:size], indices.numpy()[:size]
     return best_scores, best_indices
+
+
+def _aligned_block(block: np.ndarray):
+    """The block as a tensor with zero rows appended up to a multiple of the group size, and the
+    number of rows added (their lists get an infinite bound: they collect nothing)."""
+    import tensorflow as tf
+
+    padding = -block.shape[0] % _TILE_ALIGNMENT
+    if padding:
+        block = np.concatenate([block, np.zeros((padding, block.shape[1]), np.float32)])
+    return tf.convert_to_tensor(block), padding
+
+
+def _pad_lists(scores: np.ndarray, indices: np.ndarray, bounds: np.ndarray, padding: int):
+    """Neighbour lists and bounds extended by ``padding`` empty rows that can take nothing."""
+    if not padding:
+        return scores, indices, bounds
+    return (
+        np.concatenate([scores, np.full((padding, scores.shape[1]), -np.inf, np.float32)]),
+        np.concatenate([indices, np.full((padding, indices.shape[1]), -1, np.int32)]),
+        np.concatenate([bounds, np.full(padding, np.inf, np.float32)]),
+    )
 
 
 class _TileKernels:
     """The tile-step tf.functions.
 
-    Shapes are dynamic so one trace serves every tile size (the last tile of a set is smaller), k
-    and dimension; a trace costs about a second on 2 cores. The per-row arrays (best scores and
-    indices so far, bounds) are the slices of the rows a tile feeds; ``bounds`` holds, per row, a
-    score known to be ≤ its final k-th best (and ≥ ``min_score``), so anything below it can be
-    skipped.
+    Each call gets the two blocks of embeddings whose product is the tile, and the offsets of their
+    first rows. Shapes are dynamic so one trace serves every tile size (the last tile of a set is
+    smaller), k and dimension; a trace costs about a second on 2 cores. The per-row arrays (best
+    scores and indices so far, bounds) are the slices of the rows a tile feeds; ``bounds`` holds,
+    per row, a score known to be ≤ its final k-th best (and ≥ ``min_score``), so anything below it
+    can be skipped.
     """
 
     def __init__(self, sparse_hit_fraction: float):
         import tensorflow as tf
 
         self.sparse_hit_fraction = sparse_hit_fraction
-        matrix = tf.TensorSpec([None, None], tf.float32)
-        scalar = tf.TensorSpec([], tf.int32)
+        block = tf.TensorSpec([None, None], tf.float32)
+        start = tf.TensorSpec([], tf.int32)
         scores = tf.TensorSpec([None, None], tf.float32)
         indices = tf.TensorSpec([None, None], tf.int32)
         lists = [scores, indices, tf.TensorSpec([None], tf.float32)]
-        tile = [scalar, scalar, scalar, scalar]  # row start, rows, column start, columns
-        self.rows = tf.function(self._rows, input_signature=[matrix, matrix, *tile, *lists])
+        self.rows = tf.function(self._rows, input_signature=[block, block, start, *lists])
         self.symmetric = tf.function(
-            self._symmetric, input_signature=[matrix, *tile, *lists, *lists]
+            self._symmetric, input_signature=[block, block, start, start, *lists, *lists]
         )
         self.merge = tf.function(_merge_lists, input_signature=[scores, indices, scores, indices])
 
-    @staticmethod
-    def _similarity(queries, catalog, row_start, rows, column_start, columns):
+    def _rows(self, query_block, catalog_block, column_start, *row_lists):
         import tensorflow as tf
 
-        dim = tf.shape(queries)[1]
-        query_tile = tf.slice(queries, [row_start, 0], [rows, dim])
-        catalog_tile = tf.slice(catalog, [column_start, 0], [columns, dim])
-        return tf.matmul(query_tile, catalog_tile, transpose_b=True)
-
-    def _rows(self, queries, catalog, row_start, rows, column_start, columns, *row_lists):
-        similarity = self._similarity(queries, catalog, row_start, rows, column_start, columns)
+        similarity = tf.matmul(query_block, catalog_block, transpose_b=True)
         new_lists, _ = _update_lists(
-            similarity, row_start, column_start, row_lists, None, self.sparse_hit_fraction
+            similarity, 0, column_start, row_lists, None, self.sparse_hit_fraction
         )
         return new_lists
 
-    def _symmetric(self, matrix, row_start, rows, column_start, columns, *lists):
+    def _symmetric(self, row_block, column_block, row_start, column_start, *lists):
         # lists: row scores, indices, bounds, then column scores, indices, bounds.
-        similarity = self._similarity(matrix, matrix, row_start, rows, column_start, columns)
+        import tensorflow as tf
+
+        similarity = tf.matmul(row_block, column_block, transpose_b=True)
         new_rows, new_columns = _update_lists(
             similarity, row_start, column_start, lists[:3], lists[3:], self.sparse_hit_fraction
         )
@@ -304,8 +330,8 @@ def _merge_lists(scores, indices, other_scores, other_indices):
 
 # Rows per group of the block maxima that locate a tile's few useful scores. A max over 8
 # consecutive rows is the cheapest full pass over a tile that TF offers (contiguous, vectorised):
-# about a third of a single compare + tf.where.
-_GROUP_ROWS = 8
+# about a third of a single compare + tf.where. Row blocks are multiples of it.
+_GROUP_ROWS = _TILE_ALIGNMENT
 
 
 def _update_lists(similarity, row_start, column_start, row_lists, column_lists, hit_fraction):
@@ -314,7 +340,9 @@ def _update_lists(similarity, row_start, column_start, row_lists, column_lists, 
     Row i of the tile owns a list whose candidates are catalog indices ``column_start + j``;
     with ``column_lists`` column j also owns one, whose candidates are ``row_start + i`` (the
     transposed direction of a symmetric tile, without materialising the transpose). Each
-    ``*_lists`` is (scores, indices, bounds) of the owners.
+    ``*_lists`` is (scores, indices, bounds) of the owners. The tile's row count is a multiple of
+    ``_GROUP_ROWS`` (padding rows carry an infinite bound, so they take nothing and give nothing
+    to lists that matter).
 
     Only scores ≥ max(owner's current k-th best, its bound) can enter a list. The max over each
     group of 8 rows of every column says where such scores may be; those groups are gathered,
@@ -333,14 +361,9 @@ def _update_lists(similarity, row_start, column_start, row_lists, column_lists, 
     else:
         column_scores, column_indices, column_bounds = column_lists
         column_bars = tf.maximum(column_scores[:, k - 1], column_bounds)
-    # The last tile of a set may have a row count that is not a multiple of the group size: pad
-    # with rows that can never pass (score -inf, bar +inf).
-    padding = -rows % _GROUP_ROWS
-    grouped = tf.pad(similarity, [[0, padding], [0, 0]], constant_values=-np.inf)
-    grouped_bars = tf.pad(row_bars, [[0, padding]], constant_values=np.inf)
-    groups = (rows + padding) // _GROUP_ROWS
-    group_max = tf.reduce_max(tf.reshape(grouped, [groups, _GROUP_ROWS, columns]), axis=1)
-    group_row_bars = tf.reduce_min(tf.reshape(grouped_bars, [groups, _GROUP_ROWS]), axis=1)
+    groups = rows // _GROUP_ROWS
+    group_max = tf.reduce_max(tf.reshape(similarity, [groups, _GROUP_ROWS, columns]), axis=1)
+    group_row_bars = tf.reduce_min(tf.reshape(row_bars, [groups, _GROUP_ROWS]), axis=1)
     group_bars = tf.minimum(group_row_bars[:, tf.newaxis], column_bars[tf.newaxis, :])
     candidates = tf.cast(tf.where(group_max >= group_bars), tf.int32)  # (group, column) pairs
     checked = tf.shape(candidates)[0] * _GROUP_ROWS
@@ -362,15 +385,15 @@ def _update_lists(similarity, row_start, column_start, row_lists, column_lists, 
         # Candidate blocks flattened in (group, column, row-in-group) order.
         row = tf.reshape(group[:, tf.newaxis] * _GROUP_ROWS + tf.range(_GROUP_ROWS), [-1])
         column = tf.repeat(column, _GROUP_ROWS)
-        values = tf.gather_nd(grouped, tf.stack([row, column], axis=1))
-        row_hit = values >= tf.gather(grouped_bars, row)
+        values = tf.gather_nd(similarity, tf.stack([row, column], axis=1))
+        row_hit = values >= tf.gather(row_bars, row)
         # Within one owner row the hits come in ascending column order; a stable sort by owner
         # groups them without disturbing that order (and likewise rows within one column).
         row_hits = _grouped_hits(row, column + column_start, values, row_hit)
         new_rows = _merge_hits(*row_hits, row_scores, row_indices)
         if column_lists is None:
             return new_rows, ()
-        column_hit = (values >= tf.gather(column_bars, column)) & (row < rows)
+        column_hit = values >= tf.gather(column_bars, column)
         column_hits = _grouped_hits(column, row + row_start, values, column_hit)
         return new_rows, _merge_hits(*column_hits, column_scores, column_indices)
 
@@ -389,15 +412,15 @@ def _grouped_hits(owners, candidates, values, hit):
 
 
 def _merge_dense(owner_view, keep, candidate_start, scores, indices):
-    """Best k of [current best | every kept score of the tile] for each owner (row of the view)."""
+    """Merge the best kept scores of each owner's row of the view into its list (top_k over the
+    whole row; candidates are ``candidate_start + column``)."""
     import tensorflow as tf
 
     k = tf.shape(scores)[1]
     masked = tf.where(keep, owner_view, tf.constant(-np.inf, tf.float32))
-    best = tf.math.top_k(tf.concat([scores, masked], axis=1), k)
-    previous = tf.gather(indices, tf.minimum(best.indices, k - 1), batch_dims=1)
-    from_tile = best.indices >= k
-    return best.values, tf.where(from_tile, best.indices - k + candidate_start, previous)
+    best = tf.math.top_k(masked, tf.minimum(k, tf.shape(masked)[1]))
+    # The tile's candidates all come after the list's (higher indices): the list wins ties.
+    return _merge_lists(scores, indices, best.values, best.indices + candidate_start)
 
 
 def _merge_hits(hit_owners, hit_candidates, hit_scores, scores, indices):
