@@ -129,19 +129,14 @@ def phash_neighbours(
     min_score = -math.inf if max_distance is None else 1.0 - max_distance / HASH_BITS
     catalog_bits_t = tf.constant(hash_bits(catalog_parsed).T)
     column_offset = tf.constant(np.where(catalog_valid, 0.0, -np.inf).astype(np.float32))
-
-    @tf.function(reduce_retracing=True)
-    def chunk_top_k(query_bits):
-        dot = tf.matmul(query_bits, catalog_bits_t)
-        chunk_scores = (HASH_BITS + dot) / (2.0 * HASH_BITS) + column_offset
-        chunk_scores = tf.where(chunk_scores >= min_score, chunk_scores, -math.inf)
-        return tf.math.top_k(chunk_scores, k=top, sorted=True)
-
+    chunk_top_k = _chunk_top_k_function()
+    constants = (catalog_bits_t, column_offset, tf.constant(min_score, tf.float32),
+                 tf.constant(top, tf.int32))
     query_bits = hash_bits(query_hashes)
     chunk_rows = max(1, int(max_chunk_mb * 2**20 // (num_catalog * _BYTES_PER_PAIR)))
     for start in range(0, num_queries, chunk_rows):
         stop = min(start + chunk_rows, num_queries)
-        values, positions = chunk_top_k(tf.constant(query_bits[start:stop]))
+        values, positions = chunk_top_k(tf.constant(query_bits[start:stop]), *constants)
         values = values.numpy()
         positions = positions.numpy()
         missing = np.isneginf(values)
@@ -151,3 +146,31 @@ def phash_neighbours(
     indices[~query_valid] = -1
     scores[~query_valid] = -np.inf
     return Neighbours(indices, scores)
+
+
+_CHUNK_TOP_K = None
+
+
+def _chunk_top_k_function():
+    """The chunk kernel as one tf.function with dynamic shapes, traced once per process."""
+    global _CHUNK_TOP_K
+    if _CHUNK_TOP_K is None:
+        import tensorflow as tf
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, HASH_BITS], tf.float32),
+                tf.TensorSpec([HASH_BITS, None], tf.float32),
+                tf.TensorSpec([None], tf.float32),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ]
+        )
+        def chunk_top_k(query_bits, catalog_bits_t, column_offset, min_score, top):
+            dot = tf.matmul(query_bits, catalog_bits_t)
+            scores = (HASH_BITS + dot) / (2.0 * HASH_BITS) + column_offset[tf.newaxis, :]
+            scores = tf.where(scores >= min_score, scores, -math.inf)
+            return tf.math.top_k(scores, k=top, sorted=True)
+
+        _CHUNK_TOP_K = chunk_top_k
+    return _CHUNK_TOP_K
