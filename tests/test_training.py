@@ -655,3 +655,37 @@ def test_a_corrupt_checkpoint_is_named_and_overwrite_starts_fresh(finished_run, 
     main(copied_arguments + ["--overwrite-workdir"])
     starts = history(copy)["starts"]
     assert len(starts) == 1 and starts[0]["global_step"] == 0  # a fresh history
+
+
+def test_the_untrained_model_can_be_exported_beside_the_trained_one(tfrecords, tmp_path):
+    from tf_shopee.config import tiny_overrides
+    from tf_shopee.export import load_exported
+    from tf_shopee.training import train_and_evaluate
+
+    config = RunConfig(name="baseline")
+    config.override(tiny_overrides("text"))
+    config.override(
+        [
+            "model.kind=text",
+            f"data.tfrecords={tfrecords}",
+            "model.embedding_dim=16",
+            "train.epochs=1",
+            "train.steps_per_epoch=3",
+            "train.batch_size=4",
+            "train.strategy=one_device",
+        ]
+    )
+    metrics = train_and_evaluate(
+        config,
+        tmp_path / "run",
+        export_dir=tmp_path / "trained",
+        untrained_export_dir=tmp_path / "untrained",
+    )
+    trained = load_exported(metrics["export_dir"], expected_kind="text")
+    untrained = load_exported(metrics["untrained_export_dir"], expected_kind="text")
+    assert trained.metadata["trained"] and not untrained.metadata["trained"]
+    assert untrained.metadata["run_name"] == "baseline_untrained"
+    assert untrained.metadata["validation_f1"] == pytest.approx(metrics["untrained_f1"])
+    assert trained.metadata["validation_f1"] == pytest.approx(metrics["best_f1"])
+    titles = ["kopi teh seri1", "PROMO SABUN KAOS seri3 ready", ""]
+    assert not np.allclose(trained.embed(titles=titles), untrained.embed(titles=titles))

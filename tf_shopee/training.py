@@ -29,7 +29,9 @@ Workdir layout::
     vocabulary.txt       WordPiece vocabulary of a scratch text model (learned at the first start)
     checkpoints/         the latest training state (model, optimizers, counters)
     checkpoints/best/    the embedding model of the best validation epoch
+    checkpoints/untrained/  the embedding model before training (a baseline to export)
     thresholds.json      the best epoch's threshold sweep
+    untrained_thresholds.json  the same sweep for the untrained model
     tensorboard/         TensorBoard event files
     final_metrics.json   what train_and_evaluate returned
 
@@ -64,6 +66,8 @@ from tf_shopee.data.pipeline import dataset_size, make_dataset
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.export import export_model
 from tf_shopee.io_utils import write_json_atomic
+from tf_shopee.matching import matches_from_neighbours, top_k_neighbours
+from tf_shopee.metrics import mean_f1_from_matches
 from tf_shopee.models import build_embedding_model, build_training_model
 
 # Steps run by one call of the compiled training function (Keras' steps_per_execution): fewer
@@ -109,7 +113,9 @@ HISTORY_FILE = "history.json"
 VOCABULARY_FILE = "vocabulary.txt"
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT_DIR = os.path.join("checkpoints", "best")
+UNTRAINED_CHECKPOINT_DIR = os.path.join("checkpoints", "untrained")
 THRESHOLDS_FILE = "thresholds.json"
+UNTRAINED_THRESHOLDS_FILE = "untrained_thresholds.json"
 TENSORBOARD_DIR = "tensorboard"
 FINAL_METRICS_FILE = "final_metrics.json"
 WORKER_TEMP_DIR = ".worker_temp"
@@ -121,6 +127,7 @@ WORKDIR_OUTPUTS = (
     VOCABULARY_FILE,
     CHECKPOINT_DIR,
     THRESHOLDS_FILE,
+    UNTRAINED_THRESHOLDS_FILE,
     TENSORBOARD_DIR,
     FINAL_METRICS_FILE,
     WORKER_TEMP_DIR,
@@ -144,11 +151,6 @@ def scaled_learning_rate(base_learning_rate: float, global_batch_size: int) -> f
 # ----------------------------------------------------------------------------------------------
 # Optimisation pieces
 # ----------------------------------------------------------------------------------------------
-
-
-def _keras():
-
-    return keras
 
 
 def make_warmup_cosine_schedule(peak_learning_rate: float, warmup_steps: int, total_steps: int):
@@ -224,7 +226,6 @@ class DynamicLossScale:
     """
 
     def __init__(self, initial_scale: float = 2.0**15, growth_steps: int = 2000):
-
         on_first = tf.VariableAggregation.ONLY_FIRST_REPLICA
         self.scale = tf.Variable(
             initial_scale,
@@ -479,7 +480,6 @@ class Trainer:
             self.head_optimizer.apply_gradients(head)
 
     def _apply_if_finite(self, backbone, head, finite):
-
         # A cond whose branch calls merge_call (apply_gradients does) is not allowed in replica
         # context under most strategies; do the cond in cross-replica context like Keras'
         # LossScaleOptimizer.
@@ -505,7 +505,6 @@ class Trainer:
         tf.distribute.get_replica_context().merge_call(cross_replica, args=(backbone, head, finite))
 
     def _apply_and_true(self, backbone, head):
-
         self._apply(backbone, head)
         return tf.constant(True)
 
@@ -579,8 +578,6 @@ def threshold_sweep(
     Each posting matches the (up to 50) neighbours whose cosine is >= the threshold, itself
     included; F1 is the Kaggle mean F1 against the label groups.
     """
-    from tf_shopee.matching import matches_from_neighbours, top_k_neighbours
-    from tf_shopee.metrics import mean_f1_from_matches
 
     neighbours = top_k_neighbours(embeddings, k=min(VALIDATION_NEIGHBOURS, len(embeddings)))
     sweep = []
@@ -609,7 +606,6 @@ def _get_path(config: RunConfig, dotted: str):
 
 
 def _write_json(path: Path, payload) -> None:
-
     write_json_atomic(path, payload)
 
 
@@ -769,7 +765,6 @@ def read_data_facts(config: RunConfig) -> DataFacts:
 
 
 def _training_titles(facts: DataFacts) -> list[str]:
-
     dataset = make_dataset(
         facts.directory,
         training=False,
@@ -835,7 +830,6 @@ class _Log:
     """Console + history.json + TensorBoard; only the chief writes files."""
 
     def __init__(self, workdir: Path, chief: bool):
-
         self.workdir = workdir
         self.chief = chief
         self.history = _read_json(workdir / HISTORY_FILE, None) or {"starts": [], "epochs": []}
@@ -880,6 +874,7 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     export_dir: str | os.PathLike | None = None,
+    untrained_export_dir: str | os.PathLike | None = None,
     overwrite_workdir: bool = False,
     strategy=None,
 ) -> dict:
@@ -891,6 +886,9 @@ def train_and_evaluate(
         workdir: the run's folder; created when missing.
         export_dir: where the SavedModel goes; default ``saved_models/<run name>``, the run name
             being ``config.name`` or the workdir's folder name. ``""`` skips the export.
+        untrained_export_dir: when given, also export the model as it was before training
+            (same architecture and preprocessing, its own validation threshold): the baseline
+            a trained model is compared with.
         overwrite_workdir: delete a previous run's files in ``workdir`` first.
         strategy: a ready strategy (default: ``get_strategy(config.train.strategy)``).
 
@@ -1009,6 +1007,16 @@ def train_and_evaluate(
             metrics["export_dir"] = str(
                 run.export(Path(export_dir), run_name, vocabulary_size, previous_policy)
             )
+        if untrained_export_dir and chief and not run.stopped_early:
+            metrics["untrained_export_dir"] = str(
+                run.export(
+                    Path(untrained_export_dir),
+                    f"{run_name}_untrained",
+                    vocabulary_size,
+                    previous_policy,
+                    untrained=True,
+                )
+            )
         if chief:
             _write_json(workdir / FINAL_METRICS_FILE, metrics)
         return metrics
@@ -1092,6 +1100,9 @@ class _Run:
         self.best_manager = tf.train.CheckpointManager(
             self.best_checkpoint, str(self.write_root / BEST_CHECKPOINT_DIR), max_to_keep=1
         )
+        self.untrained_manager = tf.train.CheckpointManager(
+            self.best_checkpoint, str(self.write_root / UNTRAINED_CHECKPOINT_DIR), max_to_keep=1
+        )
         self.validate = bool(config.train.validate and facts.validation_examples > 0)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -1103,7 +1114,6 @@ class _Run:
             shutil.rmtree(self.write_root, ignore_errors=True)
 
     def _resume(self) -> None:
-
         latest = tf.train.latest_checkpoint(str(self.workdir / CHECKPOINT_DIR))
         if latest is None:
             return
@@ -1116,7 +1126,6 @@ class _Run:
     # -- data ------------------------------------------------------------------------------------
 
     def _train_iterator(self, epoch: int, skip_steps: int):
-
         config = self.config
         kind = config.model.kind
         with_image = kind in ("image", "multimodal")
@@ -1152,7 +1161,6 @@ class _Run:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def _validation_dataset(self):
-
         kind = self.config.model.kind
         with_image = kind in ("image", "multimodal")
         return make_dataset(
@@ -1171,7 +1179,6 @@ class _Run:
     # -- validation ------------------------------------------------------------------------------
 
     def _run_validation(self) -> dict:
-
         started = time.perf_counter()
         embeddings, labels = embed_dataset(
             self.trainer.embedding_model, self._validation_dataset(), self.config.model.kind
@@ -1214,8 +1221,20 @@ class _Run:
             f"{trainer.training_model.count_params():,} parameters"
         )
         untrained = None
+        if fresh:
+            self._save(self.untrained_manager)
         if self.validate and fresh:
             untrained = self._run_validation()
+            if self.chief:
+                _write_json(
+                    self.workdir / UNTRAINED_THRESHOLDS_FILE,
+                    {
+                        "source": "validation fold",
+                        "epoch": 0,
+                        "validation_fold": config.data.validation_fold,
+                        **untrained,
+                    },
+                )
             self.log.say(
                 f"epoch 0 (untrained): validation F1 {untrained['best_f1']:.4f} at threshold "
                 f"{untrained['best_threshold']:.2f} ({untrained['postings']} postings)"
@@ -1377,14 +1396,31 @@ class _Run:
 
     # -- export ----------------------------------------------------------------------------------
 
-    def export(self, export_dir: Path, run_name: str, vocabulary_size, previous_policy) -> Path:
-        """Export the best checkpoint's weights in float32, built outside the strategy."""
-
-        best = tf.train.latest_checkpoint(str(self.workdir / BEST_CHECKPOINT_DIR))
-        if best is None:
-            raise UserError(f"no best checkpoint in {self.workdir / BEST_CHECKPOINT_DIR}")
+    def export(
+        self,
+        export_dir: Path,
+        run_name: str,
+        vocabulary_size,
+        previous_policy,
+        *,
+        untrained: bool = False,
+    ) -> Path:
+        """Export the best checkpoint's weights (or the untrained ones) in float32, built
+        outside the strategy."""
+        checkpoint_dir = UNTRAINED_CHECKPOINT_DIR if untrained else BEST_CHECKPOINT_DIR
+        thresholds_file = UNTRAINED_THRESHOLDS_FILE if untrained else THRESHOLDS_FILE
+        checkpoint = tf.train.latest_checkpoint(str(self.workdir / checkpoint_dir))
+        if checkpoint is None:
+            raise UserError(
+                f"no checkpoint in {self.workdir / checkpoint_dir} to export"
+                + (
+                    " (the untrained weights are kept only by a run started fresh)"
+                    if untrained
+                    else ""
+                )
+            )
         # A float32 copy on the default strategy: serving graphs should not carry distributed
-        # variables, and float32 serves everywhere (CPU has no fast float16).
+        # variables, and float32 serves everywhere (CPUs have no fast float16).
         keras.mixed_precision.set_global_policy("float32")
         try:
             export_copy = build_embedding_model(
@@ -1393,18 +1429,19 @@ class _Run:
                 image_size=self.config.data.image_size,
                 vocabulary_size=vocabulary_size,
             )
-            _restore(tf.train.Checkpoint(embedding_model=export_copy), best, "best")
+            _restore(tf.train.Checkpoint(embedding_model=export_copy), checkpoint, checkpoint_dir)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
-        thresholds = _read_json(self.workdir / THRESHOLDS_FILE, None) if self.validate else None
+        thresholds = _read_json(self.workdir / thresholds_file, None) if self.validate else None
         metadata = {
             "num_classes": self.facts.num_classes,
             "threshold": thresholds["best_threshold"] if thresholds else None,
             "validation_f1": thresholds["best_f1"] if thresholds else None,
-            "best_epoch": thresholds["epoch"] if thresholds else None,
+            "epoch": thresholds["epoch"] if thresholds else None,
+            "trained": not untrained,
             "run_name": run_name,
             "workdir": str(self.workdir),
-            "checkpoint": best,
+            "checkpoint": checkpoint,
         }
         path = export_model(
             export_copy,
@@ -1416,12 +1453,11 @@ class _Run:
             config=self.config,
             thresholds=thresholds,
         )
-        self.log.say(f"exported {path}")
+        self.log.say(f"exported {'the untrained model ' if untrained else ''}{path}")
         return path
 
 
 def _mean_over_workers(strategy, value: float) -> float:
-
     per_replica = strategy.run(lambda: tf.constant(value, tf.float32))
     total = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
     return float(total.numpy())
