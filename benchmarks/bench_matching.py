@@ -7,7 +7,7 @@ part of their centre, so some pairs of different groups score high too; within-g
 around the threshold) are matched by:
 
 * ``matcher``: the project's :func:`tf_shopee.matching.top_k_neighbours` (k=51, ``min_score`` =
-  the threshold, as predict uses it) + :func:`~tf_shopee.matching.matches_from_neighbours`;
+  the threshold, i.e. the lowest threshold in use) + ``matches_from_neighbours``;
 * ``matcher_exact``: the same without ``min_score`` (the full exact top-51, then the threshold);
 * ``faiss``: faiss-cpu ``IndexFlatIP`` add + search k=51 (exact, BLAS + heaps);
 * ``numpy_matmul``: NumPy chunked matmul alone, ``E[chunk] @ E.T`` for every chunk — the floor
@@ -18,12 +18,14 @@ Each method runs in its own subprocess (so peak RSS is its own; TensorFlow and F
 do not meet), after imports and a small warm-up (TensorFlow traces its functions once per process:
 about 2 s, outside the timing). Time is the best of ``--repeat`` runs. Memory is the resident set
 sampled every 5 ms by a psutil thread: ``peak_rss_mb`` overall and ``working_mb`` above the level
-after the data was built (the embeddings themselves are not counted). The matcher's match lists
-are checked against the notebook's (same pairs, each row capped at its best 50 with self first).
+after the data was built (the embeddings themselves are not counted). CPU seconds (all threads)
+are recorded too: on a shared machine they move less than wall-clock time. The matcher's match
+lists are checked against the notebook's (same pairs, each row capped at its best 50, self first).
 
 TF-IDF: :func:`tf_shopee.neighbours.tfidf.tfidf_neighbours` (k=51) against a plain scikit-learn
 chunk loop (``TfidfVectorizer().fit_transform``, ``(X[chunk] @ X.T).toarray()``, ``argpartition``
-+ sort) on random-word product titles with the same group structure.
++ sort, chunk rows sized to ``--max-chunk-mb``) on random-word product titles with the same group
+structure. Both must find the same neighbours (same-group count and k-th score sum recorded).
 
     python benchmarks/bench_matching.py --n 34250 --dim 512 \\
         --json benchmarks/results/bench_matching.json --scaling 10000,20000,40000,80000
@@ -76,8 +78,8 @@ def product_embeddings(postings: int, dim: int, seed: int = 0) -> tuple[np.ndarr
     """(postings, dim) L2-normalised float32 embeddings and their group labels.
 
     Families of 1-5 groups share a centre direction (postings of sibling groups score about 0.45
-    with each other, some above 0.6), each group has its own spread (within-group cosines from about 0.45 to
-    0.85), and rows are shuffled so groups are not contiguous.
+    with each other, some above 0.6), each group has its own spread (within-group cosines from
+    about 0.45 to 0.85), and rows are shuffled so groups are not contiguous.
     """
     rng = np.random.default_rng(seed)
     sizes = group_sizes(rng, postings)
@@ -169,7 +171,9 @@ def run_tfidf_sklearn_loop(titles, max_chunk_mb):
 
     vectors = TfidfVectorizer().fit_transform(titles).astype(np.float32)
     transposed = vectors.T.tocsr()
-    chunk = 4096
+    # The dense block (4 bytes per pair), its negation and argpartition's int64 indices: 16 bytes
+    # per pair, kept within the same budget as the project's search.
+    chunk = max(64, int(max_chunk_mb * 2**20 / (16 * len(titles))))
     all_indices, all_scores = [], []
     for start in range(0, vectors.shape[0], chunk):
         block = (vectors[start : start + chunk] @ transposed).toarray()
@@ -256,17 +260,19 @@ def worker(args) -> dict:
         "tfidf_sklearn_loop": lambda: run_tfidf_sklearn_loop(data, args.max_chunk_mb),
     }[args.worker]
     baseline = process.memory_info().rss
-    seconds = []
+    seconds, cpu_seconds = [], []
     with RssSampler() as sampler:
         for _ in range(args.repeat):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             output = function()
             seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - cpu_start)
     report = {
         "method": args.worker,
         "n": args.n,
         "seconds": min(seconds),
         "runs": [round(value, 3) for value in seconds],
+        "cpu_seconds": round(min(cpu_seconds), 3),  # all threads of the process
         "peak_rss_mb": round(sampler.peak / 2**20, 1),
         "working_mb": round((sampler.peak - baseline) / 2**20, 1),
     }
@@ -330,8 +336,9 @@ def markdown_table(result: dict) -> str:
         f"max_chunk_mb {result['max_chunk_mb']}, {os.cpu_count()} CPUs, "
         f"load average {result['load_average_before']} → {result['load_average_after']}",
         "",
-        "| method | seconds | × FAISS | × NumPy matmul | working memory (MB) | pairs |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | seconds | × FAISS | × NumPy matmul | CPU seconds | working memory (MB) "
+        "| pairs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     faiss_seconds = result["methods"].get("faiss", {}).get("seconds")
     matmul_seconds = result["methods"].get("numpy_matmul", {}).get("seconds")
@@ -340,7 +347,8 @@ def markdown_table(result: dict) -> str:
         vs_matmul = f"{report['seconds'] / matmul_seconds:.2f}" if matmul_seconds else ""
         lines.append(
             f"| {name} | {report['seconds']:.2f} | {vs_faiss} | {vs_matmul} | "
-            f"{report['working_mb']:.0f} | {report.get('pairs', '')} |"
+            f"{report['cpu_seconds']:.1f} | {report['working_mb']:.0f} | "
+            f"{report.get('pairs', '')} |"
         )
     if result.get("scaling"):
         lines += ["", "| N | " + " | ".join(result["scaling_methods"]) + " |"]
