@@ -262,6 +262,12 @@ def test_bad_inputs_are_user_errors():
         top_k_neighbours(embeddings, max_chunk_mb=0)
     with pytest.raises(UserError, match="2-D"):
         top_k_neighbours(embeddings[0])
+    with pytest.raises(UserError, match="numeric"):
+        top_k_neighbours([["a", "b"]])
+    with pytest.raises(UserError, match="min_score"):
+        top_k_neighbours(embeddings, min_score=float("nan"))
+    with pytest.raises(UserError, match="min_score"):
+        top_k_neighbours(embeddings, min_score="high")
 
 
 def test_tile_size_follows_the_budget():

@@ -88,7 +88,10 @@ def tile_size_for_budget(max_chunk_mb: float, *, cap: int = _FASTEST_TILE) -> in
 
 def _as_embeddings(array, name: str) -> np.ndarray:
     """A C-contiguous float32 (rows, dim) copy-free view when possible; UserError on bad rows."""
-    matrix = np.ascontiguousarray(array, dtype=np.float32)
+    try:
+        matrix = np.ascontiguousarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{name} must be a numeric (rows, dim) array: {error}") from None
     if matrix.ndim != 2:
         raise UserError(f"{name} must be a 2-D array (rows, dim), got shape {matrix.shape}")
     if matrix.shape[1] == 0:
@@ -140,8 +143,14 @@ def top_k_neighbours(
         raise UserError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     tile = tile_size_for_budget(max_chunk_mb)
-    if min_score is not None and not math.isfinite(float(min_score)):
-        raise UserError(f"min_score must be a finite number or None, got {min_score!r}")
+    floor = -np.inf
+    if min_score is not None:
+        try:
+            floor = float(min_score)
+        except (TypeError, ValueError):
+            floor = math.nan
+        if not math.isfinite(floor):
+            raise UserError(f"min_score must be a finite number or None, got {min_score!r}")
     queries = _as_embeddings(embeddings, "embeddings")
     self_matching = catalog is None
     catalog_matrix = queries if self_matching else _as_embeddings(catalog, "catalog")
@@ -156,7 +165,6 @@ def top_k_neighbours(
             np.full((num_queries, k), -1, dtype=np.int32),
             np.full((num_queries, k), -np.inf, dtype=np.float32),
         )
-    floor = -np.inf if min_score is None else float(min_score)
     if self_matching:
         scores, indices = _self_top_k(queries, k=k, tile=tile, floor=floor)
     else:
@@ -463,9 +471,10 @@ def _selected_slots(
     include_self: bool,
     min2: bool,
     min2_floor: float | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean (N, k) mask of the neighbour slots that become matches (self excluded), and the
-    number of self slots each row gets in front (0 or 1). Shared by match lists and blending."""
+) -> np.ndarray:
+    """Boolean (N, k) mask of the neighbour slots that become matches, self excluded (with
+    ``include_self`` one place of ``max_matches`` is kept for it). Shared by match lists and
+    blending."""
     if isinstance(max_matches, bool) or not isinstance(max_matches, (int, np.integer)):
         raise UserError(f"max_matches must be a positive integer, got {max_matches!r}")
     if max_matches < 1:
@@ -488,7 +497,7 @@ def _selected_slots(
         selected[np.flatnonzero(lonely), nearest[lonely]] = True
     allowed = max_matches - 1 if include_self else max_matches
     selected &= np.cumsum(selected, axis=1) <= allowed
-    return selected, int(include_self)
+    return selected
 
 
 def _split_rows(row_ids: np.ndarray, values: np.ndarray, num_rows: int) -> list[np.ndarray]:
@@ -525,7 +534,7 @@ def matches_from_neighbours(
         One int32 array per query: matched catalog rows, self first (when ``include_self``), then
         by decreasing score.
     """
-    selected, self_slots = _selected_slots(
+    selected = _selected_slots(
         neighbours,
         threshold,
         max_matches=max_matches,
@@ -536,7 +545,7 @@ def matches_from_neighbours(
     num_rows = neighbours.num_queries
     row_ids, slot_ids = np.nonzero(selected)
     values = neighbours.indices[row_ids, slot_ids]
-    if self_slots:
+    if include_self:
         # Self first: merge (row, 0, self) with (row, 1, neighbour) by a stable sort on the row.
         row_ids = np.concatenate([np.arange(num_rows), row_ids])
         values = np.concatenate([np.arange(num_rows, dtype=np.int32), values])
@@ -567,7 +576,7 @@ def neighbourhood_blend(
     one product pull each other together, so the match step that follows on the blended embeddings
     separates groups better. With ``iterations > 1`` the neighbours are searched again on the
     blended embeddings (:func:`top_k_neighbours`) and the blend repeated; the 1st-place team used
-    2 blending stages with their own threshold each, which ``threshold`` as a sequence allows. It
+    two blending steps with a threshold each, which ``threshold`` as a sequence allows. It
     is QE / DBA (query expansion, database-side augmentation) from image retrieval applied to every
     posting at once ("From Embeddings to Matches", Kaggle discussion 238136).
 
@@ -620,7 +629,7 @@ def neighbourhood_blend(
             neighbours = top_k_neighbours(
                 current, k=search_k, max_chunk_mb=max_chunk_mb, min_score=lowest_used
             )
-        selected, _ = _selected_slots(
+        selected = _selected_slots(
             neighbours,
             stage_threshold,
             max_matches=neighbours.k + 1,
