@@ -276,11 +276,14 @@ EQUIVALENCE_SCRIPT = textwrap.dedent(
 
     single, single_state, single_moments, _ = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
     mirrored, mirrored_state, mirrored_moments, _ = run(distribute.get_strategy("mirrored"))
+    bfloat16, bfloat16_state, _, _ = run(distribute.get_strategy("mirrored"), "mixed_bfloat16")
     scaled, scaled_state, _, scaled_trainer = run(
         distribute.get_strategy("mirrored"), policy="mixed_float16", loss_scaling=True
     )
     report = {
         "loss": [single.loss_sum, mirrored.loss_sum],
+        "bfloat16_loss": bfloat16.loss_sum,
+        "bfloat16_finite": all(bool(np.isfinite(a).all()) for a in bfloat16_state),
         "scaled_losses": scaled,
         "norm": [single.gradient_norm_sum, mirrored.gradient_norm_sum],
         "state": max(float(np.abs(a - b).max()) for a, b in zip(single_state, mirrored_state)),
@@ -308,6 +311,9 @@ def test_two_mirrored_replicas_make_the_same_update_as_one_device():
     assert report["state"] < 1e-5
     assert report["moment_scale"] > 1e-3
     assert report["moments"] < 1e-6
+    # bfloat16 (the TPU/CPU mixed precision): no loss scaling, close to float32.
+    assert report["bfloat16_loss"] == pytest.approx(single_loss, rel=0.05)
+    assert report["bfloat16_finite"]
     # float16 with dynamic loss scaling (the GPU path, run here on CPU) on a repeated batch:
     # the initial scale 2^15 overflows float16 gradients, so the first steps are skipped (the
     # loss does not move) and the scale halves each time; then training proceeds.
@@ -689,3 +695,54 @@ def test_the_untrained_model_can_be_exported_beside_the_trained_one(tfrecords, t
     assert trained.metadata["validation_f1"] == pytest.approx(metrics["best_f1"])
     titles = ["kopi teh seri1", "PROMO SABUN KAOS seri3 ready", ""]
     assert not np.allclose(trained.embed(titles=titles), untrained.embed(titles=titles))
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_then_the_run_resumes(tfrecords, tmp_path):
+    import threading
+
+    from tf_shopee.config import tiny_overrides
+    from tf_shopee.training import train_and_evaluate
+
+    def config():
+        run_config = RunConfig()
+        run_config.override(tiny_overrides("text"))
+        run_config.override(
+            [
+                "model.kind=text",
+                f"data.tfrecords={tfrecords}",
+                "model.embedding_dim=16",
+                "train.epochs=2",
+                "train.steps_per_epoch=6",
+                "train.checkpoint_every_steps=1",
+                "train.batch_size=4",
+                "train.strategy=one_device",
+                "train.validate=false",
+            ]
+        )
+        return run_config
+
+    workdir = tmp_path / "run"
+    checkpoint_state = workdir / "checkpoints" / "checkpoint"
+
+    def preempt_after_the_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not checkpoint_state.is_file():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # what a preempted VM or `kill` sends
+
+    thread = threading.Thread(target=preempt_after_the_first_checkpoint, daemon=True)
+    thread.start()
+    stopped = train_and_evaluate(config(), workdir, export_dir=tmp_path / "export")
+    thread.join(timeout=5)
+    assert stopped["stopped_early"] and stopped["export_dir"] is None
+    assert 1 <= stopped["global_step"] < 12
+    assert _latest_step(checkpoint_state) == stopped["global_step"]  # saved where it stopped
+    assert not (tmp_path / "export").exists()
+    # The default SIGTERM behaviour is back once training returns.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    finished = train_and_evaluate(config(), workdir, export_dir=tmp_path / "export")
+    assert finished["global_step"] == 12 and not finished["stopped_early"]
+    starts = history(workdir)["starts"]
+    assert [start["global_step"] for start in starts] == [0, stopped["global_step"]]
+    assert (tmp_path / "export" / "saved_model.pb").is_file()
