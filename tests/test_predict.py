@@ -95,8 +95,8 @@ def test_model_free_prediction_writes_submission_and_report(synthetic_set, tmp_p
 
     report = json.loads(report_path.read_text())
     assert report["rows"] == len(frame)
-    assert set(report["f1"]) == {"tfidf", "phash", "combined"}
-    assert set(report["thresholds"]) == {"tfidf", "phash"}
+    assert set(report["f1"]) == {"tfidf", "phash", "phash_text", "combined"}
+    assert set(report["thresholds"]) == {"tfidf", "phash", "phash_text"}
     # The reported combined F1 is the F1 of the submission actually written.
     truth = true_matches(frame["posting_id"].tolist(), frame["label_group"].tolist())
     assert report["f1"]["combined"] == pytest.approx(mean_f1(predicted, truth), abs=1e-9)

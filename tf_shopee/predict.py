@@ -434,20 +434,25 @@ def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
             embeddings, k=options.k, max_chunk_mb=options.max_chunk_mb
         )
         logger.info("%s: neighbours in %.1f s", name, time.perf_counter() - started)
-    if options.use_tfidf:
-        from tf_shopee.neighbours.tfidf import tfidf_neighbours
-
-        started = time.perf_counter()
-        sources.neighbours[TFIDF] = tfidf_neighbours(
-            postings.titles, k=options.k, max_chunk_mb=options.max_chunk_mb
-        )
-        logger.info("tfidf: neighbours in %.1f s", time.perf_counter() - started)
+    hashes = None
     if options.use_phash and postings.image_phashes is not None and any(postings.image_phashes):
+        hashes = postings.image_phashes
+    started = time.perf_counter()
+    if options.use_tfidf:
+        # TF-IDF (blended with its own and the phash neighbours), phash, and phash neighbours
+        # whose titles agree: the settings chosen by benchmarks/quality_real.py.
+        from tf_shopee.neighbours.model_free import model_free_sources
+
+        sources.neighbours.update(
+            model_free_sources(postings.titles, hashes, max_chunk_mb=options.max_chunk_mb)
+        )
+    elif hashes is not None:
         from tf_shopee.neighbours.phash import phash_neighbours
 
-        started = time.perf_counter()
-        sources.neighbours[PHASH] = phash_neighbours(postings.image_phashes, k=options.k)
-        logger.info("phash: neighbours in %.1f s", time.perf_counter() - started)
+        sources.neighbours[PHASH] = phash_neighbours(hashes, k=options.k,
+                                                     max_chunk_mb=options.max_chunk_mb)
+    if options.use_tfidf or hashes is not None:
+        logger.info("model-free sources in %.1f s", time.perf_counter() - started)
     if not sources.neighbours:
         raise UserError(
             "nothing to match with: give --model, or keep TF-IDF (drop --no-tfidf), or a CSV with "
@@ -477,11 +482,15 @@ class MatchPlan:
 
 def resolve_plan(sources: Sources, options: PredictOptions) -> MatchPlan:
     """Thresholds of every source, from defaults < model exports < --thresholds < --threshold."""
-    from tf_shopee.thresholds import DEFAULT_THRESHOLDS, load_thresholds
+    from tf_shopee.thresholds import DEFAULT_COMBINATION, DEFAULT_THRESHOLDS, load_thresholds
 
     thresholds: dict[str, float] = {}
     origin: dict[str, str] = {}
-    combination: dict = {}
+    combination = dict(DEFAULT_COMBINATION)
+    if sources.embeddings:
+        # The shipped min2 source is a model-free one; a model's embeddings are a better judge of
+        # a lonely posting's nearest neighbour (MIN2_SOURCE_PREFERENCE picks it below).
+        combination.pop("min2_source", None)
     for name, value in DEFAULT_THRESHOLDS.items():
         thresholds[name], origin[name] = float(value), "default"
     for name, value in sources.model_thresholds.items():
@@ -539,26 +548,15 @@ def blend_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) ->
 
 
 def match_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) -> dict:
-    """Match lists of every source at its threshold, and the combination (union + min2)."""
-    import math
+    """Match lists of every source at its threshold, and the combination (union + min2) under
+    the key ``combined``, scored exactly as the threshold search scored them."""
+    from tf_shopee.thresholds import match_sources as threshold_and_combine
 
-    from tf_shopee.matching import matches_from_neighbours
-    from tf_shopee.thresholds import combine_matches
-
-    matches = {
-        name: matches_from_neighbours(neighbours, plan.thresholds[name],
-                                      max_matches=options.max_matches)
-        for name, neighbours in sources.neighbours.items()
-    }
-    fallback = None
-    if plan.min2 and plan.min2_source is not None:
-        fallback = matches_from_neighbours(
-            sources.neighbours[plan.min2_source], math.inf, max_matches=options.max_matches,
-            min2=True, min2_floor=plan.min2_floor,
-        )
-    matches[COMBINED] = combine_matches(list(matches.values()), fallback=fallback,
-                                        max_matches=options.max_matches)
-    return matches
+    per_source, combined = threshold_and_combine(
+        sources.neighbours, plan.thresholds, min2=plan.min2, min2_source=plan.min2_source,
+        min2_floor=plan.min2_floor, max_matches=options.max_matches,
+    )
+    return {**per_source, COMBINED: combined}
 
 
 def search_and_write_thresholds(sources: Sources, labels: np.ndarray, directory: str) -> dict:
