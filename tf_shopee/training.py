@@ -1380,6 +1380,12 @@ class _Run:
 
     def _summary(self, last: dict, untrained: dict | None) -> dict:
         thresholds = _read_json(self.workdir / THRESHOLDS_FILE, None) if self.validate else None
+        if thresholds and untrained and thresholds["best_f1"] < untrained["best_f1"]:
+            self.log.say(
+                f"WARNING: the best trained epoch (validation F1 {thresholds['best_f1']:.4f}) is "
+                f"worse than the untrained model ({untrained['best_f1']:.4f}): train longer, "
+                "check the learning rate, or start from pretrained weights"
+            )
         return {
             "epochs": int(self.trainer.epoch.numpy()),
             "global_step": int(self.trainer.global_step.numpy()),
