@@ -19,7 +19,7 @@ Three sources come out, each a :class:`~tf_shopee.neighbours.Neighbours` over th
 
 On the real Shopee titles (``benchmarks/quality_real.py``) the union of the three at the
 thresholds of :data:`tf_shopee.thresholds.DEFAULT_THRESHOLDS`, with min2 on ``tfidf``, scores
-0.741 mean F1 on the full train set and 0.806 on the held-out fold 0, against 0.713 and 0.772
+0.740 mean F1 on the full train set and 0.809 on the held-out fold 0, against 0.713 and 0.772
 for the plain TF-IDF (>= 0.65, min2) + phash (<= 8) union; settings and thresholds were chosen
 on GroupKFold folds 1+2 only.
 """
