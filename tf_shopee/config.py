@@ -37,7 +37,8 @@ class DataConfig:
 class ImageModelConfig:
     """The image tower: a CNN backbone, pooling, and the embedding head."""
 
-    backbone: str = "efficientnet_b0"  # see tf_shopee.models.image.IMAGE_BACKBONES, or a keras-hub preset
+    # A name of tf_shopee.models.image.IMAGE_BACKBONES, or a keras-hub preset name / directory.
+    backbone: str = "efficientnet_b0"
     weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
     pooling: str = "gem"  # avg | gem (generalised mean with learnable p)
     gem_p: float = 3.0
@@ -169,7 +170,9 @@ class RunConfig:
         if self.data.image_size < 16:
             raise UserError("data.image_size must be at least 16 pixels")
         if self.model.image.pooling not in ("avg", "gem"):
-            raise UserError(f"model.image.pooling must be avg or gem, got {self.model.image.pooling!r}")
+            raise UserError(
+                f"model.image.pooling must be avg or gem, got {self.model.image.pooling!r}"
+            )
         if self.model.image.trainable not in ("head", "last_block", "all"):
             raise UserError("model.image.trainable must be head, last_block or all")
         if self.model.text.trainable not in ("head", "all"):

@@ -32,7 +32,8 @@ class Neighbours:
         self.scores = np.asarray(self.scores, dtype=np.float32)
         if self.indices.shape != self.scores.shape or self.indices.ndim != 2:
             raise ValueError(
-                f"indices {self.indices.shape} and scores {self.scores.shape} must be equal 2-D shapes"
+                f"indices {self.indices.shape} and scores {self.scores.shape} "
+                "must be equal 2-D shapes"
             )
 
     @property
