@@ -4,11 +4,12 @@
 and calls :func:`train_and_evaluate`, which
 
 1. picks the strategy (:mod:`tf_shopee.distribute`), the mixed-precision policy and the seed;
-2. reads the TFRecord folder's manifest (label count, folds) and writes the resolved config to
-   ``<workdir>/config.json`` — or, when the workdir already holds a run, checks that the run is
-   the same model on data with the same labels and resumes it;
+2. reads the TFRecord folder's manifest (label count, folds); when the workdir already holds a
+   run, checks that it is the same model on data with the same labels, to resume it;
 3. builds the embedding model, the ArcFace training model and two AdamW optimizers (the "arc_face"
-   head learns ``head_learning_rate_multiplier`` times faster) inside the strategy scope;
+   head learns ``head_learning_rate_multiplier`` times faster) inside the strategy scope, then
+   writes the resolved config to ``<workdir>/config.json`` (after the build: a bad backbone or
+   weights file leaves nothing behind that a corrected command would take for another run);
 4. runs a custom loop: ``strategy.run`` of one replica step inside a ``tf.function`` that runs up to
    :data:`MAX_STEPS_PER_CALL` steps per call, gradients summed over replicas once, clipped by
    their global norm, then applied (float16 on GPUs adds dynamic loss scaling);
@@ -35,10 +36,19 @@ Workdir layout::
     tensorboard/         TensorBoard event files
     final_metrics.json   what train_and_evaluate returned
 
-Resuming mid-epoch: the data order of epoch ``e`` is drawn from seed ``train.seed + e``; a resumed
-epoch rebuilds it and skips the batches already trained on. With ``data.deterministic`` the rest
-of the epoch is exactly what the interrupted run would have seen; without it (the faster default)
-it is an equally random remainder.
+Resuming mid-epoch: the data order of epoch ``e`` is drawn from seed ``1000 * train.seed + e``; a
+resumed epoch rebuilds it and skips the batches already trained on (they are read and decoded
+again, not trained on). With ``data.deterministic`` the rest of the epoch is exactly what the
+interrupted run would have seen; without it (the faster default) it is an equally random
+remainder. SIGTERM (a preempted VM, ``kill``) saves a checkpoint at the next step boundary and
+exits with status 143.
+
+Limits: ``--jit-compile`` compiles the whole replica step (as Keras does) and works on one device
+(CPU or GPU) and with mirrored / multi_worker on GPUs; with mirrored or multi_worker on CPU devices
+it is refused (XLA cannot compile their cross-replica update there). Validation embeds the fold
+outside ``strategy.run``, on one device of each worker (every worker computes the same result).
+Multi-worker runs assume a filesystem shared by the workers (the chief writes, the others read
+the chief's vocabulary and checkpoints).
 """
 
 from __future__ import annotations
