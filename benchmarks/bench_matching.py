@@ -295,17 +295,19 @@ def worker(args) -> dict:
     return report
 
 
-def spawn(method: str, n: int, args) -> dict:
+def spawn(method: str, n: int, args, repeat: int | None = None) -> dict:
     command = [
         sys.executable, __file__, "--worker", method, "--n", str(n), "--dim", str(args.dim),
         "--threshold", str(args.threshold), "--max-chunk-mb", str(args.max_chunk_mb),
-        "--repeat", str(args.repeat), "--seed", str(args.seed),
+        "--repeat", str(repeat or args.repeat), "--seed", str(args.seed),
     ]  # fmt: skip
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    load_before = os.getloadavg()[0]
     completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     if completed.returncode != 0:
         raise SystemExit(f"{method} at n={n} failed:\n{completed.stderr[-3000:]}")
     report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(
         f"  {method:20s} n={n:6d} {report['seconds']:8.2f} s  "
         f"working {report['working_mb']:7.1f} MB  (load {os.getloadavg()[0]:.1f})",
@@ -355,7 +357,8 @@ def markdown_table(result: dict) -> str:
         lines.append("|---:|" + "---:|" * len(result["scaling_methods"]))
         for row in result["scaling"]:
             cells = [
-                f"{row[name]:.2f}" if name in row else "" for name in result["scaling_methods"]
+                f"{row[name]:.2f} ({row[name + '_cpu_seconds']:.1f} CPU)" if name in row else ""
+                for name in result["scaling_methods"]
             ]
             lines.append(f"| {row['n']:,} | " + " | ".join(cells) + " |")
     if result.get("tfidf"):
@@ -383,6 +386,7 @@ def main(argv=None) -> None:
         help="methods timed at each scaling N",
     )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the best counts")
+    parser.add_argument("--scaling-repeat", type=int, default=1, help="runs per scaling point")
     parser.add_argument("--threshold", type=float, default=0.6)
     parser.add_argument("--max-chunk-mb", type=float, default=256)
     parser.add_argument("--methods", default=",".join(EMBEDDING_METHODS))
@@ -425,8 +429,10 @@ def main(argv=None) -> None:
         "methods": {},
     }
     print(f"matching N={args.n} D={args.dim} (load {os.getloadavg()[0]:.1f})", flush=True)
+    result["complete"] = False
     for method in args.methods.split(","):
         result["methods"][method] = spawn(method, args.n, args)
+        save(args.json, result)
     methods = result["methods"]
     for name in ("matcher", "matcher_exact"):
         if name in methods and "faiss" in methods:
@@ -452,11 +458,13 @@ def main(argv=None) -> None:
     for n in [int(value) for value in args.scaling.split(",") if value]:
         print(f"scaling N={n}", flush=True)
         row = {"n": n}
-        for method in result["scaling_methods"]:
-            report = spawn(method, n, args)
-            row[method] = report["seconds"]
-            row[f"{method}_working_mb"] = report["working_mb"]
         result["scaling"].append(row)
+        for method in result["scaling_methods"]:
+            report = spawn(method, n, args, repeat=args.scaling_repeat)
+            row[method] = report["seconds"]
+            row[f"{method}_cpu_seconds"] = report["cpu_seconds"]
+            row[f"{method}_working_mb"] = report["working_mb"]
+            save(args.json, result)
 
     tfidf_n = args.n if args.tfidf_n is None else args.tfidf_n
     result["tfidf"] = {}
@@ -464,15 +472,21 @@ def main(argv=None) -> None:
         print(f"TF-IDF N={tfidf_n}", flush=True)
         for method in TFIDF_METHODS:
             result["tfidf"][method] = spawn(method, tfidf_n, args)
-    result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
-    table = markdown_table(result)
-    result["markdown"] = table
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            save(args.json, result)
+    result["complete"] = True
+    save(args.json, result)
+    print()
+    print(result["markdown"])
+
+
+def save(path: str, result: dict) -> None:
+    """Write the results so far (a long run that is interrupted keeps what it measured)."""
     from tf_shopee.io_utils import write_json_atomic
 
-    write_json_atomic(args.json, result)
-    print()
-    print(table)
+    result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+    result["markdown"] = markdown_table(result)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
 
 
 if __name__ == "__main__":
