@@ -227,7 +227,12 @@ def test_step_counter_advances_once_per_step_under_mirrored_strategy():
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
         pytest.skip("two logical CPU devices could not be configured in this session")
-    strategy = tf.distribute.MirroredStrategy([device.name for device in devices[:2]])
+    # ReductionToOneDevice: the default collective all-reduce clashes with the collective keys
+    # of another MirroredStrategy created earlier in the same pytest process.
+    strategy = tf.distribute.MirroredStrategy(
+        [device.name for device in devices[:2]],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     embeddings, _, labels = make_batch(seed=7, batch=8)
     with strategy.scope():
         embeddings_input = keras.Input((EMBEDDING_DIM,), name="embeddings")

@@ -159,7 +159,12 @@ def test_multimodal_trains_under_mirrored_strategy_over_two_cpu_devices(tmp_path
     if len(devices) < 2:
         pytest.skip("two logical CPU devices could not be configured in this session")
     preset = save_two_block_image_preset(tmp_path / "image_preset")
-    strategy = tf.distribute.MirroredStrategy([device.name for device in devices[:2]])
+    # ReductionToOneDevice: the default collective all-reduce clashes with the collective keys
+    # of another MirroredStrategy created earlier in the same pytest process.
+    strategy = tf.distribute.MirroredStrategy(
+        [device.name for device in devices[:2]],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     keras.utils.set_random_seed(1)
     with strategy.scope():
         _, embedding_model, training_model = build_both(
