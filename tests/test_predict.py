@@ -105,6 +105,18 @@ def test_model_free_prediction_writes_submission_and_report(synthetic_set, tmp_p
     assert report["f1"]["combined"] > self_only + 0.1
 
 
+def test_zipped_csv_gives_the_same_submission(synthetic_set, tmp_path):
+    import zipfile
+
+    csv_path = synthetic_set / "data" / "train.csv"
+    zipped = tmp_path / "train.csv.zip"  # how Kaggle ships train.csv
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.write(csv_path, "train.csv")
+    run_predict("--csv", csv_path, "--out", tmp_path / "plain.csv", "--no-phash")
+    run_predict("--csv", zipped, "--out", tmp_path / "zipped.csv", "--no-phash")
+    assert (tmp_path / "plain.csv").read_bytes() == (tmp_path / "zipped.csv").read_bytes()
+
+
 def test_threshold_override_changes_matches(synthetic_set, tmp_path):
     csv_path = synthetic_set / "data" / "train.csv"
     strict = tmp_path / "strict.csv"
@@ -184,7 +196,7 @@ def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_pa
     [
         ("missing_column", "lacks required column(s) title"),
         ("duplicate_id", "appears more than once"),
-        ("missing_csv", "CSV not found"),
+        ("missing_csv", "CSV file not found"),
         ("missing_image", "missing or outside"),
         ("not_an_export", "is not a tf_shopee export"),
         ("image_model_without_images", "give --images"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import sys
@@ -138,11 +139,12 @@ def read_postings(options: PredictOptions) -> Postings:
 
 
 def _read_csv(path: str) -> pd.DataFrame:
+    from tf_shopee.data.convert import read_csv_bytes
+
     csv_path = Path(path)
-    if not csv_path.is_file():
-        raise UserError(f"CSV not found: {csv_path}")
+    raw = read_csv_bytes(csv_path)  # plain or zipped, as convert_tfrecords.py accepts
     try:
-        frame = pd.read_csv(csv_path, dtype={"posting_id": str, "image": str, "title": str,
+        frame = pd.read_csv(io.BytesIO(raw), dtype={"posting_id": str, "image": str, "title": str,
                                              "image_phash": str},
                             keep_default_na=True, encoding="utf-8", encoding_errors="replace")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:

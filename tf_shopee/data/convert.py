@@ -117,7 +117,13 @@ def _has_invalid_utf8(text: str) -> bool:
     return any("\udc80" <= character <= "\udcff" for character in text)
 
 
-def _read_csv_bytes(csv_path: Path) -> bytes:
+def read_csv_bytes(csv_path: str | os.PathLike) -> bytes:
+    """The bytes of a CSV file, or of the one CSV inside a .zip (Kaggle ships train.csv zipped).
+
+    Raises:
+        UserError: missing file, a directory, an unreadable file or a zip without exactly one file.
+    """
+    csv_path = Path(csv_path)
     if not csv_path.exists():
         raise UserError(f"CSV file not found: {csv_path}")
     if not csv_path.is_file():
@@ -152,7 +158,7 @@ def read_csv_table(csv_path: str | os.PathLike) -> CsvTable:
             (each message names the file, row and column).
     """
     csv_path = Path(csv_path)
-    raw = _read_csv_bytes(csv_path)
+    raw = read_csv_bytes(csv_path)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise UserError(f"{csv_path} is UTF-16 encoded; save it as UTF-8")
     if b"\x00" in raw:
