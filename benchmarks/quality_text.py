@@ -388,6 +388,25 @@ class QualityText:
         entry["text_threshold_sweep_on_selection_fold"] = {str(k): round(v, 4)
                                                             for k, v in sweep.items()}
 
+        # What a user gets from predict.py with no threshold file: the model's own validation
+        # threshold for the text source and the shipped model-free defaults for the rest. No
+        # threshold here comes from a training fold, so it avoids the fold-1 search's leaning
+        # towards the model (whose fold-1 cosines are tighter than on unseen groups).
+        defaults = ("text: train.py's validation threshold (chosen on fold 0); tfidf, phash, "
+                    "phash_text and min2: shipped defaults (chosen on folds 1+2 by "
+                    "benchmarks/quality_real.py)")
+        for suffix, extra_flags, label in (
+            ("", [], ""),
+            ("_inb", ["--inb-iterations", "1"], " with neighbourhood blending (1 iteration)"),
+        ):
+            report = self._predict(f"{model}{suffix}_defaults_fold0", EVALUATION_FOLD,
+                                   model_flags + extra_flags, [])
+            self.add_method(
+                f"{model}{suffix}+model_free_defaults",
+                f"{model} text{label} ∪ TF-IDF ∪ phash ∪ phash_text, min2, predict.py's "
+                "default thresholds", report, f1_key="combined", chosen_on=defaults,
+            )
+
 
 # -- report ------------------------------------------------------------------------------------
 
@@ -420,7 +439,8 @@ def targets(report: dict) -> dict:
     methods = report.get("methods", {})
     text_rows = {key: value["f1"] for key, value in methods.items()
                  if key.split("_")[0] in MODEL_CONFIGS and "+" not in key}
-    phash_rows = {key: value["f1"] for key, value in methods.items() if "phash" in key
+    # Every combination of a learned model holds phash (and most TF-IDF as well).
+    phash_rows = {key: value["f1"] for key, value in methods.items() if "+" in key
                   and key.split("_")[0].split("+")[0] in MODEL_CONFIGS}
     result = {}
     for name, rows, target in (("learned_text_alone", text_rows, TARGET_TEXT_ALONE),
@@ -454,9 +474,12 @@ def training_table(report: dict) -> str:
     lines = ["| model | config | epochs | training s (steps only) | wall s (with validation) | "
              "titles/s |", "|---|---|---|---|---|---|"]
     for model, facts in report.get("models", {}).items():
-        lines.append(f"| {model} | {facts['config_file']} | {facts['epochs_trained']} | "
+        # .get: a results file kept from an older version of this script may lack newer keys
+        # until the model's step is read again.
+        lines.append(f"| {model} | {facts['config_file']} | {facts.get('epochs_trained')} | "
                      f"{facts['train_seconds']:.0f} | {facts['wall_seconds']:.0f} | "
-                     f"{facts['titles_per_second']} (steady {facts['steady_titles_per_second']}) |")
+                     f"{facts['titles_per_second']} (steady "
+                     f"{facts.get('steady_titles_per_second')}) |")
     return "\n".join(lines)
 
 
