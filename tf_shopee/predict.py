@@ -144,9 +144,13 @@ def _read_csv(path: str) -> pd.DataFrame:
     csv_path = Path(path)
     raw = read_csv_bytes(csv_path)  # plain or zipped, as convert_tfrecords.py accepts
     try:
-        frame = pd.read_csv(io.BytesIO(raw), dtype={"posting_id": str, "image": str, "title": str,
-                                             "image_phash": str},
-                            keep_default_na=True, encoding="utf-8", encoding_errors="replace")
+        frame = pd.read_csv(
+            io.BytesIO(raw),
+            dtype={"posting_id": str, "image": str, "title": str, "image_phash": str},
+            keep_default_na=True,
+            encoding="utf-8",
+            encoding_errors="replace",
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read CSV {csv_path}: {error}") from None
     missing = [column for column in ("posting_id", "title") if column not in frame.columns]
@@ -683,7 +687,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("postings")
     data.add_argument("--csv", default="", help="Shopee-style CSV (posting_id, title; image, "
-                      "image_phash, label_group when present)")
+                      "image_phash, label_group when present), or a .zip holding one")
     data.add_argument("--images", default="", metavar="DIR",
                       help="folder the CSV's image column is relative to")
     data.add_argument("--tfrecords", default="", metavar="DIR",
