@@ -18,7 +18,6 @@ tutorial of the Python API. Steps whose output already exists are reused, so a s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.io_utils import write_json_atomic
 
 logger = logging.getLogger("tf_shopee.demo")
 
@@ -158,8 +158,7 @@ def run_demo(workdir: str | Path, *, postings: int = 3000, seed: int = 0, image_
     _banner(f"5. mean F1 on the held-out fold {VALIDATION_FOLD} "
             f"({reports['trained']['rows']} postings)")
     print(format_comparison(reports))
-    summary = {name: reports[name] for name in reports}
-    (workdir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(workdir / "demo_summary.json", reports)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs in {workdir}")
     return reports
 

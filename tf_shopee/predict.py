@@ -616,10 +616,8 @@ def run_prediction(options: PredictOptions) -> dict:
     logger.info("%d postings", len(postings))
     sources = compute_sources(postings, options)
     if options.search_thresholds:
-        payload = search_and_write_thresholds(sources, postings.label_groups,
-                                              options.search_thresholds)
+        search_and_write_thresholds(sources, postings.label_groups, options.search_thresholds)
         options.thresholds_file = str(Path(options.search_thresholds) / "thresholds.json")
-        del payload
     plan = resolve_plan(sources, options)
     blend_sources(sources, plan, options)
     matches = match_sources(sources, plan, options)

@@ -99,8 +99,6 @@ def search_thresholds(
     Raises:
         UserError: on empty sources, mismatched row counts or unknown names.
     """
-    from tf_shopee.matching import matches_from_neighbours
-
     if not sources:
         raise UserError("search_thresholds needs at least one source")
     labels = np.asarray(labels)
@@ -128,24 +126,18 @@ def search_thresholds(
         result["combined"] = None
         return result
     names = list(sources) if combine is True else list(combine)
-    unknown = [name for name in names if name not in sources]
-    if unknown or not names:
-        raise UserError(f"combine names unknown source(s) {unknown}; sources are {list(sources)}")
-    if min2_source is None:
-        min2_source = names[0]
-    if min2 and min2_source not in sources:
-        raise UserError(f"min2_source {min2_source!r} is not a source ({list(sources)})")
+    min2_source = _check_combination(sources, names, min2=min2, min2_source=min2_source)
     floors = [None] if min2_floors is None else list(min2_floors)
     if not min2:
         floors = [None]
-
-    def fallback_for(floor):
-        # Threshold +inf selects nothing, so min2 leaves exactly self + the nearest candidate.
-        return matches_from_neighbours(
-            sources[min2_source], math.inf, max_matches=max_matches, min2=True, min2_floor=floor
-        )
-
-    fallbacks = {floor: fallback_for(floor) for floor in floors} if min2 else {}
+    fallbacks = (
+        {
+            floor: _min2_fallback(sources[min2_source], floor, max_matches=max_matches)
+            for floor in floors
+        }
+        if min2
+        else {}
+    )
 
     def evaluate(thresholds: dict[str, float], floor) -> float:
         match_lists = [cache.get(name, thresholds[name]) for name in names]
@@ -248,12 +240,7 @@ def match_sources(
     if missing:
         raise UserError(f"no threshold for source(s) {missing}; thresholds: {dict(thresholds)}")
     names = list(sources) if combine is None else list(combine)
-    unknown = [name for name in names if name not in sources]
-    if unknown or not names:
-        raise UserError(f"combine names unknown source(s) {unknown}; sources are {list(sources)}")
-    min2_source = names[0] if min2_source is None else min2_source
-    if min2 and min2_source not in sources:
-        raise UserError(f"min2_source {min2_source!r} is not a source ({list(sources)})")
+    min2_source = _check_combination(sources, names, min2=min2, min2_source=min2_source)
     per_source = {
         name: matches_from_neighbours(
             neighbours, float(thresholds[name]), max_matches=max_matches
@@ -262,14 +249,36 @@ def match_sources(
     }
     fallback = None
     if min2:
-        fallback = matches_from_neighbours(
-            sources[min2_source], math.inf, max_matches=max_matches, min2=True,
-            min2_floor=min2_floor,
-        )
+        fallback = _min2_fallback(sources[min2_source], min2_floor, max_matches=max_matches)
     combined = combine_matches(
         [per_source[name] for name in names], fallback=fallback, max_matches=max_matches
     )
     return per_source, combined
+
+
+def _check_combination(
+    sources: Mapping[str, Neighbours], names: list[str], *, min2: bool, min2_source: str | None
+) -> str:
+    """Validate the combined source names; return the min2 source (default: the first name)."""
+    unknown = [name for name in names if name not in sources]
+    if unknown or not names:
+        raise UserError(f"combine names unknown source(s) {unknown}; sources are {list(sources)}")
+    min2_source = names[0] if min2_source is None else min2_source
+    if min2 and min2_source not in sources:
+        raise UserError(f"min2_source {min2_source!r} is not a source ({list(sources)})")
+    return min2_source
+
+
+def _min2_fallback(
+    neighbours: Neighbours, floor: float | None, *, max_matches: int
+) -> list[np.ndarray]:
+    """Per posting, itself plus its nearest candidate scoring at least ``floor`` (min2)."""
+    from tf_shopee.matching import matches_from_neighbours
+
+    # Threshold +inf selects nothing, so min2 leaves exactly self + the nearest candidate.
+    return matches_from_neighbours(
+        neighbours, math.inf, max_matches=max_matches, min2=True, min2_floor=floor
+    )
 
 
 class _MatchCache:
