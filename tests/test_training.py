@@ -207,6 +207,44 @@ def test_settings_precedence_defaults_config_tiny_set_flags(tmp_path):
         resolve("--set", "train.epoch=3")
 
 
+def test_batch_norm_recalibration_averages_the_batch_statistics_and_restores_the_layers():
+    import keras
+    import tensorflow as tf
+
+    from tf_shopee.training import recalibrate_batch_norm
+
+    inputs = keras.Input((3,), name="image")
+    # Dropout in front of the recalibrated layer: left on, it would distort the statistics.
+    dropped = keras.layers.Dropout(0.5, name="dropout")(inputs)
+    normalised = keras.layers.BatchNormalization(name="free")(dropped)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    outputs = frozen(keras.layers.Dense(2, name="dense")(normalised))
+    model = keras.Model({"image": inputs}, outputs)
+    frozen.trainable = False
+    free = model.get_layer("free")
+    kernel_before = model.get_layer("dense").kernel.numpy().copy()
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, scale, size=(4, 3)).astype(np.float32)
+               for loc, scale in ((5.0, 2.0), (-1.0, 0.5), (3.0, 1.0))]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"image": np.concatenate(batches), "label": np.zeros(12, np.int32)}
+    ).batch(4)
+
+    used = recalibrate_batch_norm(model, dataset, "image", batches=10)
+
+    assert used == 3  # the dataset ran out before 10 batches
+    np.testing.assert_allclose(free.moving_mean.numpy(),
+                               np.mean([batch.mean(0) for batch in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(free.moving_variance.numpy(),
+                               np.mean([batch.var(0) for batch in batches], 0), rtol=1e-4)
+    # The frozen layer keeps its statistics, weights are untouched, settings come back.
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(2, np.float32))
+    np.testing.assert_array_equal(model.get_layer("dense").kernel.numpy(), kernel_before)
+    assert free.momentum == 0.99 and model.get_layer("dropout").rate == 0.5
+    assert recalibrate_batch_norm(model, dataset, "image", batches=0) == 0
+
+
 def test_learning_rate_scales_with_the_global_batch_and_warms_up_then_decays():
     from tf_shopee.training import make_warmup_cosine_schedule, scaled_learning_rate
 
@@ -442,6 +480,7 @@ def test_every_model_kind_trains_under_mirrored_on_two_logical_cpus(tfrecords, t
             kind: tiny_arguments(
                 tfrecords, path, kind, "--strategy", "mirrored", "--cpu-devices", "2",
                 "--epochs", "1", "--set", "train.steps_per_epoch=3",
+                "--set", "train.batch_norm_recalibration_batches=2",
             )
             for kind, path in runs.items()
         }))})
@@ -462,6 +501,8 @@ def test_every_model_kind_trains_under_mirrored_on_two_logical_cpus(tfrecords, t
         epochs = history(workdir)["epochs"]
         assert [record["epoch"] for record in epochs] == [0, 1], kind
         assert epochs[1]["examples_per_second"] > 0
+        # Precise BatchNorm ran eagerly on mirrored variables, outside strategy.run.
+        assert epochs[1]["batch_norm_recalibration_batches"] == 2, kind
         assert RunConfig.load(workdir / "config.json").model.kind == kind
         exported = load_exported(metrics["export_dir"], expected_kind=kind)
         assert exported.metadata["num_classes"] == 18
@@ -625,6 +666,20 @@ def finished_run(tfrecords, tmp_path_factory):
     )  # fmt: skip
     main(arguments)
     return workdir, arguments
+
+
+def test_batch_norm_recalibration_runs_at_each_epoch_end(tfrecords, tmp_path, capsys):
+    from tf_shopee.training import main
+
+    workdir = tmp_path / "run"
+    main(tiny_arguments(
+        tfrecords, workdir, "image", "--strategy", "one_device", "--epochs", "2",
+        "--set", "train.steps_per_epoch=2", "--set", "train.batch_norm_recalibration_batches=3",
+    ))  # fmt: skip
+    output = capsys.readouterr().out
+    assert output.count("BatchNorm statistics from 3 batches") == 2
+    epochs = [record for record in history(workdir)["epochs"] if record["epoch"] > 0]
+    assert [record["batch_norm_recalibration_batches"] for record in epochs] == [3, 3]
 
 
 def test_resume_with_data_of_another_label_count_is_refused(finished_run, tmp_path, capsys):

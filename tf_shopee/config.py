@@ -110,6 +110,11 @@ class TrainConfig:
     seed: int = 42
     validate: bool = True
     checkpoint_every_steps: int = 0  # 0: at each epoch end only (BackupAndRestore saves mid-epoch)
+    # "Precise BatchNorm": at each epoch end, re-estimate the BatchNorm moving statistics from
+    # this many un-augmented training batches before validating and saving. 0: off. Short runs
+    # from random weights need it: with momentum 0.99 the moving statistics lag far behind the
+    # weights and the inference-mode embeddings collapse.
+    batch_norm_recalibration_batches: int = 0
 
 
 @dataclass
@@ -167,6 +172,8 @@ class RunConfig:
             raise UserError("train.batch_size must be positive")
         if self.train.epochs <= 0:
             raise UserError("train.epochs must be positive")
+        if self.train.batch_norm_recalibration_batches < 0:
+            raise UserError("train.batch_norm_recalibration_batches must be 0 (off) or positive")
         if self.data.image_size < 16:
             raise UserError("data.image_size must be at least 16 pixels")
         if self.model.image.pooling not in ("avg", "gem"):

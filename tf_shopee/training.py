@@ -16,7 +16,9 @@ and calls :func:`train_and_evaluate`, which
 5. checkpoints (``tf.train.CheckpointManager``) every ``train.checkpoint_every_steps`` steps and at
    each epoch end, with the epoch and the step inside the epoch, so a killed run restarted with
    the same command continues where it stopped;
-6. validates after each epoch (and once before training, for the untrained baseline): embeds the
+6. optionally re-estimates the BatchNorm moving statistics from un-augmented training batches
+   (``train.batch_norm_recalibration_batches``, "precise BatchNorm"), then validates after each
+   epoch (and once before training, for the untrained baseline): embeds the
    held-out fold, finds each posting's nearest neighbours, sweeps the cosine threshold and
    reports the best mean F1; the best epoch's weights are kept in a separate checkpoint;
 7. exports the best weights as a raw-input SavedModel (:mod:`tf_shopee.export`).
@@ -578,6 +580,61 @@ def embed_dataset(embedding_model, dataset, kind: str) -> tuple[np.ndarray, np.n
     if not embeddings:
         return np.zeros((0, int(embedding_model.output_shape[-1])), np.float32), np.zeros(0, int)
     return np.concatenate(embeddings), np.concatenate(labels)
+
+
+def recalibrate_batch_norm(embedding_model, dataset, kind: str, batches: int) -> int:
+    """Precise BatchNorm: re-estimate BatchNorm moving statistics from training batches.
+
+    Every trainable ``BatchNormalization`` layer of ``embedding_model`` gets, as its moving mean
+    and variance, the plain average of the batch statistics it sees over the first ``batches``
+    batches of ``dataset`` (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021). Dropout is
+    switched off meanwhile so that it does not inflate the variances. Frozen BatchNorm layers
+    (``trainable=False``, e.g. a frozen backbone) keep their statistics: Keras runs them in
+    inference mode. Nothing else changes: weights, optimizer state and step counters are
+    untouched.
+
+    Runs eagerly outside ``strategy.run``, like :func:`embed_dataset`, so every replica (and
+    every worker, which reads the same batches) ends up with the same statistics.
+
+    Args:
+        embedding_model: the Keras embedding model (image, text or multimodal tower).
+        dataset: batched, un-augmented training data (a dict per batch).
+        kind: ``image``, ``text`` or ``multimodal``: which inputs the model takes.
+        batches: how many batches to average over.
+
+    Returns:
+        The number of batches actually used (fewer when the dataset is shorter).
+    """
+    norm_layers = [
+        layer for layer in embedding_model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not norm_layers or batches <= 0:
+        return 0
+    dropout_layers = [
+        layer for layer in embedding_model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Dropout)
+    ]
+    saved_momenta = [layer.momentum for layer in norm_layers]
+    saved_rates = [layer.rate for layer in dropout_layers]
+    names = input_names(kind)
+    used = 0
+    try:
+        for layer in dropout_layers:
+            layer.rate = 0.0
+        for batch in dataset.take(batches):
+            # momentum k / (k + 1) makes the moving value the running mean of the k + 1
+            # batch statistics seen so far (the first batch replaces the old value outright).
+            for layer in norm_layers:
+                layer.momentum = used / (used + 1.0)
+            embedding_model({key: batch[key] for key in names}, training=True)
+            used += 1
+    finally:
+        for layer, momentum in zip(norm_layers, saved_momenta):
+            layer.momentum = momentum
+        for layer, rate in zip(dropout_layers, saved_rates):
+            layer.rate = rate
+    return used
 
 
 def threshold_sweep(
@@ -1170,7 +1227,8 @@ class _Run:
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
-    def _validation_dataset(self):
+    def _plain_dataset(self, *, folds=None, exclude_folds=None):
+        """One un-augmented, unshuffled pass over some folds (for validation or precise BN)."""
         kind = self.config.model.kind
         with_image = kind in ("image", "multimodal")
         return make_dataset(
@@ -1178,13 +1236,30 @@ class _Run:
             training=False,
             global_batch_size=self.global_batch_size,
             image_size=self.config.data.image_size if with_image else None,
-            folds=self.facts.validation_folds,
+            folds=folds,
+            exclude_folds=exclude_folds,
             with_image=with_image,
             text_preprocessor=self.text_preprocessor,
             augment=False,
             repeat=False,
             deterministic=True,
         )
+
+    def _validation_dataset(self):
+        return self._plain_dataset(folds=self.facts.validation_folds)
+
+    def _recalibrate_batch_norm(self) -> tuple[int, float]:
+        """Precise BatchNorm on un-augmented training batches
+        (``train.batch_norm_recalibration_batches``); returns (batches used, seconds)."""
+        batches = self.config.train.batch_norm_recalibration_batches
+        if batches <= 0:
+            return 0, 0.0
+        dataset = self._plain_dataset(exclude_folds=self.facts.train_folds_excluded)
+        started = time.perf_counter()
+        used = recalibrate_batch_norm(
+            self.trainer.embedding_model, dataset, self.config.model.kind, batches
+        )
+        return used, time.perf_counter() - started
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -1351,6 +1426,15 @@ class _Run:
             f"{record['accuracy']:.4f} lr {backbone_lr:.2e} (head {head_lr:.2e}) "
             f"{record['examples_per_second']:.1f} examples/s"
         )
+        # Before validating and saving, so the best checkpoint and the export carry the
+        # recalibrated statistics.
+        recalibrated, recalibration_seconds = self._recalibrate_batch_norm()
+        if recalibrated:
+            record["batch_norm_recalibration_batches"] = recalibrated
+            message += (
+                f" | BatchNorm statistics from {recalibrated} batches "
+                f"({recalibration_seconds:.1f} s)"
+            )
         if self.validate:
             result = self._run_validation()
             record.update(
