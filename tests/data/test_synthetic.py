@@ -107,6 +107,22 @@ def test_plan_covers_every_posting_with_groups_of_at_least_two(postings):
         assert min(sizes) >= 2 and max(sizes) <= 50
 
 
+@pytest.mark.parametrize("postings, group_size, expected",
+                         [(48, 12, [12] * 4), (50, 12, [12] * 4 + [2]), (49, 12, [12] * 3 + [13]),
+                          (7, 12, [7])])
+def test_a_fixed_group_size_plans_equal_groups_and_keeps_the_remainder(postings, group_size,
+                                                                      expected):
+    families = synthetic._plan_families(postings, 0, group_size)
+    sizes = [len(group.posting_ids) for family in families for group in family.groups]
+    assert sizes == expected
+
+
+def test_a_fixed_group_size_set_has_that_many_postings_per_group(tmp_path):
+    frame = generate_dataset(tmp_path / "big_groups", postings=24, seed=3, image_size=32,
+                             workers=1, group_size=6)
+    assert sorted(frame.groupby("label_group").size()) == [6, 6, 6, 6]
+
+
 def test_some_image_files_are_shared_by_postings_of_one_product(dataset):
     _, frame = dataset
     assert frame["image"].nunique() < len(frame)
@@ -211,6 +227,8 @@ def test_different_seed_gives_a_different_set(tmp_path):
         ({"postings": 10, "seed": 0, "image_size": 8}, "--image-size must be between 32"),
         ({"postings": 10, "seed": 0, "workers": 0}, "--workers must be between 1"),
         ({"postings": "10", "seed": 0}, "--postings must be an integer"),
+        ({"postings": 10, "seed": 0, "group_size": 1}, "--group-size must be between 2 and 50"),
+        ({"postings": 10, "seed": 0, "group_size": 51}, "--group-size must be between 2 and 50"),
     ],
 )
 def test_bad_arguments_raise_user_error(tmp_path, arguments, message):

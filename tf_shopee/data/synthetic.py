@@ -570,8 +570,21 @@ class _FamilyTask:
     groups: tuple[_Group, ...]
 
 
-def _sample_group_sizes(rng: np.random.Generator, postings: int) -> list[int]:
-    """Group sizes from the real histogram that add up to exactly ``postings`` (each 2..50)."""
+def _sample_group_sizes(rng: np.random.Generator, postings: int,
+                        group_size: int | None = None) -> list[int]:
+    """Group sizes from the real histogram that add up to exactly ``postings`` (each 2..50).
+
+    With ``group_size``, every group has that many postings instead (the last one takes the
+    remainder, or absorbs it when it would be a group of one).
+    """
+    if group_size is not None:
+        sizes = [group_size] * (postings // group_size)
+        remainder = postings - sum(sizes)
+        if remainder >= 2 or not sizes:
+            sizes.append(remainder)
+        elif remainder:
+            sizes[-1] += remainder
+        return sizes
     sizes_table = np.array(sorted(REAL_GROUP_SIZE_COUNTS))
     weights = np.array([REAL_GROUP_SIZE_COUNTS[size] for size in sizes_table], dtype=np.float64)
     weights /= weights.sum()
@@ -599,10 +612,10 @@ def _unique_integers(rng: np.random.Generator, count: int, low: int, high: int) 
     return chosen
 
 
-def _plan_families(postings: int, seed: int) -> list[_FamilyTask]:
+def _plan_families(postings: int, seed: int, group_size: int | None = None) -> list[_FamilyTask]:
     """Split ``postings`` into label groups, groups into families, and draw Kaggle-like ids."""
     rng = np.random.default_rng([seed, _LAYOUT_STREAM])
-    sizes = _sample_group_sizes(rng, postings)
+    sizes = _sample_group_sizes(rng, postings, group_size)
     # Kaggle ids: posting ids "train_<up to 10 digits>", label groups up to 2**32.
     posting_numbers = _unique_integers(rng, postings, 10_000_000, 4_300_000_000)
     label_groups = _unique_integers(rng, len(sizes), 1_000_000, 4_294_967_296)
@@ -2006,6 +2019,7 @@ def generate_dataset(
     image_size: int = DEFAULT_IMAGE_SIZE,
     workers: int | None = None,
     progress: bool = False,
+    group_size: int | None = None,
 ) -> pd.DataFrame:
     """Write a synthetic mini-Shopee set: ``out_dir/train.csv`` and ``out_dir/train_images/``.
 
@@ -2019,6 +2033,9 @@ def generate_dataset(
         image_size: Side of the square JPEG photos in pixels (32..1024).
         workers: Processes to render with; default: the CPUs this process may use.
         progress: Print a progress line to stderr as families finish.
+        group_size: Give every label group this many postings (2..50) instead of drawing sizes
+            from the real Shopee histogram: a set with many photos of each product, for
+            pretraining an image backbone on classes it can actually learn from.
 
     Returns:
         The rows of train.csv: posting_id, image, image_phash, title (str) and label_group (int64),
@@ -2031,6 +2048,8 @@ def generate_dataset(
     seed = _check_int("seed", seed, 0)
     image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     workers = _default_workers() if workers is None else _check_int("workers", workers, 1, 256)
+    if group_size is not None:
+        group_size = _check_int("group_size", group_size, 2, MAX_GROUP_SIZE)
 
     out_dir = Path(out_dir)
     images_dir = out_dir / IMAGES_DIRNAME
@@ -2039,7 +2058,7 @@ def generate_dataset(
     except OSError as error:
         raise UserError(f"cannot create output folder {images_dir}: {error}") from error
 
-    families = _plan_families(postings, seed)
+    families = _plan_families(postings, seed, group_size)
     # About one seller per four postings, so sellers recur across products like real shops.
     sellers = _make_sellers(seed, max(2, postings // 4))
     initial_arguments = (sellers, image_size, str(images_dir))
@@ -2099,6 +2118,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
                         help=f"photo side in pixels (default {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: all usable CPUs)")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="postings per label group, 2..50 (default: sizes drawn from the "
+                        "real Shopee histogram)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -2115,6 +2137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_size=arguments.image_size,
         workers=arguments.workers,
         progress=not arguments.quiet,
+        group_size=arguments.group_size,
     )
     elapsed = time.perf_counter() - started
     print(
