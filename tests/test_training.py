@@ -668,7 +668,7 @@ def finished_run(tfrecords, tmp_path_factory):
     return workdir, arguments
 
 
-def test_batch_norm_recalibration_runs_at_each_epoch_end(tfrecords, tmp_path, capsys):
+def test_batch_norm_recalibration_runs_before_training_and_at_each_epoch_end(tfrecords, tmp_path, capsys):
     from tf_shopee.training import main
 
     workdir = tmp_path / "run"
@@ -677,7 +677,9 @@ def test_batch_norm_recalibration_runs_at_each_epoch_end(tfrecords, tmp_path, ca
         "--set", "train.steps_per_epoch=2", "--set", "train.batch_norm_recalibration_batches=3",
     ))  # fmt: skip
     output = capsys.readouterr().out
-    assert output.count("BatchNorm statistics from 3 batches") == 2
+    # Before the untrained baseline, then after each of the two epochs.
+    assert output.count("BatchNorm statistics from 3 batches") == 3
+    assert "epoch 0 (untrained): BatchNorm statistics from 3 batches" in output
     epochs = [record for record in history(workdir)["epochs"] if record["epoch"] > 0]
     assert [record["batch_norm_recalibration_batches"] for record in epochs] == [3, 3]
 

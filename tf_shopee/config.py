@@ -272,6 +272,21 @@ def tiny_overrides(kind: str) -> list[str]:
         "train.batch_size=8",
         "train.learning_rate=2e-2",
         "train.warmup_epochs=0.5",
+        # Short runs from random weights: BatchNorm moving statistics (momentum 0.99) lag far
+        # behind the weights, and inference-mode embeddings collapse without re-estimating them.
+        "train.batch_norm_recalibration_batches=20",
     ]
-    del kind  # the same shrink applies to every tower; kept for future per-kind tweaks
+    if kind == "image":
+        # Measured on the demo's 2,400 training photos (about 2.5 per group): with margin 0.3
+        # and scale 30 the tiny CNN's loss does not go down at all and validation F1 falls;
+        # a normalised softmax (margin 0, scale 16) on batches of 32 without dropout learns
+        # steadily. Real runs from ImageNet weights keep the ArcFace defaults.
+        overrides += [
+            "model.arc_face.margin=0",
+            "model.arc_face.initial_margin=0",
+            "model.arc_face.scale=16",
+            "model.image.dropout=0",
+            "train.batch_size=32",
+            "train.learning_rate=6e-3",
+        ]
     return overrides

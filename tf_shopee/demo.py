@@ -143,7 +143,7 @@ def format_comparison(reports: dict) -> str:
 
 
 def run_demo(workdir: str | Path, *, postings: int = 3000, seed: int = 0, image_size: int = 96,
-             image_epochs: int = 3, text_epochs: int = 5, fresh: bool = False) -> dict:
+             image_epochs: int = 6, text_epochs: int = 5, fresh: bool = False) -> dict:
     """Run every step; returns ``{"untrained": report, "trained": report}`` (predict reports)."""
     workdir = Path(workdir)
     if fresh and workdir.exists():
@@ -177,8 +177,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--image-size", type=int, default=96,
                         help="side of the synthetic photos in pixels (default 96)")
-    parser.add_argument("--image-epochs", type=int, default=3,
-                        help="image model epochs (default 3)")
+    parser.add_argument("--image-epochs", type=int, default=6,
+                        help="image model epochs (default 6)")
     parser.add_argument("--text-epochs", type=int, default=5, help="text model epochs (default 5)")
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
     return parser

@@ -1307,6 +1307,13 @@ class _Run:
         )
         untrained = None
         if fresh:
+            # The untrained baseline is measured like every epoch: with BatchNorm statistics
+            # estimated from the data when recalibration is on. The initial placeholders
+            # (mean 0, variance 1) make a random network an arbitrary function of its pixels.
+            recalibrated, _ = self._recalibrate_batch_norm()
+            if recalibrated:
+                self.log.say(f"epoch 0 (untrained): BatchNorm statistics from {recalibrated} "
+                             "batches")
             self._save(self.untrained_manager)
         if self.validate and fresh:
             untrained = self._run_validation()
