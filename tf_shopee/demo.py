@@ -62,6 +62,25 @@ def generate_and_convert(workdir: Path, *, postings: int, seed: int, image_size:
     return tfrecord_dir
 
 
+def _exported_with(export_dir: Path, config) -> bool:
+    """Whether ``export_dir`` holds a finished export, trained with ``config`` when one is given.
+
+    A demo folder left by an older version of the project (other epochs, another tiny recipe) is
+    retrained rather than silently reused.
+    """
+    if not (export_dir / "tf_shopee_export.json").is_file():
+        return False
+    if config is None:
+        return True
+    from tf_shopee.config import RunConfig
+    from tf_shopee.export import CONFIG_FILE
+
+    try:
+        return RunConfig.load(export_dir / CONFIG_FILE).to_dict() == config.to_dict()
+    except UserError:  # missing, unreadable or from a version with other config keys
+        return False
+
+
 def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], seed: int) -> dict:
     """Step 3: train and export each tiny model, plus its untrained twin; returns export folders."""
     from tf_shopee.config import RunConfig, tiny_overrides
@@ -72,13 +91,6 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
         trained_dir = workdir / "saved_models" / kind
         untrained_dir = workdir / "saved_models" / f"{kind}_untrained"
         exports[kind] = (trained_dir, untrained_dir)
-        if (trained_dir / "tf_shopee_export.json").is_file() and (
-            untrained_dir / "tf_shopee_export.json"
-        ).is_file():
-            _banner(f"3. {kind} model already trained: {trained_dir}")
-            continue
-        _banner(f"3. train the tiny {kind} model for {epochs[kind]} epochs (fold "
-                f"{VALIDATION_FOLD} held out)")
         config = RunConfig(name=f"demo_{kind}")
         config.override(tiny_overrides(kind))
         config.override([
@@ -89,6 +101,11 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
             f"train.seed={seed}",
             "train.strategy=one_device",
         ])
+        if _exported_with(trained_dir, config) and _exported_with(untrained_dir, None):
+            _banner(f"3. {kind} model already trained: {trained_dir}")
+            continue
+        _banner(f"3. train the tiny {kind} model for {epochs[kind]} epochs (fold "
+                f"{VALIDATION_FOLD} held out)")
         metrics = train_and_evaluate(
             config,
             workdir / "runs" / kind,
