@@ -668,7 +668,9 @@ def finished_run(tfrecords, tmp_path_factory):
     return workdir, arguments
 
 
-def test_batch_norm_recalibration_runs_before_training_and_at_each_epoch_end(tfrecords, tmp_path, capsys):
+def test_batch_norm_recalibration_runs_before_training_and_after_each_epoch(
+    tfrecords, tmp_path, capsys
+):
     from tf_shopee.training import main
 
     workdir = tmp_path / "run"

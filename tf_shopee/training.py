@@ -605,6 +605,8 @@ def recalibrate_batch_norm(embedding_model, dataset, kind: str, batches: int) ->
     Returns:
         The number of batches actually used (fewer when the dataset is shorter).
     """
+    # Keras' walk over every tracked sublayer: unlike ``model.layers`` it also reaches layers
+    # held inside custom layers (the Dropout of a keras-hub transformer block, for instance).
     norm_layers = [
         layer for layer in embedding_model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
