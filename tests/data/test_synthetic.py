@@ -109,7 +109,7 @@ def test_plan_covers_every_posting_with_groups_of_at_least_two(postings):
 
 @pytest.mark.parametrize("postings, group_size, expected",
                          [(48, 12, [12] * 4), (50, 12, [12] * 4 + [2]), (49, 12, [12] * 3 + [13]),
-                          (7, 12, [7])])
+                          (7, 12, [7]), (101, 50, [50, 49, 2])])
 def test_a_fixed_group_size_plans_equal_groups_and_keeps_the_remainder(postings, group_size,
                                                                       expected):
     families = synthetic._plan_families(postings, 0, group_size)

@@ -574,16 +574,20 @@ def _sample_group_sizes(rng: np.random.Generator, postings: int,
                         group_size: int | None = None) -> list[int]:
     """Group sizes from the real histogram that add up to exactly ``postings`` (each 2..50).
 
-    With ``group_size``, every group has that many postings instead (the last one takes the
-    remainder, or absorbs it when it would be a group of one).
+    With ``group_size``, every group has that many postings instead; the remainder forms one
+    more group, and a remainder of one joins the last group (or, when that group is already at
+    the cap of 50, the last group gives one posting to a final pair).
     """
     if group_size is not None:
         sizes = [group_size] * (postings // group_size)
         remainder = postings - sum(sizes)
         if remainder >= 2 or not sizes:
             sizes.append(remainder)
+        elif remainder and sizes[-1] < MAX_GROUP_SIZE:
+            sizes[-1] += 1
         elif remainder:
-            sizes[-1] += remainder
+            sizes[-1] -= 1
+            sizes.append(2)
         return sizes
     sizes_table = np.array(sorted(REAL_GROUP_SIZE_COUNTS))
     weights = np.array([REAL_GROUP_SIZE_COUNTS[size] for size in sizes_table], dtype=np.float64)
