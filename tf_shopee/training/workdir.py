@@ -1,0 +1,171 @@
+"""The run folder: its file names, resume checks, and reading/restoring what a run left there.
+
+Workdir layout::
+
+    config.json          the resolved RunConfig (written at the first start)
+    run_state.json       label count, steps per epoch and other facts a resume must agree with
+    history.json         one record per epoch (loss, accuracy, lr, throughput, validation F1) and
+                         one per process start (where it resumed)
+    vocabulary.txt       WordPiece vocabulary of a scratch text model (learned at the first start)
+    checkpoints/         the latest training state (model, optimizers, counters)
+    checkpoints/best/    the embedding model of the best validation epoch
+    checkpoints/untrained/  the embedding model before training (a baseline to export)
+    thresholds.json      the best epoch's threshold sweep
+    untrained_thresholds.json  the same sweep for the untrained model
+    tensorboard/         TensorBoard event files
+    final_metrics.json   what train_and_evaluate returned
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tf_shopee.config import RunConfig
+from tf_shopee.errors import UserError
+
+# Settings a resumed run must share with the run that wrote the workdir: they change the
+# variables in the checkpoint or the meaning of the validation split.
+STRUCTURAL_KEYS = (
+    "model.kind",
+    "model.embedding_dim",
+    "model.image.backbone",
+    "model.image.pooling",
+    "model.text.backbone",
+    "model.text.vocabulary",
+    "model.text.sequence_length",
+    "model.text.lowercase",
+    "model.text.vocabulary_size",
+    "model.text.num_layers",
+    "model.text.hidden_dim",
+    "model.text.num_heads",
+    "model.text.intermediate_dim",
+    "data.image_size",
+    "data.validation_fold",
+)
+
+CONFIG_FILE = "config.json"
+RUN_STATE_FILE = "run_state.json"
+HISTORY_FILE = "history.json"
+VOCABULARY_FILE = "vocabulary.txt"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT_DIR = os.path.join("checkpoints", "best")
+UNTRAINED_CHECKPOINT_DIR = os.path.join("checkpoints", "untrained")
+THRESHOLDS_FILE = "thresholds.json"
+UNTRAINED_THRESHOLDS_FILE = "untrained_thresholds.json"
+TENSORBOARD_DIR = "tensorboard"
+FINAL_METRICS_FILE = "final_metrics.json"
+WORKER_TEMP_DIR = ".worker_temp"
+# What --overwrite-workdir deletes: only files this module writes, never the whole folder.
+WORKDIR_OUTPUTS = (
+    CONFIG_FILE,
+    RUN_STATE_FILE,
+    HISTORY_FILE,
+    VOCABULARY_FILE,
+    CHECKPOINT_DIR,
+    THRESHOLDS_FILE,
+    UNTRAINED_THRESHOLDS_FILE,
+    TENSORBOARD_DIR,
+    FINAL_METRICS_FILE,
+    WORKER_TEMP_DIR,
+)
+
+
+def get_path(config: RunConfig, dotted: str):
+    """The value of a dotted config key, e.g. ``get_path(config, "model.kind")``."""
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def read_json(path: Path, default=None):
+    """A JSON file of the workdir, ``default`` when missing; UserError when it is damaged."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{path} is not valid JSON ({error}); delete it or pass --overwrite-workdir"
+        ) from None
+
+
+def clear_workdir(workdir: Path) -> None:
+    """Delete what a previous run wrote into ``workdir`` (only the files this module writes)."""
+    for name in WORKDIR_OUTPUTS:
+        path = workdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def check_resumable(workdir: Path, config: RunConfig, num_classes: int) -> bool:
+    """True when ``workdir`` holds a run to resume; UserError when it holds an incompatible one."""
+    saved_path = workdir / CONFIG_FILE
+    if not saved_path.is_file():
+        return False
+    saved = RunConfig.load(saved_path)
+    kind = config.model.kind
+    relevant = [
+        key
+        for key in STRUCTURAL_KEYS
+        if not (key.startswith("model.image.") and kind == "text")
+        and not (key.startswith("model.text.") and kind == "image")
+        and not (key == "data.image_size" and kind == "text")
+    ]
+    differences = [
+        f"{key}: {get_path(saved, key)!r} in the workdir, {get_path(config, key)!r} now"
+        for key in relevant
+        if get_path(saved, key) != get_path(config, key)
+    ]
+    if differences:
+        raise UserError(
+            f"{workdir} holds a different run ({'; '.join(differences)}): use another --workdir "
+            "or pass --overwrite-workdir to delete that run and start over"
+        )
+    state = read_json(workdir / RUN_STATE_FILE, {}) or {}
+    saved_classes = state.get("num_classes")
+    if saved_classes is not None and saved_classes != num_classes:
+        raise UserError(
+            f"the data {config.data.tfrecords} has {num_classes} label groups but the model in "
+            f"{workdir} was trained with {saved_classes}: its ArcFace head cannot be reused. Use "
+            "another --workdir, or pass --overwrite-workdir to start over"
+        )
+    changed = [
+        key
+        for key, value in _flatten(config.to_dict()).items()
+        if _flatten(saved.to_dict()).get(key) != value
+    ]
+    if changed:
+        print(f"resuming {workdir} with changed settings: {', '.join(changed)}", file=sys.stderr)
+    return True
+
+
+def _flatten(payload: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def restore_checkpoint(checkpoint, path: str, what: str) -> None:
+    """Restore a checkpoint; an unreadable or mismatching one is a UserError naming it."""
+
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except Exception as error:  # a damaged file fails in many ways (OpError,
+        # IndexError "Read less bytes than requested", DecodeError, AssertionError, ...)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise UserError(
+            f"cannot restore the {what} checkpoint {path} (files {path}.index, "
+            f"{path}.data-*): {first_line}. Delete it to fall back to an older one, or pass "
+            "--overwrite-workdir to start the run over"
+        ) from None
