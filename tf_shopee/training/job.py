@@ -182,8 +182,15 @@ def train_and_evaluate(
             export_dir=None,
         )
         if export_dir != "" and chief and not run.stopped_early:
+            # --epochs 0 exports the model as initialised (e.g. ImageNet zero-shot).
             metrics["export_dir"] = str(
-                run.export(Path(export_dir), run_name, vocabulary_size, previous_policy)
+                run.export(
+                    Path(export_dir),
+                    run_name,
+                    vocabulary_size,
+                    previous_policy,
+                    untrained=config.train.epochs == 0,
+                )
             )
         if untrained_export_dir and chief and not run.stopped_early:
             metrics["untrained_export_dir"] = str(

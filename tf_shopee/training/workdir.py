@@ -34,6 +34,7 @@ STRUCTURAL_KEYS = (
     "model.embedding_dim",
     "model.image.backbone",
     "model.image.pooling",
+    "model.image.projection",
     "model.text.backbone",
     "model.text.vocabulary",
     "model.text.sequence_length",
