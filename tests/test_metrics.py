@@ -116,3 +116,21 @@ def test_index_form_rejects_bad_input():
 def test_no_postings():
     assert mean_f1([], []) == 0.0
     assert mean_f1_from_matches([], np.zeros(0)) == 0.0
+
+
+def test_recall_at_1_skips_self_and_padding_and_works_against_a_catalogue():
+    from tf_shopee.metrics import recall_at_1
+
+    labels = np.array([0, 0, 1, 2])
+    indices = np.array(
+        [
+            [0, 1, 2],  # self first, then the right product: hit
+            [0, 1, -1],  # nearest other is 0 (same label): hit
+            [2, 0, 1],  # nearest other is 0 (label 0): miss
+            [3, -1, -1],  # nothing but itself: miss
+        ]
+    )
+    assert recall_at_1(indices, labels) == pytest.approx(0.5)
+    catalog_labels = np.array([2, 1, 0])
+    # Against a catalogue the first neighbour counts, even at the query's own row number.
+    assert recall_at_1(np.array([[2], [0], [1], [-1]]), labels, catalog_labels) == 0.5

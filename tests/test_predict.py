@@ -155,6 +155,9 @@ def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported
     report = json.loads(report_path.read_text())
     assert {"image", "text", "concat", "tfidf", "phash", "combined"} <= set(report["f1"])
     assert report["threshold_origin"]["image"] == "model export"
+    # recall@1 is reported for the embedding sources only.
+    assert set(report["recall_at_1"]) == {"image", "text", "concat"}
+    assert 0.0 < report["recall_at_1"]["text"] <= 1.0
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
     # The same postings read from the TFRecords (same JPEG bytes) give the same submission.

@@ -165,3 +165,39 @@ def mean_f1_from_matches(matches: Sequence[np.ndarray], labels: np.ndarray) -> f
     """
     scores = per_posting_f1_from_matches(matches, labels)
     return float(scores.mean()) if scores.size else 0.0
+
+
+def recall_at_1(
+    neighbour_indices: np.ndarray,
+    labels: np.ndarray,
+    catalog_labels: np.ndarray | None = None,
+) -> float:
+    """Fraction of queries whose nearest neighbour (other than themselves) shares their label.
+
+    Args:
+        neighbour_indices: int array (num_queries, k), best first, ``-1`` at padding (the
+            ``indices`` of :class:`tf_shopee.neighbours.Neighbours`).
+        labels: the label of each query.
+        catalog_labels: the label of each catalogue row for query-vs-catalogue neighbours; None
+            for self-matching, where a row's own index is skipped.
+
+    Returns:
+        Recall@1 in [0, 1]; a query without any other neighbour counts as a miss (0.0 for no
+        queries).
+    """
+    indices = np.asarray(neighbour_indices)
+    labels = np.asarray(labels)
+    if indices.ndim != 2 or indices.shape[0] != len(labels):
+        raise ValueError(f"neighbour_indices {indices.shape} do not fit {len(labels)} labels")
+    if len(labels) == 0:
+        return 0.0
+    self_matching = catalog_labels is None
+    catalog = labels if self_matching else np.asarray(catalog_labels)
+    candidate = indices >= 0
+    if self_matching:
+        candidate &= indices != np.arange(len(labels))[:, None]
+    has_candidate = candidate.any(axis=1)
+    first = np.argmax(candidate, axis=1)
+    nearest = indices[np.arange(len(labels)), first]
+    correct = has_candidate & (catalog[np.where(has_candidate, nearest, 0)] == labels)
+    return float(correct.mean())

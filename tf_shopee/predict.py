@@ -388,14 +388,23 @@ def write_submission(path: str, posting_ids: list[str], matches: list[np.ndarray
             stream.writelines(lines)
 
 
-def format_f1_table(f1_by_source: dict[str, float], thresholds: dict[str, float]) -> str:
-    """A plain-text table of mean F1 and threshold per source."""
+def format_f1_table(
+    f1_by_source: dict[str, float],
+    thresholds: dict[str, float],
+    recall_at_1: dict[str, float] | None = None,
+) -> str:
+    """A plain-text table of threshold, mean F1 and (for embedding sources) recall@1 per
+    source."""
+    recall_at_1 = recall_at_1 or {}
     width = max(len("source"), *(len(name) for name in f1_by_source))
-    lines = [f"{'source':<{width}}  threshold  mean F1", f"{'-' * width}  ---------  -------"]
+    lines = [f"{'source':<{width}}  threshold  mean F1  recall@1",
+             f"{'-' * width}  ---------  -------  --------"]
     for name, value in f1_by_source.items():
         threshold = thresholds.get(name)
         shown = f"{threshold:9.3f}" if threshold is not None else f"{'-':>9}"
-        lines.append(f"{name:<{width}}  {shown}  {value:7.4f}")
+        recall = recall_at_1.get(name)
+        recall_shown = f"{recall:8.4f}" if recall is not None else f"{'-':>8}"
+        lines.append(f"{name:<{width}}  {shown}  {value:7.4f}  {recall_shown}")
     return "\n".join(lines)
 
 
@@ -596,10 +605,11 @@ def run_prediction(options: PredictOptions) -> dict:
     """Read postings, match them with every source, write the submission (and the F1 report).
 
     Returns:
-        The report: ``{"rows", "sources", "thresholds", "threshold_origin", "min2", "f1" (when
-        labels are present and ``options.evaluate``), "seconds", "submission"}``.
+        The report: ``{"rows", "sources", "thresholds", "threshold_origin", "min2", "f1" and
+        "recall_at_1" (per embedding source, before blending; both when labels are present and
+        ``options.evaluate``), "seconds", "submission"}``.
     """
-    from tf_shopee.metrics import mean_f1_from_matches
+    from tf_shopee.metrics import mean_f1_from_matches, recall_at_1
 
     started = time.perf_counter()
     if options.batch_size < 1:
@@ -619,6 +629,11 @@ def run_prediction(options: PredictOptions) -> dict:
         search_and_write_thresholds(sources, postings.label_groups, options.search_thresholds)
         options.thresholds_file = str(Path(options.search_thresholds) / "thresholds.json")
     plan = resolve_plan(sources, options)
+    recall = None
+    if options.evaluate:
+        # Before blending: recall@1 measures the embeddings themselves.
+        recall = {name: recall_at_1(sources.neighbours[name].indices, postings.label_groups)
+                  for name in sources.embeddings}
     blend_sources(sources, plan, options)
     matches = match_sources(sources, plan, options)
     write_submission(options.out, postings.posting_ids, matches[COMBINED])
@@ -635,6 +650,7 @@ def run_prediction(options: PredictOptions) -> dict:
     if options.evaluate:
         report["f1"] = {name: float(mean_f1_from_matches(match_lists, postings.label_groups))
                         for name, match_lists in matches.items()}
+        report["recall_at_1"] = recall
         if options.search_thresholds:
             report["note"] = "thresholds were searched on this same labelled set (optimistic F1)"
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -718,7 +734,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--out", default="submission.csv", help="submission CSV to write")
     output.add_argument("--evaluate", action="store_true",
-                        help="print mean F1 per source and combined (needs label_group)")
+                        help="print mean F1 per source and combined, and recall@1 (the nearest "
+                        "other posting is the same product) per embedding source (needs "
+                        "label_group)")
     output.add_argument("--report", default="", metavar="JSON", help="write a JSON report")
     output.add_argument("--batch-size", type=int, default=64,
                         help="postings per model call (default 64)")
@@ -762,5 +780,5 @@ def main(argv=None) -> dict:
     report = run_prediction(options)
     print(f"wrote {report['rows']} rows to {options.out}")
     if "f1" in report:
-        print(format_f1_table(report["f1"], report["thresholds"]))
+        print(format_f1_table(report["f1"], report["thresholds"], report.get("recall_at_1")))
     return report
