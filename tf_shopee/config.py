@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ class ImageModelConfig:
     pooling: str = "gem"  # avg | gem (generalised mean with learnable p)
     gem_p: float = 3.0
     dropout: float = 0.2
-    trainable: str = "all"  # head | last_block | all
+    trainable: str = "all"  # head | last_block | last_N_blocks (the last N stages) | all
     # After pooling: dense_bn (Dense to model.embedding_dim + BatchNorm) | bn (BatchNorm only,
     # backbone width) | none (the pooled backbone features, e.g. ImageNet zero-shot)
     projection: str = "dense_bn"
@@ -190,8 +191,10 @@ class RunConfig:
             )
         if self.model.image.projection not in ("dense_bn", "bn", "none"):
             raise UserError("model.image.projection must be dense_bn, bn or none")
-        if self.model.image.trainable not in ("head", "last_block", "all"):
-            raise UserError("model.image.trainable must be head, last_block or all")
+        if not re.fullmatch(r"head|last_block|last_[1-9]\d*_blocks|all",
+                            self.model.image.trainable):
+            raise UserError("model.image.trainable must be head, last_block, last_N_blocks "
+                            "(e.g. last_2_blocks) or all")
         if self.model.text.trainable not in ("head", "all"):
             raise UserError("model.text.trainable must be head or all")
         return self

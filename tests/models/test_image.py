@@ -77,6 +77,24 @@ def test_each_family_builds_embeds_and_freezes_its_last_stage(
     )
 
 
+@pytest.mark.parametrize(
+    "mode, first_trainable_stage",
+    [("last_block", "block7a_"), ("last_2_blocks", "block6a_"), ("last_3_blocks", "block5a_"),
+     ("last_9_blocks", "normalization")],  # more stages than there are: everything
+)
+def test_last_n_blocks_trains_the_last_n_stages(tiny_tower, mode, first_trainable_stage):
+    set_trainable(tiny_tower, mode)
+    try:
+        layers = [layer for layer in get_backbone(tiny_tower).layers if layer.weights]
+        trainable = [layer.name for layer in layers if layer.trainable]
+        assert trainable[0].startswith(first_trainable_stage)
+        assert trainable == [layer.name for layer in layers][len(layers) - len(trainable):]
+    finally:
+        set_trainable(tiny_tower, "all")
+    with pytest.raises(UserError, match="last_N_blocks"):
+        set_trainable(tiny_tower, "last_0_blocks")
+
+
 def test_every_listed_backbone_name_resolves_to_a_builder():
     assert {"efficientnet_tiny", "efficientnet_b0", "efficientnet_b7", "efficientnetv2_b0",
             "efficientnetv2_s", "efficientnetv2_l", "resnet50", "efficientnet_lite0",

@@ -45,7 +45,8 @@ IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 # Caffe-style ResNet preprocessing: BGR order, per-channel mean subtracted, no scaling.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-TRAINABLE_MODES = ("head", "last_block", "all")
+TRAINABLE_MODES = ("head", "last_block", "last_N_blocks", "all")
+_LAST_BLOCKS = re.compile(r"^last_(\d+)_blocks$")
 POOLING_MODES = ("avg", "gem")
 # What follows the pooling: Dense to embedding_dim + BatchNorm (the usual Shopee head), only a
 # BatchNorm (a "BNNeck": the backbone's width, features centred), or nothing (the pooled
@@ -243,7 +244,8 @@ IMAGE_BACKBONES: dict[str, BackboneSpec] = {
 """Backbone names accepted by ``model.image.backbone`` (besides keras-hub presets)."""
 
 # Layer-name patterns that identify a backbone's stages, tried in order; the highest stage
-# number is "the last block" for ``trainable="last_block"``.
+# number is "the last block" for ``trainable="last_block"`` (and the highest N stages for
+# ``last_N_blocks``).
 _STAGE_PATTERNS = (
     re.compile(r"^block(\d+)[a-z]+_"),  # EfficientNet / EfficientNetV2 (keras.applications, hub)
     re.compile(r"^conv(\d+)_block\d+_"),  # ResNet (keras.applications)
@@ -265,10 +267,11 @@ def build_image_tower(
             (``imagenet`` | ``none`` | path to a Keras weights file of the backbone), pooling
             (``avg`` | ``gem``), initial GeM exponent, dropout, and which part trains
             (``head``: backbone frozen; ``last_block``: only the backbone's last stage and the
-            layers after it; ``all``), the projection after pooling (``dense_bn``: Dense to
-            ``embedding_dim`` + BatchNorm; ``bn``: BatchNorm only; ``none``: the pooled
-            features), and whether the backbone's BatchNorm layers stay frozen
-            (``freeze_batch_norm``). Frozen BatchNorm layers run in inference mode.
+            layers after it; ``last_N_blocks``: its last N stages; ``all``), the projection
+            after pooling (``dense_bn``: Dense to ``embedding_dim`` + BatchNorm; ``bn``:
+            BatchNorm only; ``none``: the pooled features), and whether the backbone's
+            BatchNorm layers stay frozen (``freeze_batch_norm``). Frozen BatchNorm layers run in
+            inference mode.
         image_size: side of the square input images in pixels.
         embedding_dim: width of the output embedding.
         load_pretrained_weights: False builds the same architecture without loading any
@@ -364,14 +367,14 @@ def get_backbone(tower: keras.Model) -> keras.Model:
 
 
 def set_trainable(tower: keras.Model, mode: str, *, freeze_batch_norm: bool = False) -> None:
-    """Change which part of an image tower trains (``head`` | ``last_block`` | ``all``).
+    """Change which part of an image tower trains (``head`` | ``last_block`` |
+    ``last_N_blocks`` | ``all``).
 
     The embedding head (pooling, Dense, BatchNorm) always trains; ``freeze_batch_norm`` keeps
     the backbone's BatchNorm layers frozen whatever the mode. Recompile (or rebuild the
     optimizer) afterwards: Keras collects trainable variables when the train step is traced.
     """
-    if mode not in TRAINABLE_MODES:
-        raise UserError(f"model.image.trainable must be one of {TRAINABLE_MODES}, got {mode!r}")
+    trainable_stages(mode)  # validates the mode
     _set_trainable(get_backbone(tower), mode, tower.name, freeze_batch_norm=freeze_batch_norm)
 
 
@@ -385,10 +388,7 @@ def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim
             f"model.image.projection must be one of {PROJECTION_MODES}, got "
             f"{config.projection!r}"
         )
-    if config.trainable not in TRAINABLE_MODES:
-        raise UserError(
-            f"model.image.trainable must be one of {TRAINABLE_MODES}, got {config.trainable!r}"
-        )
+    trainable_stages(config.trainable)  # validates the mode
     if not 0.0 <= config.dropout < 1.0:
         raise UserError(f"model.image.dropout must be in [0, 1), got {config.dropout!r}")
     if config.pooling == "gem" and not config.gem_p >= 1.0:
@@ -569,15 +569,16 @@ def _set_trainable(
     In Keras 3 a BatchNormalization layer whose ``trainable`` is False runs in inference mode
     (moving statistics, no updates), so frozen stages keep their pretrained statistics.
     """
-    if mode == "all":
+    stages = trainable_stages(mode)
+    if stages is None:
         first_trainable = 0
-    elif mode == "head":
+    elif stages == 0:
         first_trainable = len(backbone.layers)
     else:
-        first_trainable = _first_layer_of_last_stage(backbone)
+        first_trainable = _first_layer_of_last_stages(backbone, stages)
         if first_trainable is None:
             raise UserError(
-                f"model.image.trainable=last_block is not supported for backbone {name!r} "
+                f"model.image.trainable={mode} is not supported for backbone {name!r} "
                 "(its stages are not recognisable by layer name); use head or all"
             )
     # Every layer is set explicitly: Keras does not propagate `model.trainable = True` to a
@@ -589,17 +590,39 @@ def _set_trainable(
             layer.trainable = False
 
 
-def _first_layer_of_last_stage(backbone: keras.Model) -> int | None:
-    """Index in ``backbone.layers`` of the first layer of the last stage (or None)."""
+def trainable_stages(mode: str) -> int | None:
+    """How many of the backbone's last stages a ``trainable`` mode trains: 0 for ``head``, 1 for
+    ``last_block``, N for ``last_N_blocks``, None (every layer) for ``all``; UserError else."""
+    if mode == "head":
+        return 0
+    if mode == "all":
+        return None
+    if mode == "last_block":
+        return 1
+    match = _LAST_BLOCKS.match(mode)
+    if match and int(match.group(1)) >= 1:
+        return int(match.group(1))
+    raise UserError(
+        f"model.image.trainable must be head, last_block, last_N_blocks (N >= 1, e.g. "
+        f"last_2_blocks) or all, got {mode!r}"
+    )
+
+
+def _first_layer_of_last_stages(backbone: keras.Model, stages: int) -> int | None:
+    """Index in ``backbone.layers`` of the first layer of the last ``stages`` stages (or None
+    when the stages cannot be recognised by layer name)."""
     for pattern in _STAGE_PATTERNS:
-        stages = [
+        found = [
             (index, int(match.group(1)))
             for index, layer in enumerate(backbone.layers)
             if (match := pattern.match(layer.name))
         ]
-        if stages:
-            last_stage = max(stage for _, stage in stages)
-            return min(index for index, stage in stages if stage == last_stage)
+        if found:
+            numbers = sorted({stage for _, stage in found})
+            if stages >= len(numbers):  # every stage: the stem trains too
+                return 0
+            first_stage = numbers[max(0, len(numbers) - stages)]
+            return min(index for index, stage in found if stage == first_stage)
     return None
 
 
