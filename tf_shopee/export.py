@@ -194,15 +194,9 @@ def _replaceable(directory: Path) -> bool:
 
 
 def _swap_into_place(temporary: Path, export_dir: Path) -> None:
-    if not export_dir.exists():
-        os.replace(temporary, export_dir)
-        return
-    # Two renames: the old export stays whole until the new one is complete under its name.
-    retired = export_dir.parent / f".{export_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(retired, ignore_errors=True)
-    os.replace(export_dir, retired)
-    os.replace(temporary, export_dir)
-    shutil.rmtree(retired, ignore_errors=True)
+    from tf_shopee.io_utils import replace_directory
+
+    replace_directory(temporary, export_dir)
 
 
 def read_export_metadata(directory: str | os.PathLike) -> dict:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -67,6 +68,23 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
 def write_json_atomic(destination: str | os.PathLike, payload) -> None:
     """Write ``payload`` as indented JSON to ``destination`` atomically."""
     write_text_atomic(destination, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def replace_directory(temporary: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Move the finished folder ``temporary`` to ``destination``, replacing a previous one.
+
+    Two renames: the old folder stays whole under its name until the new one is complete, and
+    is deleted only once the new one is in place.
+    """
+    temporary, destination = Path(temporary), Path(destination)
+    if not destination.exists():
+        os.replace(temporary, destination)
+        return
+    retired = destination.parent / f".{destination.name}.old-{os.getpid()}"
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(destination, retired)
+    os.replace(temporary, destination)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:

@@ -70,6 +70,9 @@ class PredictOptions:
     max_matches: int = 50
     max_chunk_mb: int = 256
     progress: bool = True
+    catalog: str = ""  # match against a catalogue index (tf_shopee.catalog) instead of each other
+    search: str = "auto"  # with catalog: exact | ann | auto
+    nprobe: int = 0  # with catalog and ann: cells probed per query (0: the default)
 
 
 @dataclass
@@ -611,6 +614,10 @@ def run_prediction(options: PredictOptions) -> dict:
     """
     from tf_shopee.metrics import mean_f1_from_matches, recall_at_1
 
+    if options.catalog:  # queries against a catalogue index: tf_shopee.catalog.query
+        from tf_shopee.catalog.query import run_catalog_prediction
+
+        return run_catalog_prediction(options)
     started = time.perf_counter()
     if options.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
@@ -695,7 +702,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
             "  python predict.py --csv train.csv --out train_matches.csv --evaluate "
             "--report report.json\n"
             "  python predict.py --tfrecords tfrecords/train --fold 0 --model saved_models/text "
-            "--out fold0.csv --evaluate\n\n"
+            "--out fold0.csv --evaluate\n"
+            "  python predict.py --catalog index/ --csv new_listings.csv --images photos "
+            "--out matches.csv\n\n"
             "Exit status: 0 done; 2 for bad input (message on stderr)."
         ),
     )
@@ -709,6 +718,15 @@ def build_argument_parser() -> argparse.ArgumentParser:
                       "--csv only the CSV's postings are matched)")
     data.add_argument("--fold", type=int, default=None,
                       help="with --tfrecords: match only the postings of this fold")
+    data.add_argument("--catalog", default="", metavar="INDEX",
+                      help="match the postings against this catalogue index (built by python -m "
+                      "tf_shopee.catalog build) instead of against each other; matches are "
+                      "catalogue posting ids; --model defaults to the index's models")
+    data.add_argument("--search", default="auto", choices=("exact", "ann", "auto"),
+                      help="with --catalog: exact search, approximate (FAISS IVF), or auto "
+                      "(approximate from 200,000 catalogue rows on; default)")
+    data.add_argument("--nprobe", type=int, default=0,
+                      help="with --search ann: IVF cells probed per query (default 48)")
     model = parser.add_argument_group("models and thresholds")
     model.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                        help="exported SavedModel folder (repeatable)")
@@ -776,9 +794,16 @@ def main(argv=None) -> dict:
         max_matches=arguments.max_matches,
         max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet,
+        catalog=arguments.catalog,
+        search=arguments.search,
+        nprobe=arguments.nprobe,
     )
     report = run_prediction(options)
     print(f"wrote {report['rows']} rows to {options.out}")
-    if "f1" in report:
+    if "top1_accuracy" in report:
+        from tf_shopee.catalog.query import format_catalog_table
+
+        print(format_catalog_table(report))
+    elif "f1" in report:
         print(format_f1_table(report["f1"], report["thresholds"], report.get("recall_at_1")))
     return report

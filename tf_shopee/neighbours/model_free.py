@@ -71,6 +71,25 @@ class ModelFreeSettings:
 DEFAULT_SETTINGS = ModelFreeSettings()
 
 
+@dataclass
+class ModelFreeState:
+    """Everything the model-free sources are made of, kept so that new postings can be scored
+    against a catalogue later (:mod:`tf_shopee.catalog`).
+
+    Attributes:
+        vectorizer: the fitted scikit-learn ``TfidfVectorizer`` (vocabulary and idf of the titles),
+            or ``None`` when no title has a word.
+        vectors: (N, F) L2-normalised TF-IDF rows of the cleaned titles.
+        blended: the same rows after neighbourhood blending (``vectors`` when blending is off).
+        sources: the ``tfidf``, ``phash`` and ``phash_text`` neighbours (see the module docstring).
+    """
+
+    vectorizer: object
+    vectors: object
+    blended: object
+    sources: dict
+
+
 def model_free_sources(
     titles: Sequence[str],
     hex_hashes: Sequence | None = None,
@@ -94,6 +113,20 @@ def model_free_sources(
     Raises:
         UserError: when titles and hashes differ in length, or on a bad setting.
     """
+    return model_free_state(
+        titles, hex_hashes, settings=settings, max_chunk_mb=max_chunk_mb
+    ).sources
+
+
+def model_free_state(
+    titles: Sequence[str],
+    hex_hashes: Sequence | None = None,
+    *,
+    settings: ModelFreeSettings = DEFAULT_SETTINGS,
+    max_chunk_mb: float = 256,
+) -> ModelFreeState:
+    """:func:`model_free_sources` with the fitted TF-IDF vectorizer and the (blended) title
+    vectors it was computed from; same arguments."""
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import (
         blend_vectors,
@@ -106,7 +139,9 @@ def model_free_sources(
         raise UserError(f"{len(titles)} titles but {len(hex_hashes)} image_phash values")
     if settings.blend_threshold is not None and not 0.0 < settings.blend_threshold <= 1.0:
         raise UserError(f"blend_threshold must be in (0, 1], got {settings.blend_threshold}")
-    vectors, _ = tfidf_vectors(titles, clean_titles=settings.clean_titles)
+    vectors, _, vectorizer = tfidf_vectors(
+        titles, clean_titles=settings.clean_titles, return_vectorizer=True
+    )
     text = sparse_top_k(vectors, vectors, k=settings.k, max_chunk_mb=max_chunk_mb)
     sources: dict[str, Neighbours] = {}
     image = agreement = None
@@ -118,16 +153,31 @@ def model_free_sources(
             max_chunk_mb=max_chunk_mb,
         )
         agreement = filter_by_cosine(image, vectors, settings.agreement_min_cosine)
-    if settings.blend_threshold is not None:
-        graphs = [(text, settings.blend_threshold)]
-        if image is not None and settings.blend_phash_distance is not None:
-            graphs.append((image, 1.0 - settings.blend_phash_distance / 64))
-        if agreement is not None and settings.blend_agreement_distance is not None:
-            graphs.append((agreement, 1.0 - settings.blend_agreement_distance / 64))
+    blended = vectors
+    graphs = blending_graphs(settings, text, image, agreement)
+    if graphs:
         blended = blend_vectors(vectors, graphs)
         text = sparse_top_k(blended, blended, k=settings.k, max_chunk_mb=max_chunk_mb)
     sources[TFIDF] = text
     if image is not None:
         sources[PHASH] = image
         sources[PHASH_TEXT] = agreement
-    return sources
+    return ModelFreeState(vectorizer=vectorizer, vectors=vectors, blended=blended, sources=sources)
+
+
+def blending_graphs(
+    settings: ModelFreeSettings,
+    text: Neighbours,
+    image: Neighbours | None,
+    agreement: Neighbours | None,
+) -> list[tuple[Neighbours, float]]:
+    """The ``(neighbours, threshold)`` graphs a title vector is blended over (empty when blending
+    is off): its TF-IDF neighbours, near-identical photos, and photos whose titles agree."""
+    if settings.blend_threshold is None:
+        return []
+    graphs = [(text, settings.blend_threshold)]
+    if image is not None and settings.blend_phash_distance is not None:
+        graphs.append((image, 1.0 - settings.blend_phash_distance / 64))
+    if agreement is not None and settings.blend_agreement_distance is not None:
+        graphs.append((agreement, 1.0 - settings.blend_agreement_distance / 64))
+    return graphs

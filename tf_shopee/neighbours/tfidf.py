@@ -112,11 +112,13 @@ def tfidf_vectors(
     max_features: int | None = None,
     vectorizer=None,
     clean_titles: bool = False,
-) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    return_vectorizer: bool = False,
+) -> tuple:
     """L2-normalised float32 TF-IDF rows of ``titles`` and of ``catalog`` (``titles`` when None).
 
     The vectorizer is fitted on the catalog (see :func:`tfidf_neighbours` for the arguments).
-    When every title is empty (no vocabulary) both matrices have zero columns.
+    When every title is empty (no vocabulary) both matrices have zero columns. With
+    ``return_vectorizer`` the fitted vectorizer (``None`` for an empty vocabulary) comes third.
     """
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
@@ -158,13 +160,15 @@ def tfidf_vectors(
             raise
         # Nothing but empty or stop-word titles: no pair shares a term, so nothing matches.
         empty = sparse.csr_matrix((len(corpus), 0), dtype=np.float32)
-        return sparse.csr_matrix((len(queries), 0), dtype=np.float32), empty
+        result = (sparse.csr_matrix((len(queries), 0), dtype=np.float32), empty)
+        return (*result, None) if return_vectorizer else result
     query_vectors = catalog_vectors if catalog is None else vectorizer.transform(queries)
 
     def prepare(matrix) -> sparse.csr_matrix:
         return normalize(sparse.csr_matrix(matrix, dtype=np.float32), norm="l2", copy=False)
 
-    return prepare(query_vectors), prepare(catalog_vectors)
+    result = (prepare(query_vectors), prepare(catalog_vectors))
+    return (*result, vectorizer) if return_vectorizer else result
 
 
 def sparse_top_k(
@@ -324,29 +328,61 @@ def blend_vectors(
 
     vectors = sparse.csr_matrix(vectors, dtype=np.float32)
     num_rows = vectors.shape[0]
-    weights = sparse.csr_matrix((num_rows, num_rows), dtype=np.float32)
+    weights = graph_weights(graphs, num_rows, num_rows, self_matching=True)
+    weights = weights + sparse.identity(num_rows, dtype=np.float32, format="csr")
+    return normalize(weights @ vectors, norm="l2", copy=False).astype(np.float32)
+
+
+def blend_query_vectors(
+    query_vectors: sparse.spmatrix,
+    catalog_vectors: sparse.spmatrix,
+    graphs: Sequence[tuple[Neighbours, float]],
+) -> sparse.csr_matrix:
+    """:func:`blend_vectors` for queries against a catalogue (query expansion): each query row
+    becomes ``normalise(q + sum_j w_qj c_j)`` over its catalogue neighbours ``j`` in ``graphs``
+    (neighbours of the queries, indices into ``catalog_vectors``), with the catalogue rows as
+    they were before the catalogue's own blending, exactly as a posting is blended in
+    self-matching."""
+    from sklearn.preprocessing import normalize
+
+    query_vectors = sparse.csr_matrix(query_vectors, dtype=np.float32)
+    catalog_vectors = sparse.csr_matrix(catalog_vectors, dtype=np.float32)
+    weights = graph_weights(
+        graphs, query_vectors.shape[0], catalog_vectors.shape[0], self_matching=False
+    )
+    blended = query_vectors + weights @ catalog_vectors
+    return normalize(sparse.csr_matrix(blended), norm="l2", copy=False).astype(np.float32)
+
+
+def graph_weights(
+    graphs: Sequence[tuple[Neighbours, float]],
+    num_rows: int,
+    num_columns: int,
+    *,
+    self_matching: bool,
+) -> sparse.csr_matrix:
+    """(rows, columns) blending weights: per pair the highest score over ``graphs`` of a neighbour
+    scoring at least that graph's threshold (a row's own index is skipped in self-matching)."""
+    weights = sparse.csr_matrix((num_rows, num_columns), dtype=np.float32)
     for neighbours, threshold in graphs:
         if neighbours.num_queries != num_rows:
             raise UserError(
                 f"a blending graph has {neighbours.num_queries} rows but there are {num_rows} "
-                "vectors; blending needs self-matching neighbours of the same rows"
+                "vectors to blend"
             )
-        rows = np.arange(num_rows, dtype=np.int32)[:, np.newaxis]
-        selected = (
-            (neighbours.scores >= threshold)
-            & (neighbours.indices >= 0)
-            & (neighbours.indices != rows)
-        )
+        selected = (neighbours.scores >= threshold) & (neighbours.indices >= 0)
+        if self_matching:
+            rows = np.arange(num_rows, dtype=np.int32)[:, np.newaxis]
+            selected &= neighbours.indices != rows
         row_ids, slots = np.nonzero(selected)
         graph = sparse.csr_matrix(
             (neighbours.scores[row_ids, slots], (row_ids, neighbours.indices[row_ids, slots])),
-            shape=(num_rows, num_rows),
+            shape=(num_rows, num_columns),
             dtype=np.float32,
         )
         graph.sum_duplicates()
         weights = weights.maximum(graph)
-    weights = weights + sparse.identity(num_rows, dtype=np.float32, format="csr")
-    return normalize(weights @ vectors, norm="l2", copy=False).astype(np.float32)
+    return weights
 
 
 def filter_by_cosine(

@@ -1,0 +1,698 @@
+"""The persistent catalogue index: one versioned folder, written atomically.
+
+``python -m tf_shopee.catalog build`` embeds a catalogue with each exported model and stores what
+matching new postings against it needs, so that no catalogue posting is ever embedded twice::
+
+    INDEX/
+      manifest.json              written last: format, counts, models (fingerprints), files + sha256
+      postings.csv               posting_id, title, image_phash, label_group of every row
+      embeddings/source-N.npy    float32 (rows, dim), L2-normalised, one per embedding source
+      tfidf/vocabulary.json      the TF-IDF vocabulary and idf fitted on the catalogue titles,
+      tfidf/idf.npy              with the catalogue's title vectors before and after
+      tfidf/vectors.npz          neighbourhood blending (what a query is blended with and
+      tfidf/blended.npz          searched against)
+      thresholds.json            the thresholds file given to build (optional)
+      thumbnails.bin + .npy      small JPEGs of the photos and their offsets (the web app's)
+      ann/source-N.faiss         approximate-search index per embedding source (large catalogues)
+
+The whole folder is written under a hidden temporary name beside ``INDEX`` and renamed into
+place; ``manifest.json`` is the last file written in it. An interrupted build or add therefore
+leaves either the previous index untouched or no ``INDEX`` at all, never a folder that loads as
+an index; leftovers of killed runs (``.INDEX.partial-PID``) are removed by the next run.
+
+A model is identified by the sha256 of its export's metadata, graph and variables
+(:func:`model_fingerprint`): ``catalog add`` and ``predict.py --catalog`` refuse a model whose
+fingerprint differs from the one the index was built with, since its embeddings would not be
+comparable with the stored ones.
+
+``catalog add`` embeds only the new postings; the model-free part (TF-IDF vocabulary and idf,
+blended title vectors, phash graph) is refitted on the whole catalogue from the stored titles
+and hashes, which needs no model and keeps "fitted on the catalogue" true as it grows. An index
+built from A and then added B holds the same rows, embeddings and TF-IDF state as one built from
+A + B.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tf_shopee.errors import UserError
+from tf_shopee.io_utils import sha256_file
+
+logger = logging.getLogger("tf_shopee.catalog")
+
+INDEX_FORMAT = "tf_shopee.catalog"
+INDEX_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+POSTINGS = "postings.csv"
+THRESHOLDS = "thresholds.json"
+THUMBNAILS = "thumbnails.bin"
+THUMBNAIL_OFFSETS = "thumbnails.npy"
+CONCAT = "concat"
+THUMBNAIL_SIZE = 160
+_PARTIAL = ".partial-"
+
+
+def model_fingerprint(directory: str | os.PathLike) -> str:
+    """sha256 of an export's identity: its metadata, graph and every variables file."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    files = [root / "tf_shopee_export.json", root / "saved_model.pb"]
+    files += sorted((root / "variables").glob("*"))
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode("utf-8") + b"\x00")
+            digest.update(bytes.fromhex(sha256_file(path)))
+    return digest.hexdigest()
+
+
+@dataclass
+class CatalogIndex:
+    """A loaded catalogue index (see the module docstring for the folder).
+
+    Attributes:
+        directory: the index folder.
+        manifest: the content of ``manifest.json``.
+        posting_ids, titles: one per catalogue row.
+        image_phashes: 16-hex-digit hashes per row (``""`` where unknown), or None.
+        label_groups: int64 labels, or None.
+        embeddings: source name → (rows, dim) float32.
+        vectorizer: the fitted TF-IDF vectorizer, or None (no title had a word).
+        tfidf_vectors, tfidf_blended: (rows, F) sparse title vectors before / after blending.
+    """
+
+    directory: Path
+    manifest: dict
+    posting_ids: list[str]
+    titles: list[str]
+    image_phashes: list[str] | None
+    label_groups: np.ndarray | None
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    vectorizer: object = None
+    tfidf_vectors: object = None
+    tfidf_blended: object = None
+    _thumbnail_offsets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.posting_ids)
+
+    @property
+    def models(self) -> list[dict]:
+        """The manifest entries of the models (source, kind, fingerprint, path, threshold)."""
+        return self.manifest["models"]
+
+    @property
+    def has_thumbnails(self) -> bool:
+        """Whether small photos of the rows are stored (an index built with images)."""
+        return bool(self.manifest.get("thumbnails"))
+
+    def thumbnail(self, row: int) -> bytes | None:
+        """JPEG bytes of row ``row``'s photo thumbnail, or None."""
+        if not self.has_thumbnails or not 0 <= row < len(self):
+            return None
+        if self._thumbnail_offsets is None:
+            self._thumbnail_offsets = np.load(self.directory / THUMBNAIL_OFFSETS)
+        start, stop = self._thumbnail_offsets[row], self._thumbnail_offsets[row + 1]
+        if stop <= start:
+            return None
+        with open(self.directory / THUMBNAILS, "rb") as stream:
+            stream.seek(int(start))
+            return stream.read(int(stop - start))
+
+    def row_of(self, posting_id: str) -> int | None:
+        """Row of a posting id (None when absent)."""
+        if not hasattr(self, "_rows"):
+            self._rows = {value: row for row, value in enumerate(self.posting_ids)}
+        return self._rows.get(posting_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """Read and check ``INDEX/manifest.json``.
+
+    Raises:
+        UserError: the folder is missing, unfinished (no manifest), not a catalogue index, or of
+            another format version.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"catalogue index not found: {directory} (make one with "
+                        "python -m tf_shopee.catalog build)")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise UserError(
+            f"{directory} is not a catalogue index (no {MANIFEST}; an interrupted build leaves "
+            "none): build it again with python -m tf_shopee.catalog build"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise UserError(f"{path}: not a tf_shopee catalogue manifest (format {INDEX_FORMAT!r})")
+    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        raise UserError(
+            f"{path}: catalogue format version {manifest.get('format_version')!r}; this tf_shopee "
+            f"reads version {INDEX_FORMAT_VERSION}: build the index again"
+        )
+    return manifest
+
+
+def verify_files(directory: str | os.PathLike, manifest: dict, *, checksums: bool) -> None:
+    """Check that every file the manifest lists exists with its size (and sha256).
+
+    Raises:
+        UserError: naming the first file that is missing or differs.
+    """
+    directory = Path(directory)
+    for relative, entry in manifest["files"].items():
+        path = directory / relative
+        if not path.is_file():
+            raise UserError(f"catalogue index {directory}: {relative} is missing")
+        if path.stat().st_size != entry["bytes"]:
+            raise UserError(f"catalogue index {directory}: {relative} has {path.stat().st_size} "
+                            f"bytes, the manifest says {entry['bytes']} (damaged index)")
+        if checksums and sha256_file(path) != entry["sha256"]:
+            raise UserError(f"catalogue index {directory}: {relative} does not match its sha256")
+
+
+def load_index(directory: str | os.PathLike, *, verify_checksums: bool = False) -> CatalogIndex:
+    """Load a catalogue index written by :func:`build_index` / :func:`add_to_index`."""
+    import scipy.sparse as sparse
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest, checksums=verify_checksums)
+    frame = pd.read_csv(directory / POSTINGS, dtype={"posting_id": str, "title": str,
+                                                     "image_phash": str},
+                        keep_default_na=False)
+    phashes = frame["image_phash"].tolist() if manifest["has_phash"] else None
+    labels = frame["label_group"].to_numpy(np.int64) if manifest["has_labels"] else None
+    index = CatalogIndex(
+        directory=directory, manifest=manifest, posting_ids=frame["posting_id"].tolist(),
+        titles=frame["title"].tolist(), image_phashes=phashes, label_groups=labels,
+    )
+    for entry in manifest["embeddings"]:
+        index.embeddings[entry["source"]] = np.load(directory / entry["file"])
+    tfidf = manifest.get("tfidf")
+    if tfidf:
+        index.vectorizer = _vectorizer_from(
+            json.loads((directory / tfidf["vocabulary"]).read_text(encoding="utf-8")),
+            np.load(directory / tfidf["idf"]),
+        )
+        index.tfidf_vectors = sparse.load_npz(directory / tfidf["vectors"]).tocsr()
+        index.tfidf_blended = sparse.load_npz(directory / tfidf["blended"]).tocsr()
+    if len(index.posting_ids) != manifest["rows"]:
+        raise UserError(f"catalogue index {directory}: {POSTINGS} has {len(index.posting_ids)} "
+                        f"rows, the manifest says {manifest['rows']}")
+    return index
+
+
+def _vectorizer_from(terms: list[str], idf: np.ndarray):
+    """A fitted TfidfVectorizer rebuilt from its vocabulary (terms in column order) and idf."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(dtype=np.float32,
+                                 vocabulary={term: column for column, term in enumerate(terms)})
+    vectorizer.idf_ = idf
+    return vectorizer
+
+
+# --------------------------------------------------------------------------------------------
+# Building and adding
+
+
+@dataclass
+class BuildOptions:
+    """Settings of ``catalog build`` / ``catalog add`` (the command-line flags)."""
+
+    csv: str = ""
+    images: str = ""
+    tfrecords: str = ""
+    fold: int | None = None
+    models: list[str] = field(default_factory=list)
+    out: str = ""
+    thresholds_file: str = ""
+    threshold_overrides: dict[str, float] = field(default_factory=dict)
+    use_concat: bool = True
+    thumbnails: bool = True
+    ann: str = "auto"  # "auto" (from ANN_MIN_ROWS rows on), "always", "never"
+    batch_size: int = 64
+    max_chunk_mb: int = 256
+    progress: bool = True
+    overwrite: bool = False
+
+
+def read_catalogue_postings(options: BuildOptions):
+    """The postings of a catalogue CSV (+ images) or TFRecord folder, read as predict.py reads
+    them; photos without an ``image_phash`` get one computed (the hash Kaggle's CSV carries)."""
+    from tf_shopee.predict import PredictOptions, read_postings
+
+    postings = read_postings(PredictOptions(csv=options.csv, images=options.images,
+                                            tfrecords=options.tfrecords, fold=options.fold))
+    fill_missing_phashes(postings, progress=options.progress)
+    return postings
+
+
+def fill_missing_phashes(postings, *, progress: bool = False) -> None:
+    """Compute ``image_phash`` (imagehash's 64-bit pHash, 16 hex digits) for postings that have a
+    photo but no hash, in place. Unreadable photos keep an empty hash (they match by nothing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not postings.has_images:
+        return
+    hashes = list(postings.image_phashes or [""] * len(postings))
+    missing = [row for row, value in enumerate(hashes) if not value]
+    if not missing:
+        return
+    import imagehash
+    from tqdm import tqdm
+
+    unreadable = 0
+    for row in tqdm(missing, desc="phash", unit="photo", disable=not progress):
+        try:
+            with Image.open(io.BytesIO(_image_bytes(postings, row))) as image:
+                hashes[row] = str(imagehash.phash(image))
+        except (OSError, UnidentifiedImageError, ValueError):
+            unreadable += 1
+    if unreadable:
+        logger.warning("%d photo(s) could not be read for a phash; they match by other sources",
+                       unreadable)
+    postings.image_phashes = hashes
+
+
+def _image_bytes(postings, row: int) -> bytes:
+    if postings.image_bytes is not None:
+        return postings.image_bytes[row]
+    with open(postings.image_paths[row], "rb") as stream:
+        return stream.read()
+
+
+def _thumbnails(postings, progress: bool) -> tuple[bytes, np.ndarray]:
+    """Small JPEGs of every posting's photo, concatenated, and the (rows + 1) offsets."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    parts, offsets, total = [], [0], 0
+    for row in tqdm(range(len(postings)), desc="thumbnails", unit="photo",
+                    disable=not progress):
+        payload = b""
+        try:
+            with Image.open(io.BytesIO(_image_bytes(postings, row))) as image:
+                image = image.convert("RGB")
+                image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=85)
+                payload = buffer.getvalue()
+        except (OSError, UnidentifiedImageError, ValueError):
+            pass  # no thumbnail: the app shows a placeholder
+        parts.append(payload)
+        total += len(payload)
+        offsets.append(total)
+    return b"".join(parts), np.asarray(offsets, dtype=np.int64)
+
+
+def load_models(paths: list[str]) -> list:
+    """Load exported models (:func:`tf_shopee.export.load_exported`) with their fingerprints."""
+    from tf_shopee.export import load_exported
+
+    models = []
+    for path in paths:
+        model = load_exported(path)
+        model.fingerprint = model_fingerprint(path)
+        models.append(model)
+    return models
+
+
+def source_names(models: list) -> list[str]:
+    """Source name of each model, as predict.py names them: its kind, or ``kind:folder`` for a
+    second model of the same kind."""
+    names = []
+    for model in models:
+        name = model.kind
+        if name in names:
+            name = f"{model.kind}:{Path(model.directory).name}"
+        names.append(name)
+    return names
+
+
+def resolve_models(manifest: dict, paths: list[str]) -> list:
+    """The index's models, loaded: from ``paths`` when given (each must be one the index was built
+    with), else from the paths stored in the manifest. A model whose fingerprint differs from the
+    stored one is refused.
+
+    Raises:
+        UserError: naming the model that differs, is missing or is not the index's.
+    """
+    entries = manifest["models"]
+    if paths:
+        given = load_models(paths)
+        by_fingerprint = {model.fingerprint: model for model in given}
+        for model in given:
+            if not any(entry["fingerprint"] == model.fingerprint for entry in entries):
+                built_with = "; ".join(f"{entry['source']} from {entry['path']} "
+                                       f"(fingerprint {entry['fingerprint'][:12]})"
+                                       for entry in entries) or "no model"
+                raise UserError(
+                    f"model {model.directory} (a {model.kind} model, fingerprint "
+                    f"{model.fingerprint[:12]}) is not a model this catalogue index was built "
+                    f"with ({built_with}); its embeddings would not be comparable: build the "
+                    "index again with this model, or pass the original"
+                )
+        missing = [entry for entry in entries if entry["fingerprint"] not in by_fingerprint]
+        if missing:
+            raise UserError(
+                "the catalogue index was built with "
+                + ", ".join(f"{entry['source']} from {entry['path']}" for entry in missing)
+                + ": pass it with --model as well (or no --model to use the stored paths)"
+            )
+        return [by_fingerprint[entry["fingerprint"]] for entry in entries]
+    models = []
+    for entry in entries:
+        if not Path(entry["path"]).is_dir():
+            raise UserError(
+                f"the {entry['source']} model this index was built with is no longer at "
+                f"{entry['path']}: pass its new location with --model DIR"
+            )
+        (model,) = load_models([entry["path"]])
+        if model.fingerprint != entry["fingerprint"]:
+            raise UserError(
+                f"the model at {entry['path']} has changed since the index was built (fingerprint "
+                f"{model.fingerprint[:12]}, index built with {entry['fingerprint'][:12]}): its "
+                "embeddings would not be comparable; build the index again or pass the original "
+                "model with --model"
+            )
+        models.append(model)
+    return models
+
+
+def _embed(models: list, names: list[str], postings, options: BuildOptions) -> dict:
+    """Embeddings per source of ``postings``, plus ``concat`` when an image and a text model are
+    present (as predict.py forms it)."""
+    from tf_shopee.matching import concat_embeddings
+    from tf_shopee.predict import PredictOptions, embed_postings
+
+    predict_options = PredictOptions(batch_size=options.batch_size, progress=options.progress)
+    embeddings = {}
+    for name, model in zip(names, models):
+        embeddings[name] = embed_postings(model, postings, predict_options)
+    parts = concat_parts(models, names) if options.use_concat else None
+    if parts:
+        embeddings[CONCAT] = concat_embeddings(*(embeddings[name] for name in parts))
+    return embeddings
+
+
+def concat_parts(models: list, names: list[str]) -> list[str] | None:
+    """The (image, text) source names whose concatenation forms ``concat``, or None."""
+    image = [name for name, model in zip(names, models) if model.kind == "image"]
+    text = [name for name, model in zip(names, models) if model.kind == "text"]
+    return [image[0], text[0]] if image and text else None
+
+
+def build_index(options: BuildOptions) -> dict:
+    """``catalog build``: read, embed, fit the model-free state and write the index atomically.
+
+    Returns:
+        The manifest written.
+    """
+    from tf_shopee.catalog.search import ANN_MIN_ROWS
+
+    started = time.perf_counter()
+    out = _check_destination(options)
+    _check_options(options)
+    postings = read_catalogue_postings(options)
+    models = load_models(options.models)
+    names = source_names(models)
+    logger.info("catalogue: %d postings, %d model(s)", len(postings), len(models))
+    embeddings = _embed(models, names, postings, options)
+    thumbnails = _thumbnails(postings, options.progress) if (
+        options.thumbnails and postings.has_images) else None
+    model_entries = [
+        {"source": name, "kind": model.kind, "embedding_dim": model.embedding_dim,
+         "fingerprint": model.fingerprint, "path": str(Path(model.directory).resolve()),
+         "threshold": model.threshold}
+        for name, model in zip(names, models)
+    ]
+    thresholds = {"file": None, "overrides": dict(options.threshold_overrides)}
+    history = [_history_entry("build", options, len(postings))]
+    ann = _ann_plan(options.ann, len(postings), ANN_MIN_ROWS)
+    manifest = _write(out, postings.posting_ids, postings.titles, postings.image_phashes,
+                      postings.label_groups, embeddings, thumbnails, model_entries,
+                      concat_parts(models, names) if options.use_concat else None,
+                      thresholds, history, ann, options, has_images=postings.has_images,
+                      existing=None)
+    logger.info("catalogue index written to %s in %.1f s", out, time.perf_counter() - started)
+    return manifest
+
+
+def add_to_index(index_dir: str, options: BuildOptions) -> dict:
+    """``catalog add``: embed only the new postings, append them, refit the model-free state and
+    write the index again atomically (the old one stays whole until the new one is in place).
+
+    Returns:
+        The manifest written.
+    """
+    from tf_shopee.catalog.search import ANN_MIN_ROWS
+
+    started = time.perf_counter()
+    _check_options(options)
+    index = load_index(index_dir)
+    _check_not_input(Path(index_dir), options)
+    manifest = index.manifest
+    models = resolve_models(manifest, options.models)
+    names = [entry["source"] for entry in manifest["models"]]
+    postings = read_catalogue_postings(options)
+    duplicated = sorted(set(postings.posting_ids) & set(index.posting_ids))
+    if duplicated:
+        raise UserError(f"{len(duplicated)} posting id(s) of {options.csv or options.tfrecords} "
+                        f"are already in the catalogue: {', '.join(duplicated[:5])}")
+    if manifest["has_labels"] != (postings.label_groups is not None):
+        raise UserError("the catalogue " + ("has" if manifest["has_labels"] else "has no")
+                        + " label_group column; the new postings must match")
+    if manifest["has_images"] != postings.has_images:
+        raise UserError("the catalogue was built " + ("with" if manifest["has_images"] else
+                        "without") + " images; give the new postings the same way")
+    options.use_concat = bool(manifest.get("concat"))
+    new_embeddings = _embed(models, names, postings, options)
+    embeddings = {name: np.concatenate([index.embeddings[name], new_embeddings[name]])
+                  for name in index.embeddings}
+    thumbnails = None
+    if index.has_thumbnails:
+        old_blob = (index.directory / THUMBNAILS).read_bytes()
+        old_offsets = np.load(index.directory / THUMBNAIL_OFFSETS)
+        new_blob, new_offsets = _thumbnails(postings, options.progress)
+        thumbnails = (old_blob + new_blob,
+                      np.concatenate([old_offsets, old_offsets[-1] + new_offsets[1:]]))
+    phashes = None
+    if manifest["has_phash"] or postings.image_phashes is not None:
+        phashes = list(index.image_phashes or [""] * len(index)) + list(
+            postings.image_phashes or [""] * len(postings))
+    labels = None
+    if manifest["has_labels"]:
+        labels = np.concatenate([index.label_groups, postings.label_groups])
+    thresholds = dict(manifest["thresholds"])
+    thresholds["overrides"] = {**thresholds["overrides"], **options.threshold_overrides}
+    if thresholds["file"] and not options.thresholds_file:
+        options.thresholds_file = str(index.directory / THRESHOLDS)
+    history = manifest["history"] + [_history_entry("add", options, len(postings))]
+    rows = len(index) + len(postings)
+    ann = _ann_plan(manifest.get("ann_mode", "auto") if options.ann == "auto" else options.ann,
+                    rows, ANN_MIN_ROWS)
+    manifest = _write(Path(index_dir), index.posting_ids + postings.posting_ids,
+                      index.titles + postings.titles, phashes, labels, embeddings, thumbnails,
+                      manifest["models"], manifest.get("concat"), thresholds, history, ann,
+                      options, has_images=manifest["has_images"], existing=index)
+    logger.info("added %d postings (%d in all) in %.1f s", len(postings), rows,
+                time.perf_counter() - started)
+    return manifest
+
+
+def _ann_plan(mode: str, rows: int, min_rows: int) -> dict:
+    if mode not in ("auto", "always", "never"):
+        raise UserError(f"--ann must be auto, always or never, got {mode!r}")
+    return {"mode": mode, "build": mode == "always" or (mode == "auto" and rows >= min_rows)}
+
+
+def _history_entry(action: str, options: BuildOptions, rows: int) -> dict:
+    return {"action": action, "rows": rows, "csv": options.csv, "images": options.images,
+            "tfrecords": options.tfrecords, "fold": options.fold,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _check_options(options: BuildOptions) -> None:
+    if options.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.max_chunk_mb <= 0:
+        raise UserError(f"--max-chunk-mb must be positive, got {options.max_chunk_mb}")
+    if options.thresholds_file:
+        from tf_shopee.thresholds import load_thresholds
+
+        load_thresholds(options.thresholds_file)  # refuse a bad file before any embedding
+
+
+def _check_not_input(out: Path, options: BuildOptions) -> None:
+    resolved = out.resolve()
+    inputs = [options.csv, options.images, options.tfrecords, options.thresholds_file,
+              *options.models]
+    for value in inputs:
+        if not value:
+            continue
+        path = Path(value).resolve()
+        if path == resolved or resolved in path.parents or path in resolved.parents:
+            raise UserError(f"--out {out} would overwrite or sit inside an input ({value}): "
+                            "choose another folder")
+
+
+def _check_destination(options: BuildOptions) -> Path:
+    if not options.out:
+        raise UserError("give --out INDEX (the folder to write)")
+    out = Path(options.out)
+    _check_not_input(out, options)
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder")
+        if (out / MANIFEST).is_file():
+            if not options.overwrite:
+                raise UserError(f"{out} already holds a catalogue index: add postings with "
+                                "catalog add, or pass --overwrite to build it anew")
+        elif any(out.iterdir()):
+            raise UserError(f"--out {out} exists and is not a catalogue index: choose another "
+                            "folder")
+    return out
+
+
+def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnails, models,
+           concat, thresholds, history, ann, options: BuildOptions, *, has_images: bool,
+           existing) -> dict:
+    """Write every file of the index into a temporary folder beside ``out``, the manifest last,
+    then swap it into place."""
+    import scipy.sparse as sparse
+
+    from tf_shopee.catalog.search import IvfSearch
+    from tf_shopee.io_utils import replace_directory
+    from tf_shopee.neighbours.model_free import DEFAULT_SETTINGS, model_free_state
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    temporary = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        has_phash = phashes is not None and any(phashes)
+        frame = pd.DataFrame({"posting_id": posting_ids, "title": titles,
+                              "image_phash": phashes if has_phash else [""] * len(posting_ids)})
+        if labels is not None:
+            frame["label_group"] = labels
+        frame.to_csv(temporary / POSTINGS, index=False)
+        embedding_entries = []
+        (temporary / "embeddings").mkdir()
+        for number, (name, matrix) in enumerate(embeddings.items()):
+            relative = f"embeddings/source-{number}.npy"
+            np.save(temporary / relative, np.ascontiguousarray(matrix, dtype=np.float32))
+            embedding_entries.append({"source": name, "file": relative,
+                                      "dim": int(matrix.shape[1])})
+        started = time.perf_counter()
+        state = model_free_state(titles, phashes if has_phash else None,
+                                 settings=DEFAULT_SETTINGS, max_chunk_mb=options.max_chunk_mb)
+        logger.info("model-free catalogue state (TF-IDF, phash) in %.1f s",
+                    time.perf_counter() - started)
+        tfidf = None
+        if state.vectorizer is not None:
+            (temporary / "tfidf").mkdir()
+            terms = [""] * len(state.vectorizer.vocabulary_)
+            for term, column in state.vectorizer.vocabulary_.items():
+                terms[column] = term
+            tfidf = {"vocabulary": "tfidf/vocabulary.json", "idf": "tfidf/idf.npy",
+                     "vectors": "tfidf/vectors.npz", "blended": "tfidf/blended.npz",
+                     "vocabulary_size": len(terms)}
+            (temporary / tfidf["vocabulary"]).write_text(json.dumps(terms, ensure_ascii=False),
+                                                         encoding="utf-8")
+            np.save(temporary / tfidf["idf"], state.vectorizer.idf_.astype(np.float32))
+            sparse.save_npz(temporary / tfidf["vectors"], state.vectors)
+            sparse.save_npz(temporary / tfidf["blended"], state.blended)
+        if options.thresholds_file:
+            shutil.copyfile(options.thresholds_file, temporary / THRESHOLDS)
+            thresholds = {**thresholds, "file": THRESHOLDS}
+        if thumbnails is not None:
+            (temporary / THUMBNAILS).write_bytes(thumbnails[0])
+            np.save(temporary / THUMBNAIL_OFFSETS, thumbnails[1])
+        ann_entries = {}
+        if ann["build"]:
+            (temporary / "ann").mkdir()
+            for entry in embedding_entries:
+                name = entry["source"]
+                relative = entry["file"].replace("embeddings/", "ann/").replace(".npy", ".faiss")
+                old = (existing.manifest.get("ann", {}).get(name) if existing is not None
+                       else None)
+                if old is not None:
+                    # Keep the trained cells; only the new rows are assigned to them.
+                    search = IvfSearch.load(existing.directory / old["file"])
+                    search.add(embeddings[name][search.num_rows:])
+                    trained_rows = old["trained_rows"]
+                else:
+                    search = IvfSearch.build(embeddings[name])
+                    trained_rows = search.num_rows
+                search.save(temporary / relative)
+                ann_entries[name] = {"file": relative, "cells": search.num_cells,
+                                     "trained_rows": trained_rows}
+                if search.num_rows > 4 * trained_rows:
+                    logger.warning(
+                        "%s: the approximate index's cells were trained on %d rows and now hold "
+                        "%d; recall may drop: rebuild the index (catalog build) to retrain them",
+                        name, trained_rows, search.num_rows)
+        files = {}
+        for path in sorted(temporary.rglob("*")):
+            if path.is_file():
+                relative = path.relative_to(temporary).as_posix()
+                files[relative] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        from tf_shopee import __version__
+
+        manifest = {
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "tf_shopee_version": __version__,
+            "rows": len(posting_ids),
+            "has_labels": labels is not None,
+            "has_images": has_images,
+            "has_phash": has_phash,
+            "thumbnails": thumbnails is not None,
+            "models": models,
+            "embeddings": embedding_entries,
+            "concat": concat,
+            "tfidf": tfidf,
+            "model_free_settings": DEFAULT_SETTINGS.to_dict(),
+            "thresholds": thresholds,
+            "ann_mode": ann["mode"],
+            "ann": ann_entries,
+            "history": history,
+            "files": files,
+        }
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        replace_directory(temporary, out)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return manifest
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete ``.NAME.partial-PID`` folders left by runs that were killed (their PID is gone)."""
+    for leftover in out.parent.glob(f".{out.name}{_PARTIAL}*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            logger.info("removing %s, left by an interrupted run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)

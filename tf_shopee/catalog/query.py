@@ -1,0 +1,407 @@
+"""New postings against a catalogue index: the same sources, thresholds, union and min2 as
+self-matching, adapted to queries.
+
+For each query posting every source finds its nearest *catalogue* rows:
+
+* each model's embeddings (and ``concat`` of image + text) through the index's search
+  (:mod:`tf_shopee.catalog.search`: exact, or FAISS IVF for large catalogues);
+* ``tfidf``: the query title is vectorised with the catalogue's vocabulary and idf, blended with
+  its catalogue neighbours (TF-IDF ≥ the blend threshold, near-identical photos, photos whose
+  titles agree) exactly as a catalogue posting was blended with its own, then searched against
+  the catalogue's blended vectors (query expansion on one side, database-side augmentation on
+  the other);
+* ``phash`` and ``phash_text``: Hamming neighbours of the query photo's hash among the
+  catalogue's (computed from the photo when the query has none).
+
+Sources whose input a query lacks are left out (a photo-only query has no ``tfidf``, a title-only
+one no ``image``/``phash``/``concat``).
+
+The thresholds come as in predict.py (defaults < each model's validation threshold < thresholds
+file < ``--threshold``; the index contributes the file and overrides it was built with) and the
+match lists are made by predict.py's own decision functions. Those work on self-matching lists,
+where row ``i`` is the posting itself; here queries are numbered ``0 .. Q-1`` and catalogue rows
+``Q .. Q+M-1`` in one index space, so no catalogue row is ever taken for the query itself. Each
+list then holds the query first, which is dropped, and catalogue rows, shifted back.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tf_shopee.catalog.index import CONCAT, CatalogIndex
+from tf_shopee.errors import UserError
+from tf_shopee.neighbours import Neighbours
+
+logger = logging.getLogger("tf_shopee.catalog")
+
+COMBINED = "combined"
+IMAGE_KINDS = ("image", "multimodal")
+TEXT_KINDS = ("text", "multimodal")
+
+
+@dataclass
+class QueryResult:
+    """What :meth:`CatalogMatcher.match` found for a batch of queries.
+
+    Attributes:
+        neighbours: source → :class:`Neighbours` of the queries (catalogue rows, best first).
+        matches: source → one int array of catalogue rows per query, and ``combined`` (union +
+            min2), best first within each source.
+        thresholds: the threshold of every source used.
+        plan: predict.py's MatchPlan (thresholds, min2 source and floor, origins).
+        search: source → "exact" or "ann".
+    """
+
+    neighbours: dict[str, Neighbours]
+    matches: dict[str, list[np.ndarray]]
+    thresholds: dict[str, float]
+    plan: object
+    search: dict[str, str] = field(default_factory=dict)
+
+
+class CatalogMatcher:
+    """A catalogue index with its models loaded, ready to match batches of new postings.
+
+    Args:
+        index: the loaded :class:`CatalogIndex`.
+        models: the index's models (:func:`tf_shopee.catalog.index.resolve_models`), in manifest
+            order.
+        options: a :class:`tf_shopee.predict.PredictOptions` (thresholds, k, min2, switches).
+        search: ``exact``, ``ann`` or ``auto`` (see :mod:`tf_shopee.catalog.search`).
+        nprobe: cells probed per query by the approximate search.
+    """
+
+    def __init__(self, index: CatalogIndex, models: list, options, *, search: str = "auto",
+                 nprobe: int | None = None):
+        from tf_shopee.catalog.search import (
+            DEFAULT_NPROBE,
+            ExactSearch,
+            IvfSearch,
+            resolve_mode,
+        )
+
+        self.index = index
+        self.models = models
+        self.options = options
+        self.searchers = {}
+        mode = resolve_mode(search, len(index))
+        stored = index.manifest.get("ann") or {}
+        for name, matrix in index.embeddings.items():
+            if mode == "ann":
+                if name in stored:
+                    self.searchers[name] = IvfSearch.load(
+                        index.directory / stored[name]["file"], nprobe=nprobe or DEFAULT_NPROBE)
+                else:
+                    logger.warning(
+                        "%s: the index holds no approximate index (built with --ann never, or "
+                        "under %s rows): building one in memory now; catalog build --ann always "
+                        "stores it", name, "the auto limit")
+                    self.searchers[name] = IvfSearch.build(matrix, nprobe=nprobe or
+                                                           DEFAULT_NPROBE)
+            else:
+                self.searchers[name] = ExactSearch(matrix, max_chunk_mb=options.max_chunk_mb)
+
+    @property
+    def sources(self) -> list[str]:
+        """Every source this catalogue can answer with."""
+        names = [entry["source"] for entry in self.index.manifest["embeddings"]]
+        if self.options.use_tfidf and self.index.vectorizer is not None:
+            names.append("tfidf")
+        if self.options.use_phash and self.index.image_phashes is not None:
+            names += ["phash", "phash_text"] if self.options.use_tfidf else ["phash"]
+        return names
+
+    def match(self, postings) -> QueryResult:
+        """Neighbours, per-source matches and the combined matches of ``postings`` (a
+        :class:`tf_shopee.predict.Postings`) against the catalogue."""
+        from tf_shopee.catalog.index import fill_missing_phashes
+
+        if postings.has_images and postings.image_phashes is None:
+            fill_missing_phashes(postings)
+        has_titles = any(title.strip() for title in postings.titles)
+        has_images = postings.has_images
+        neighbours, search = {}, {}
+        embeddings = self._embed(postings, has_titles=has_titles, has_images=has_images)
+        for name, query_embeddings in embeddings.items():
+            started = time.perf_counter()
+            searcher = self.searchers[name]
+            neighbours[name] = searcher.search(query_embeddings, k=self.options.k)
+            search[name] = searcher.mode
+            logger.info("%s: %s search of %d queries in %d rows took %.2f s", name,
+                        searcher.mode, len(postings), searcher.num_rows,
+                        time.perf_counter() - started)
+        neighbours.update(self._model_free(postings, has_titles=has_titles))
+        if not neighbours:
+            raise UserError("nothing to match with: the queries have neither a title nor a photo "
+                            "that this catalogue's sources can use")
+        plan = self._plan(neighbours, embeddings)
+        matches = decide(neighbours, plan, self.options)
+        return QueryResult(neighbours, matches, plan.thresholds, plan, search)
+
+    def _embed(self, postings, *, has_titles: bool, has_images: bool) -> dict[str, np.ndarray]:
+        from tf_shopee.matching import concat_embeddings
+        from tf_shopee.predict import embed_postings
+
+        embeddings = {}
+        for entry, model in zip(self.index.models, self.models):
+            needs_image = model.kind in IMAGE_KINDS
+            needs_title = model.kind in TEXT_KINDS
+            if (needs_image and not has_images) or (needs_title and not has_titles):
+                continue
+            embeddings[entry["source"]] = embed_postings(model, postings, self.options)
+        parts = self.index.manifest.get("concat")
+        if parts and self.options.use_concat and all(name in embeddings for name in parts):
+            embeddings[CONCAT] = concat_embeddings(*(embeddings[name] for name in parts))
+        return embeddings
+
+    def _model_free(self, postings, *, has_titles: bool) -> dict[str, Neighbours]:
+        from tf_shopee.neighbours.model_free import ModelFreeSettings, blending_graphs
+        from tf_shopee.neighbours.phash import phash_neighbours
+        from tf_shopee.neighbours.tfidf import (
+            blend_query_vectors,
+            clean_title,
+            filter_by_cosine,
+            sparse_top_k,
+        )
+
+        index, options = self.index, self.options
+        settings = ModelFreeSettings(**index.manifest["model_free_settings"])
+        use_tfidf = options.use_tfidf and has_titles and index.vectorizer is not None
+        query_hashes = postings.image_phashes
+        use_phash = (options.use_phash and index.image_phashes is not None
+                     and query_hashes is not None and any(query_hashes))
+        sources = {}
+        image = agreement = None
+        if use_phash:
+            image = phash_neighbours(query_hashes, k=settings.k, catalog_hashes=index.image_phashes,
+                                     max_distance=settings.phash_max_distance,
+                                     max_chunk_mb=options.max_chunk_mb)
+        if use_tfidf:
+            from sklearn.preprocessing import normalize
+
+            titles = [clean_title(title) if settings.clean_titles else title
+                      for title in postings.titles]
+            vectors = normalize(index.vectorizer.transform(titles).astype(np.float32), norm="l2")
+            text = sparse_top_k(vectors, index.tfidf_vectors, k=settings.k,
+                                max_chunk_mb=options.max_chunk_mb)
+            if image is not None:
+                agreement = filter_by_cosine(image, vectors, settings.agreement_min_cosine,
+                                             catalog_vectors=index.tfidf_vectors)
+            graphs = blending_graphs(settings, text, image, agreement)
+            if graphs:
+                blended = blend_query_vectors(vectors, index.tfidf_vectors, graphs)
+                text = sparse_top_k(blended, index.tfidf_blended, k=settings.k,
+                                    max_chunk_mb=options.max_chunk_mb)
+            sources["tfidf"] = text
+        if image is not None:
+            sources["phash"] = image
+            if agreement is not None:
+                sources["phash_text"] = agreement
+        return sources
+
+    def _plan(self, neighbours: dict, embeddings: dict):
+        """predict.py's thresholds for these sources, with the index's file and overrides under
+        the user's."""
+        from tf_shopee.predict import Sources, resolve_plan
+
+        manifest = self.index.manifest
+        model_thresholds = {entry["source"]: float(entry["threshold"])
+                            for entry in manifest["models"]
+                            if entry.get("threshold") is not None and entry["source"] in neighbours}
+        options = dataclasses.replace(
+            self.options,
+            thresholds_file=self.options.thresholds_file or (
+                str(self.index.directory / manifest["thresholds"]["file"])
+                if manifest["thresholds"].get("file") else ""),
+            threshold_overrides={**manifest["thresholds"].get("overrides", {}),
+                                 **self.options.threshold_overrides},
+        )
+        sources = Sources(neighbours=dict(neighbours), embeddings=dict(embeddings),
+                          model_thresholds=model_thresholds)
+        return resolve_plan(sources, options)
+
+
+def decide(neighbours: dict[str, Neighbours], plan, options) -> dict[str, list[np.ndarray]]:
+    """Per-source and combined match lists of query-vs-catalogue neighbours, made by predict.py's
+    self-matching decision functions (see the module docstring for the shared index space).
+
+    Returns:
+        source → one int array of catalogue rows per query (best first), plus ``combined``.
+    """
+    from tf_shopee.predict import Sources, match_sources
+
+    num_queries = next(iter(neighbours.values())).num_queries
+    shifted = {name: Neighbours(np.where(found.indices >= 0, found.indices + num_queries, -1),
+                                found.scores)
+               for name, found in neighbours.items()}
+    # One more place per list: the query itself, dropped below.
+    decided = match_sources(Sources(neighbours=shifted), plan,
+                            dataclasses.replace(options, max_matches=options.max_matches + 1))
+    result = {}
+    for name, lists in decided.items():
+        result[name] = [row_matches[row_matches >= num_queries] - num_queries
+                        for row_matches in lists]
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_queries(matches: dict[str, list[np.ndarray]], neighbours: dict[str, Neighbours],
+                     query_labels: np.ndarray, catalog_labels: np.ndarray) -> dict:
+    """Quality of query-vs-catalogue matches against the labels of both sides.
+
+    * mean F1 per source and combined: per query ``2 |P ∩ T| / (|P| + |T|)`` where ``P`` are the
+      catalogue rows matched and ``T`` the catalogue rows of the query's product (a query whose
+      product is not in the catalogue scores 1 when nothing is matched, else 0);
+    * top-1 accuracy: the first catalogue row of the combined list (what the submission lists
+      first) is the query's product;
+    * recall@1 per source: the nearest catalogue row of that source is the query's product.
+
+    Top-1 and recall@1 count the queries whose product is in the catalogue.
+    """
+    query_labels = np.asarray(query_labels)
+    catalog_labels = np.asarray(catalog_labels)
+    labels, catalog_ids = np.unique(catalog_labels, return_inverse=True)
+    group_sizes = np.bincount(catalog_ids, minlength=len(labels))
+    position = np.searchsorted(labels, query_labels)
+    position = np.clip(position, 0, max(len(labels) - 1, 0))
+    present = (labels[position] == query_labels) if len(labels) else np.zeros(
+        len(query_labels), bool)
+    true_sizes = np.where(present, group_sizes[position] if len(labels) else 0, 0)
+
+    def f1(lists) -> float:
+        scores = np.empty(len(lists))
+        for row, found in enumerate(lists):
+            hits = int((catalog_labels[found] == query_labels[row]).sum()) if len(found) else 0
+            denominator = len(found) + true_sizes[row]
+            scores[row] = 1.0 if denominator == 0 else 2.0 * hits / denominator
+        return float(scores.mean()) if len(scores) else 0.0
+
+    counted = int(present.sum())
+
+    def share(first: np.ndarray) -> float | None:
+        if counted == 0:
+            return None
+        right = (first >= 0) & (catalog_labels[np.maximum(first, 0)] == query_labels)
+        return float(right[present].mean())
+
+    combined_first = np.asarray([found[0] if len(found) else -1
+                                 for found in matches[COMBINED]], dtype=np.int64)
+    return {
+        "f1": {name: f1(lists) for name, lists in matches.items()},
+        "top1_accuracy": share(combined_first),
+        "recall_at_1": {name: share(found.indices[:, 0].astype(np.int64))
+                        for name, found in neighbours.items()},
+        "queries": int(len(query_labels)),
+        "queries_with_product_in_catalogue": counted,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# predict.py --catalog
+
+
+def run_catalog_prediction(options) -> dict:
+    """``predict.py --catalog INDEX``: match the postings of ``options`` against the index, write
+    ``posting_id,matches`` (catalogue ids) and, with ``--evaluate``, score them.
+
+    Returns:
+        The report (rows, sources, thresholds, search mode, and with labels f1 / top1_accuracy /
+        recall_at_1).
+    """
+    from tf_shopee.catalog.index import load_index, resolve_models
+    from tf_shopee.io_utils import write_json_atomic
+    from tf_shopee.predict import read_postings
+
+    started = time.perf_counter()
+    if options.search_thresholds:
+        raise UserError("--search-thresholds tunes self-matching thresholds: run it without "
+                        "--catalog, then pass the file with --thresholds")
+    if options.inb_iterations:
+        raise UserError("--inb-iterations is not available with --catalog (the catalogue side "
+                        "is not re-blended per query); drop it")
+    if not 1 <= options.max_matches <= options.k:
+        raise UserError(f"--max-matches must be between 1 and k={options.k}")
+    index = load_index(options.catalog)
+    _refuse_overwrite(options)
+    models = resolve_models(index.manifest, options.models)
+    postings = read_postings(options)
+    if options.evaluate and (postings.label_groups is None or index.label_groups is None):
+        raise UserError("--evaluate with --catalog needs label_group in the queries' CSV and in "
+                        "the catalogue the index was built from")
+    logger.info("%d queries against a catalogue of %d postings", len(postings), len(index))
+    matcher = CatalogMatcher(index, models, options, search=options.search,
+                             nprobe=options.nprobe or None)
+    result = matcher.match(postings)
+    write_catalog_matches(options.out, postings.posting_ids, index.posting_ids,
+                          result.matches[COMBINED])
+    report = {
+        "rows": len(postings),
+        "catalog": str(options.catalog),
+        "catalog_rows": len(index),
+        "sources": list(result.neighbours),
+        "search": result.search,
+        "thresholds": result.thresholds,
+        "threshold_origin": result.plan.origin,
+        "min2": {"enabled": result.plan.min2, "source": result.plan.min2_source,
+                 "floor": result.plan.min2_floor},
+        "submission": str(options.out),
+    }
+    if options.evaluate:
+        report.update(evaluate_queries(result.matches, result.neighbours, postings.label_groups,
+                                       index.label_groups))
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    if options.report:
+        write_json_atomic(options.report, report)
+    return report
+
+
+def _refuse_overwrite(options) -> None:
+    out = Path(options.out).resolve()
+    for value in (options.csv, options.images, options.tfrecords, options.catalog,
+                  options.thresholds_file, *options.models):
+        if value and (Path(value).resolve() == out or Path(value).resolve() in out.parents):
+            raise UserError(f"--out {options.out} would overwrite an input ({value})")
+
+
+def write_catalog_matches(path: str, query_ids: list[str], catalog_ids: list[str],
+                          matches: list[np.ndarray]) -> None:
+    """Write ``posting_id,matches`` (space-separated catalogue ids) atomically, CSV-quoted."""
+    from tf_shopee.io_utils import atomic_path
+
+    ids = np.asarray(catalog_ids, dtype=object)
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["posting_id", "matches"])
+            for query_id, found in zip(query_ids, matches):
+                writer.writerow([query_id, " ".join(ids[np.asarray(found, dtype=np.int64)])])
+
+
+def format_catalog_table(report: dict) -> str:
+    """Mean F1 and recall@1 per source, and the combined top-1 accuracy, as plain text."""
+    names = list(report["f1"])
+    width = max(len("source"), *(len(name) for name in names))
+    lines = [f"{'source':<{width}}  threshold  mean F1  recall@1",
+             f"{'-' * width}  ---------  -------  --------"]
+    for name in names:
+        threshold = report["thresholds"].get(name)
+        shown = f"{threshold:9.3f}" if threshold is not None else f"{'-':>9}"
+        recall = report["recall_at_1"].get(name)
+        recall_text = f"{recall:8.4f}" if recall is not None else f"{'-':>8}"
+        lines.append(f"{name:<{width}}  {shown}  {report['f1'][name]:7.4f}  {recall_text}")
+    top1 = report["top1_accuracy"]
+    lines.append(f"top-1 accuracy (first listed match is the product): "
+                 f"{'-' if top1 is None else f'{top1:.4f}'} over "
+                 f"{report['queries_with_product_in_catalogue']} of {report['queries']} queries "
+                 "whose product is in the catalogue")
+    return "\n".join(lines)

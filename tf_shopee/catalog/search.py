@@ -1,0 +1,203 @@
+"""Nearest catalogue embeddings of new postings: exact or approximate, behind one interface.
+
+Every search answers ``search(queries, k, min_score) → Neighbours`` (indices into the catalogue,
+cosine scores, best first), so the thresholds, unions and min2 of :mod:`tf_shopee.catalog.query`
+do not care which one ran.
+
+``exact``
+    :func:`tf_shopee.matching.top_k_neighbours` with a catalogue: every query is scored against
+    every catalogue row in memory-bounded TensorFlow tiles. Cost grows with queries × catalogue;
+    right up to a few hundred thousand catalogue rows (see ``benchmarks/bench_ann.py``).
+``ann``
+    a FAISS inverted-file index (``IndexIVFFlat``, inner product): the catalogue is split into
+    ``nlist`` k-means cells and each query scans only the ``nprobe`` cells whose centroids are
+    nearest. Scores of the candidates it finds are exact inner products, so thresholds mean the
+    same as with the exact search; what can be lost is a neighbour in a cell that was not probed
+    (recall@51 measured by ``benchmarks/bench_ann.py``).
+``auto``
+    ``exact`` below :data:`ANN_MIN_ROWS` catalogue rows, ``ann`` from there on.
+
+Why FAISS IVF and not ScaNN or HNSW. ScaNN cannot be imported in a process that has imported
+TensorFlow 2.21 (its ops are built for 2.20), and this process always has. FAISS is a plain
+C++ library with NumPy bindings, already pinned for the benchmarks. Of its indexes, IVF-Flat
+builds in seconds (k-means on a sample, then one assignment pass; HNSW needs minutes per million
+rows on 2 cores), takes new rows (``catalog add``) by assigning them to the existing cells,
+stores nothing but the vectors, their ids and the centroids (memory ≈ the exact search's), and
+trades speed for recall with one number, ``nprobe``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tf_shopee.errors import UserError
+from tf_shopee.neighbours import Neighbours
+
+logger = logging.getLogger("tf_shopee.catalog")
+
+SEARCH_MODES = ("exact", "ann", "auto")
+# --search auto switches to the approximate index from this many catalogue rows on. Below it the
+# exact search answers a batch of queries in about the time IVF needs to be built.
+ANN_MIN_ROWS = 200_000
+# Probed cells per query. On the clustered vectors of benchmarks/bench_ann.py it keeps recall@51
+# >= 0.99 at 1M rows; raise it (--nprobe) for higher recall, lower it for speed.
+DEFAULT_NPROBE = 48
+# k-means training sample: this many rows per cell (FAISS warns below 39).
+_TRAINING_ROWS_PER_CELL = 50
+
+
+def ann_cells(num_rows: int) -> int:
+    """Number of IVF cells for a catalogue of ``num_rows``: about 4 √N (the usual FAISS rule),
+    at least 1 and never more than a sixteenth of the rows (cells need members to train)."""
+    return int(max(1, min(round(4 * math.sqrt(num_rows)), num_rows // 16)))
+
+
+def resolve_mode(mode: str, num_rows: int) -> str:
+    """``exact`` or ``ann`` for ``mode`` (``auto`` decides by ``num_rows``)."""
+    if mode not in SEARCH_MODES:
+        raise UserError(f"--search must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "ann" if num_rows >= ANN_MIN_ROWS else "exact"
+    return mode
+
+
+class ExactSearch:
+    """Exact cosine top-k against a fixed catalogue (:func:`tf_shopee.matching.top_k_neighbours`).
+
+    Args:
+        catalog: (M, D) L2-normalised float32 catalogue embeddings.
+        max_chunk_mb: working-memory budget of one similarity tile.
+    """
+
+    mode = "exact"
+
+    def __init__(self, catalog: np.ndarray, *, max_chunk_mb: float = 256):
+        self.catalog = np.ascontiguousarray(catalog, dtype=np.float32)
+        self.max_chunk_mb = max_chunk_mb
+
+    @property
+    def num_rows(self) -> int:
+        """Catalogue rows searched."""
+        return self.catalog.shape[0]
+
+    def search(self, queries: np.ndarray, *, k: int, min_score: float | None = None) -> Neighbours:
+        """The ``k`` nearest catalogue rows of each query (padding ``-1`` / ``-inf``)."""
+        from tf_shopee.matching import top_k_neighbours
+
+        return top_k_neighbours(
+            queries, k=k, catalog=self.catalog, max_chunk_mb=self.max_chunk_mb,
+            min_score=min_score,
+        )
+
+
+class IvfSearch:
+    """Approximate cosine top-k with a FAISS ``IndexIVFFlat`` (inner product); see the module
+    docstring. Build with :meth:`build`, persist with :meth:`save` / :meth:`load`.
+
+    Args:
+        index: a trained ``faiss.IndexIVFFlat`` holding the catalogue rows in catalogue order.
+        nprobe: cells scanned per query.
+    """
+
+    mode = "ann"
+
+    def __init__(self, index, *, nprobe: int = DEFAULT_NPROBE):
+        self.index = index
+        self.nprobe = int(nprobe)
+
+    @property
+    def num_rows(self) -> int:
+        """Catalogue rows searched."""
+        return int(self.index.ntotal)
+
+    @property
+    def num_cells(self) -> int:
+        """Number of IVF cells (k-means centroids)."""
+        return int(self.index.nlist)
+
+    @classmethod
+    def build(cls, catalog: np.ndarray, *, cells: int | None = None, seed: int = 0,
+              nprobe: int = DEFAULT_NPROBE) -> "IvfSearch":
+        """Train the cells on a sample of ``catalog`` and add every row.
+
+        Raises:
+            UserError: when faiss-cpu is not installed or the catalogue is empty.
+        """
+        faiss = import_faiss()
+        catalog = np.ascontiguousarray(catalog, dtype=np.float32)
+        num_rows, dim = catalog.shape
+        if num_rows == 0:
+            raise UserError("an approximate index needs at least one catalogue row")
+        cells = ann_cells(num_rows) if cells is None else int(cells)
+        started = time.perf_counter()
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_INNER_PRODUCT)
+        sample_size = min(num_rows, cells * _TRAINING_ROWS_PER_CELL)
+        sample = catalog
+        if sample_size < num_rows:
+            rows = np.random.default_rng(seed).choice(num_rows, sample_size, replace=False)
+            sample = catalog[np.sort(rows)]
+        index.cp.seed = seed
+        index.train(sample)
+        search = cls(index, nprobe=nprobe)
+        search.add(catalog)
+        logger.info("approximate index: %d rows in %d cells built in %.1f s", num_rows, cells,
+                    time.perf_counter() - started)
+        return search
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append catalogue rows (assigned to the existing cells; ids continue the numbering)."""
+        self.index.add(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, *, k: int, min_score: float | None = None) -> Neighbours:
+        """The (approximately) ``k`` nearest catalogue rows of each query, best first."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise UserError(f"queries have shape {queries.shape}; the index holds "
+                            f"{self.index.d}-dimensional rows")
+        self.index.nprobe = min(self.nprobe, self.num_cells)
+        scores, indices = self.index.search(queries, k)
+        scores = scores.astype(np.float32)
+        indices = indices.astype(np.int32)
+        missing = indices < 0
+        if min_score is not None:
+            missing |= scores < min_score
+        scores[missing] = -np.inf
+        indices[missing] = -1
+        # FAISS breaks ties arbitrarily; the exact search puts the lower catalogue row first.
+        order = np.lexsort((np.where(missing, np.iinfo(np.int32).max, indices), -scores), axis=1)
+        return Neighbours(np.take_along_axis(indices, order, axis=1),
+                          np.take_along_axis(scores, order, axis=1))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (the caller makes the folder atomic)."""
+        import_faiss().write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, nprobe: int = DEFAULT_NPROBE) -> "IvfSearch":
+        """Read an index written by :meth:`save`."""
+        faiss = import_faiss()
+        if not Path(path).is_file():
+            raise UserError(f"approximate index file not found: {path}")
+        return cls(faiss.read_index(str(path)), nprobe=nprobe)
+
+
+def import_faiss():
+    """``import faiss`` with a clear message when faiss-cpu is missing; its OpenMP threads are
+    pinned to the cores this process may use (more threads than cores slow it down badly when
+    another job shares the machine)."""
+    try:
+        import faiss
+    except ImportError:
+        raise UserError(
+            "approximate search needs faiss-cpu (pip install faiss-cpu==1.15.1, in "
+            "requirements.txt); or use --search exact"
+        ) from None
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    return faiss
