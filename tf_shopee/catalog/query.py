@@ -118,17 +118,19 @@ class CatalogMatcher:
             names += ["phash", "phash_text"] if self.options.use_tfidf else ["phash"]
         return names
 
-    def match(self, postings) -> QueryResult:
+    def match(self, postings, *, embeddings: dict | None = None) -> QueryResult:
         """Neighbours, per-source matches and the combined matches of ``postings`` (a
-        :class:`tf_shopee.predict.Postings`) against the catalogue."""
+        :class:`tf_shopee.predict.Postings`) against the catalogue; ``embeddings`` (source →
+        query embeddings) skips the models."""
         from tf_shopee.catalog.index import fill_missing_phashes
 
         if postings.has_images and postings.image_phashes is None:
             fill_missing_phashes(postings)
         has_titles = any(title.strip() for title in postings.titles)
-        has_images = postings.has_images
         neighbours, search = {}, {}
-        embeddings = self._embed(postings, has_titles=has_titles, has_images=has_images)
+        if embeddings is None:
+            embeddings = self._embed(postings, has_titles=has_titles,
+                                     has_images=postings.has_images)
         for name, query_embeddings in embeddings.items():
             started = time.perf_counter()
             searcher = self.searchers[name]
@@ -144,6 +146,21 @@ class CatalogMatcher:
         plan = self._plan(neighbours, embeddings)
         matches = decide(neighbours, plan, self.options)
         return QueryResult(neighbours, matches, plan.thresholds, plan, search)
+
+    def match_rows(self, rows: list[int]) -> QueryResult:
+        """:meth:`match` for catalogue rows themselves (their stored titles, hashes and
+        embeddings; no model call). Each row finds itself too: callers drop it."""
+        from tf_shopee.predict import Postings
+
+        index = self.index
+        postings = Postings(
+            posting_ids=[index.posting_ids[row] for row in rows],
+            titles=[index.titles[row] for row in rows],
+            image_phashes=None if index.image_phashes is None
+            else [index.image_phashes[row] for row in rows],
+        )
+        return self.match(postings, embeddings={name: matrix[rows] for name, matrix
+                                                in index.embeddings.items()})
 
     def _embed(self, postings, *, has_titles: bool, has_images: bool) -> dict[str, np.ndarray]:
         from tf_shopee.matching import concat_embeddings

@@ -47,7 +47,7 @@ SEARCH_MODES = ("exact", "ann", "auto")
 ANN_MIN_ROWS = 200_000
 # Probed cells per query. On the clustered vectors of benchmarks/bench_ann.py it keeps recall@51
 # >= 0.99 at 1M rows; raise it (--nprobe) for higher recall, lower it for speed.
-DEFAULT_NPROBE = 48
+DEFAULT_NPROBE = 32
 # k-means training sample: this many rows per cell (FAISS warns below 39).
 _TRAINING_ROWS_PER_CELL = 50
 
