@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENT_FILES) | sha256sum | cut -
 DEMO_DIR ?= demo_run
 DEMO_POSTINGS ?= 3000
 
-.PHONY: install test test-fast demo lint clean-demo
+.PHONY: install test test-fast demo app lint clean-demo
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-fast: install
 
 demo: install
 	$(PY) -m tf_shopee.demo --workdir $(DEMO_DIR) --postings $(DEMO_POSTINGS)
+
+# The catalogue web app on http://127.0.0.1:$(APP_PORT)/: the demo's catalogue by default (built
+# from $(DEMO_DIR) when missing), any index with `make app INDEX=path/to/index`.
+APP_PORT ?= 8000
+app: install
+	$(PY) -m tf_shopee.catalog.app $(if $(INDEX),--index $(INDEX),--demo $(DEMO_DIR)) --port $(APP_PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .
