@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -95,33 +94,22 @@ def flat_embeddings(n: int, queries: int, dim: int, seed: int = 0):
 
 
 class PeakMemory:
-    """Peak resident memory of this process above its level at entry, sampled in a thread."""
-
-    def __init__(self):
-        import psutil
-
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
+    """Peak resident memory above the level at entry (bench_matching.py's sampler, every 5 ms)."""
 
     def __enter__(self):
-        self._thread.start()
+        from bench_matching import RssSampler
+
+        self.sampler = RssSampler()
+        self.start = self.sampler.peak
+        self.sampler.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.sampler.__exit__(*exc)
 
     @property
     def above_start_mb(self) -> float:
-        return round((self.peak - self.start) / 2**20, 1)
+        return round((self.sampler.peak - self.start) / 2**20, 1)
 
 
 def load_average() -> list[float]:
@@ -135,11 +123,9 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
 
 
 def run(arguments) -> dict:
-    import faiss
-
     from tf_shopee.catalog.search import ExactSearch, IvfSearch, import_faiss
 
-    import_faiss()  # pins FAISS's OpenMP threads to this process's cores
+    faiss = import_faiss()  # OpenMP threads: one per core, waiting passively
     generate = hierarchical_embeddings if arguments.data == "hierarchical" else flat_embeddings
     started = time.perf_counter()
     catalogue, queries, _, _ = generate(arguments.n, arguments.queries, arguments.dim,
