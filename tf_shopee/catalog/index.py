@@ -34,6 +34,7 @@ A + B.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -327,14 +328,24 @@ def _thumbnails(postings, progress: bool) -> tuple[bytes, np.ndarray]:
     return b"".join(parts), np.asarray(offsets, dtype=np.int64)
 
 
+# Loaded exports by fingerprint: a process that builds, adds to and queries an index (the app,
+# a notebook, the tests) loads each SavedModel once.
+_LOADED_MODELS: dict[str, object] = {}
+
+
 def load_models(paths: list[str]) -> list:
     """Load exported models (:func:`tf_shopee.export.load_exported`) with their fingerprints."""
     from tf_shopee.export import load_exported
 
     models = []
     for path in paths:
-        model = load_exported(path)
-        model.fingerprint = model_fingerprint(path)
+        fingerprint = model_fingerprint(path)
+        if fingerprint not in _LOADED_MODELS:
+            model = load_exported(path)
+            model.fingerprint = fingerprint
+            _LOADED_MODELS[fingerprint] = model
+        model = copy.copy(_LOADED_MODELS[fingerprint])  # the same graph, under this path
+        model.directory = Path(path)
         models.append(model)
     return models
 
