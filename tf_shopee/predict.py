@@ -726,7 +726,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
                       help="with --catalog: exact search, approximate (FAISS IVF), or auto "
                       "(approximate from 200,000 catalogue rows on; default)")
     data.add_argument("--nprobe", type=int, default=0,
-                      help="with --search ann: IVF cells probed per query (default 32)")
+                      help="with --search ann: IVF cells probed per query (default 16)")
     model = parser.add_argument_group("models and thresholds")
     model.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                        help="exported SavedModel folder (repeatable)")

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_main, run_tool
+from catalog_helpers import run_main, run_tool
 
 from tf_shopee.catalog.cli import main as catalog_main
 from tf_shopee.catalog.index import BuildOptions, add_to_index, build_index, load_index
