@@ -43,11 +43,12 @@ def test_a_second_demo_run_reuses_the_models_it_trained(tmp_path, monkeypatch):
     from tf_shopee import demo
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "MODEL_KINDS", ("text",))  # the cheaper model shows it
     workdir = Path("demo_run")
     tfrecord_dir = demo.generate_and_convert(workdir, postings=120, seed=0, image_size=32)
     assert not tfrecord_dir.is_absolute()
     epochs = {"text": 1}
-    first = demo.train_models(workdir, tfrecord_dir, epochs=epochs, seed=0, kinds=("text",))
+    first = demo.train_models(workdir, tfrecord_dir, epochs=epochs, seed=0)
     trained = first["text"][0] / "saved_model.pb"
     written = trained.stat().st_mtime_ns
 
@@ -55,9 +56,9 @@ def test_a_second_demo_run_reuses_the_models_it_trained(tmp_path, monkeypatch):
         raise AssertionError("the second demo run trained again instead of reusing its model")
 
     monkeypatch.setattr(tf_shopee.training, "train_and_evaluate", must_not_train, raising=False)
-    again = demo.train_models(workdir, tfrecord_dir, epochs=epochs, seed=0, kinds=("text",))
+    again = demo.train_models(workdir, tfrecord_dir, epochs=epochs, seed=0)
     assert again == first
     assert trained.stat().st_mtime_ns == written
     # Another recipe (here: more epochs) is retrained, not reused.
     with pytest.raises(AssertionError, match="trained again"):
-        demo.train_models(workdir, tfrecord_dir, epochs={"text": 2}, seed=0, kinds=("text",))
+        demo.train_models(workdir, tfrecord_dir, epochs={"text": 2}, seed=0)

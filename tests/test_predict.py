@@ -300,30 +300,33 @@ def read_rows(path: Path) -> list[list[str]]:
         return list(csv.reader(stream))
 
 
-@pytest.mark.parametrize("case", ["out_is_csv", "report_is_csv", "out_is_thresholds",
+@pytest.mark.parametrize("case", ["out_is_csv", "report_is_csv", "out_is_a_model_file",
                                   "out_is_an_image", "search_over_thresholds", "out_is_report"])
-def test_an_output_never_overwrites_an_input(synthetic_set, tmp_path, capsys, case):
+def test_an_output_never_overwrites_an_input(synthetic_set, exported_models, tmp_path, capsys,
+                                             case):
+    import shutil
+
     csv_path = tmp_path / "input.csv"
     csv_path.write_bytes((synthetic_set / "data" / "train.csv").read_bytes())
     images = tmp_path / "images"
-    images.mkdir()
+    shutil.copytree(synthetic_set / "data" / "train_images", images)
     first_image = pd.read_csv(csv_path, dtype=str)["image"][0]
-    (images / first_image).write_bytes(
-        (synthetic_set / "data" / "train_images" / first_image).read_bytes())
+    model = tmp_path / "model"
+    shutil.copytree(exported_models["text"], model)
     thresholds = tmp_path / "search" / "thresholds.json"
     thresholds.parent.mkdir()
     thresholds.write_text('{"not": "read"}')
     arguments = {
         "out_is_csv": ["--out", csv_path],
         "report_is_csv": ["--out", tmp_path / "out.csv", "--report", csv_path],
-        "out_is_thresholds": ["--out", thresholds, "--thresholds", thresholds],
+        "out_is_a_model_file": ["--out", model / "saved_model.pb", "--model", model],
         "out_is_an_image": ["--out", images / first_image, "--images", images],
         "search_over_thresholds": ["--out", tmp_path / "out.csv", "--thresholds", thresholds,
                                    "--search-thresholds", thresholds.parent, "--evaluate"],
         "out_is_report": ["--out", tmp_path / "same.csv", "--report", tmp_path / "same.csv"],
     }[case]
     protected = {path: path.read_bytes() for path in
-                 (csv_path, thresholds, images / first_image)}
+                 (csv_path, thresholds, images / first_image, model / "saved_model.pb")}
     status, _, error = predict_main(capsys, "--csv", csv_path, *arguments)
     assert status == 2, error
     assert "same file" in error or "overwrite" in error

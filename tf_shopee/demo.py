@@ -90,8 +90,7 @@ def _comparable(config) -> dict:
     return payload
 
 
-def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], seed: int,
-                 kinds: tuple[str, ...] = MODEL_KINDS) -> dict:
+def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], seed: int) -> dict:
     """Step 3: train and export each tiny model, plus its untrained twin; returns export folders.
 
     A model already exported with the same settings (a second ``make demo``) is reused.
@@ -100,7 +99,7 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
     from tf_shopee.training import train_and_evaluate
 
     exports = {}
-    for kind in kinds:
+    for kind in MODEL_KINDS:
         trained_dir = workdir / "saved_models" / kind
         untrained_dir = workdir / "saved_models" / f"{kind}_untrained"
         exports[kind] = (trained_dir, untrained_dir)
