@@ -353,7 +353,12 @@ class TrainingRun:
                 self.seconds_per_step = seconds / chunk
             step += chunk
             window_loss, window_steps = window_loss + outputs.loss_sum, window_steps + chunk
-            if progress.update(step, f": loss {window_loss / window_steps:.4f}",
+            note = ""
+            if first_call:
+                # Its time is tracing, not speed: the rate starts after it.
+                progress.restart(step)
+                note = f" (the first call built the step in {seconds:.1f} s)"
+            if progress.update(step, f": loss {window_loss / window_steps:.4f}{note}",
                                force=first_call):
                 window_loss, window_steps = 0.0, 0
             totals = TrainStepOutputs(

@@ -121,6 +121,11 @@ class Progress:
         self.started = clock()
         self.last_said = self.started
 
+    def restart(self, done: int) -> None:
+        """Measure the rate from here on (e.g. after a first call that only traced)."""
+        self.start_done = done
+        self.started = self.clock()
+
     def update(self, done: int, extra: str = "", *, force: bool = False) -> bool:
         """Report ``done`` of ``total`` when the interval has passed (or ``force``); return
         whether a line was printed."""
@@ -131,10 +136,10 @@ class Progress:
         elapsed = now - self.started
         new = done - self.start_done
         rate = new / elapsed if elapsed > 0 and new > 0 else 0.0
-        eta = f", ETA {format_duration((self.total - done) / rate)}" if rate else ""
+        speed = ""
+        if rate:  # unknown until something was done since the (re)start
+            speed = (f", {rate * self.unit_scale:.1f} {self.unit}/s, "
+                     f"ETA {format_duration((self.total - done) / rate)}")
         percent = 100.0 * done / self.total if self.total else 100.0
-        self.say(
-            f"{self.label} {done}/{self.total} ({percent:.0f}%){extra}, "
-            f"{rate * self.unit_scale:.1f} {self.unit}/s{eta}"
-        )
+        self.say(f"{self.label} {done}/{self.total} ({percent:.0f}%){extra}{speed}")
         return True
