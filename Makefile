@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENT_FILES) | sha256sum | cut -
 DEMO_DIR ?= demo_run
 DEMO_POSTINGS ?= 3000
 
-.PHONY: install test test-fast demo app lint clean-demo
+.PHONY: install test test-all test-fast demo app lint clean-demo
 
 install: $(STAMP)
 
@@ -23,12 +23,19 @@ $(STAMP): $(REQUIREMENT_FILES)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The suite without the tests marked slow (multi-process and multi-device training, XLA
+# compilation of every model kind, a real-size export, the demo's reuse through real training):
+# under 10 minutes on 2 quiet cores.
 test: install
+	$(PY) -m pytest -m "not slow" tests
+
+# Everything, the slow tests included: what CI runs (.ci/run).
+test-all: install
 	$(PY) -m pytest tests
 
-# Skips tests marked slow (multi-process training, real-size exports).
+# The inner loop: also skips the tests on the real Shopee titles in ../shared.
 test-fast: install
-	$(PY) -m pytest -m "not slow" tests
+	$(PY) -m pytest -m "not slow and not real_data" tests
 
 demo: install
 	$(PY) -m tf_shopee.demo --workdir $(DEMO_DIR) --postings $(DEMO_POSTINGS)

@@ -368,7 +368,7 @@ def main(argv=None) -> int:
     if not data.is_file():
         print(f"skipped: {data} not found (the real Shopee data lives in ../shared, absent here)")
         return 0
-    from tf_shopee.io_utils import sha256_file, write_json_atomic
+    from tf_shopee.io_utils import relative_paths, sha256_file, write_json_atomic
 
     started = time.perf_counter()
     frame = load_train(data)
@@ -389,7 +389,7 @@ def main(argv=None) -> int:
     if not args.skip_speed:
         report["speed"] = speed(frame)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(args.json, report)
+    write_json_atomic(args.json, relative_paths(report, REPOSITORY))
     print("\n" + markdown_table(report))
     print(f"\nwrote {args.json} in {report['total_seconds']} s")
     return 0

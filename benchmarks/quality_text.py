@@ -56,7 +56,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import write_json_atomic  # noqa: E402
+from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
 
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
 DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_text.json"
@@ -565,7 +565,7 @@ def main(argv=None) -> int:
         report["table_markdown"] = markdown_table(report)
         report["training_table_markdown"] = training_table(report)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_path, report)
+        write_json_atomic(json_path, relative_paths(report, REPOSITORY))
 
     job.convert()
     for method in methods:
@@ -595,7 +595,8 @@ def _same_run(json_path: Path, args: argparse.Namespace) -> bool:
         previous = _read_json(json_path)
     except (OSError, json.JSONDecodeError):
         return False
-    return previous.get("settings", {}).get("workdir") == str(Path(args.workdir).resolve())
+    workdir = relative_paths(str(Path(args.workdir).resolve()), REPOSITORY)  # as it was saved
+    return previous.get("settings", {}).get("workdir") == workdir
 
 
 if __name__ == "__main__":

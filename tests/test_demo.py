@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import tf_shopee  # noqa: F401  (sets TensorFlow's environment defaults first)
 from tf_shopee.config import RunConfig, tiny_overrides
 from tf_shopee.demo import _exported_with
@@ -29,3 +31,34 @@ def test_an_export_is_reused_only_when_it_was_trained_with_the_same_config(tmp_p
     assert not _exported_with(without_config, config)
     assert _exported_with(without_config, None)  # only "is it finished" was asked
     assert not _exported_with(tmp_path / "missing", None)
+
+
+@pytest.mark.slow  # generates, converts and trains for real: about a minute on 2 quiet cores
+def test_a_second_demo_run_reuses_the_models_it_trained(tmp_path, monkeypatch):
+    """Through the real path: the demo's own generate, convert and train steps, run from a
+    relative --workdir as ``make demo`` does, then the train step again."""
+    from pathlib import Path
+
+    import tf_shopee.training
+    from tf_shopee import demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "MODEL_KINDS", ("text",))  # the cheaper model shows it
+    workdir = Path("demo_run")
+    tfrecord_dir = demo.generate_and_convert(workdir, postings=120, seed=0, image_size=32)
+    assert not tfrecord_dir.is_absolute()
+    epochs = {"text": 1}
+    first = demo.train_models(workdir, tfrecord_dir, epochs=epochs, seed=0)
+    trained = first["text"][0] / "saved_model.pb"
+    written = trained.stat().st_mtime_ns
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the second demo run trained again instead of reusing its model")
+
+    monkeypatch.setattr(tf_shopee.training, "train_and_evaluate", must_not_train, raising=False)
+    again = demo.train_models(workdir, tfrecord_dir, epochs=epochs, seed=0)
+    assert again == first
+    assert trained.stat().st_mtime_ns == written
+    # Another recipe (here: more epochs) is retrained, not reused.
+    with pytest.raises(AssertionError, match="trained again"):
+        demo.train_models(workdir, tfrecord_dir, epochs={"text": 2}, seed=0)

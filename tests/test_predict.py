@@ -61,12 +61,35 @@ def exported_models(synthetic_set):
     return exports
 
 
-def run_predict(*arguments, check=True):
-    """Run ``predict.py`` as a user does; return the completed process."""
-    completed = subprocess.run(
-        [sys.executable, str(REPOSITORY / "predict.py"), "--quiet", *map(str, arguments)],
-        capture_output=True, text=True, cwd=REPOSITORY,
-    )
+def run_predict(*arguments, check=True, in_process=True):
+    """Run predict.py's ``main`` with these arguments; return what a finished process would give
+    (returncode, stdout, stderr).
+
+    In this process by default: a fresh interpreter costs TensorFlow's start-up every time, and
+    ``main`` is exactly what the script calls (an unexpected exception, the traceback a user would
+    see, fails the test). ``in_process=False`` runs the real script once in a while.
+    """
+    arguments = ["--quiet", *map(str, arguments)]
+    if in_process:
+        import contextlib
+        import io
+
+        from tf_shopee.predict import main
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main(arguments)
+                returncode = 0
+            except SystemExit as exit_request:
+                returncode = exit_request.code
+        completed = subprocess.CompletedProcess(arguments, returncode, stdout.getvalue(),
+                                                stderr.getvalue())
+    else:
+        completed = subprocess.run(
+            [sys.executable, str(REPOSITORY / "predict.py"), *arguments],
+            capture_output=True, text=True, cwd=REPOSITORY,
+        )
     if check and completed.returncode != 0:
         raise AssertionError(f"predict.py failed:\n{completed.stdout}\n{completed.stderr}")
     return completed
@@ -80,8 +103,10 @@ def test_model_free_prediction_writes_submission_and_report(synthetic_set, tmp_p
     csv_path = synthetic_set / "data" / "train.csv"
     out = tmp_path / "submission.csv"
     report_path = tmp_path / "report.json"
-    completed = run_predict("--csv", csv_path, "--out", out, "--evaluate", "--report", report_path)
+    completed = run_predict("--csv", csv_path, "--out", out, "--evaluate", "--report", report_path,
+                            in_process=False)  # the real script, once
     assert "combined" in completed.stdout
+    assert "Traceback" not in completed.stderr
 
     frame = pd.read_csv(csv_path, dtype={"posting_id": str})
     submission = read_submission(out)
@@ -177,7 +202,9 @@ def test_fold_selection_matches_only_inside_the_fold(synthetic_set, tmp_path):
     assert all(set(matches.split()) <= inside for matches in submission["matches"])
 
 
-def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_path):
+def embed_titles_once(synthetic_set, exported_models, tmp_path):
+    """Embed the set's titles with the text model, caching in tmp_path/cache; return
+    (embed again: a function, the first embeddings, the cache files)."""
     from tf_shopee.export import load_exported
     from tf_shopee.predict import PredictOptions, embed_postings, read_postings
 
@@ -186,10 +213,15 @@ def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_pa
     postings = read_postings(options)
     model = load_exported(exported_models["text"])
     first = embed_postings(model, postings, options)
-    cached = list((tmp_path / "cache").glob("*.npy"))
+    return (lambda: embed_postings(model, postings, options), first,
+            list((tmp_path / "cache").glob("*.npy")))
+
+
+def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_path):
+    embed_again, first, cached = embed_titles_once(synthetic_set, exported_models, tmp_path)
     assert len(cached) == 1
     np.save(cached[0], np.zeros_like(first))  # prove the second call reads the cache
-    second = embed_postings(model, postings, options)
+    second = embed_again()
     assert np.all(second == 0)
     assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
 
@@ -197,10 +229,10 @@ def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_pa
 @pytest.mark.parametrize(
     "problem, expected",
     [
-        ("missing_column", "lacks required column(s) title"),
-        ("duplicate_id", "appears more than once"),
+        ("missing_column", "required column(s) title"),
+        ("duplicate_id", "duplicate posting_id"),
         ("missing_csv", "CSV file not found"),
-        ("missing_image", "missing or outside"),
+        ("wrong_image_folder", "is --images the right folder?"),
         ("not_an_export", "is not a tf_shopee export"),
         ("image_model_without_images", "give --images"),
         ("evaluate_without_labels", "need labels"),
@@ -211,7 +243,6 @@ def test_query_embeddings_cache_is_reused(synthetic_set, exported_models, tmp_pa
 def test_bad_input_gets_a_message_and_exit_2(synthetic_set, exported_models, tmp_path, problem,
                                              expected):
     frame = pd.read_csv(synthetic_set / "data" / "train.csv", dtype=str)
-    images = synthetic_set / "data" / "train_images"
     csv_path = tmp_path / "input.csv"
     arguments = ["--csv", csv_path, "--out", tmp_path / "out.csv"]
     if problem == "missing_column":
@@ -220,9 +251,9 @@ def test_bad_input_gets_a_message_and_exit_2(synthetic_set, exported_models, tmp
         frame.loc[5, "posting_id"] = frame.loc[2, "posting_id"]
     elif problem == "missing_csv":
         arguments[1] = tmp_path / "absent.csv"
-    elif problem == "missing_image":
-        frame.loc[7, "image"] = "no_such_file.jpg"
-        arguments += ["--images", images, "--model", exported_models["image"]]
+    elif problem == "wrong_image_folder":  # none of the photos is there (one missing is not fatal)
+        (tmp_path / "empty").mkdir()
+        arguments += ["--images", tmp_path / "empty", "--model", exported_models["image"]]
     elif problem == "not_an_export":
         (tmp_path / "random_folder").mkdir()
         arguments += ["--model", tmp_path / "random_folder"]
@@ -242,3 +273,238 @@ def test_bad_input_gets_a_message_and_exit_2(synthetic_set, exported_models, tmp
     assert expected in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing a user gives loses data (issue 12): outputs vs inputs, bad images, ids, encodings,
+# damaged caches and shards. In-process calls of predict's main: no TensorFlow start-up each.
+
+
+def predict_main(capsys, *arguments) -> tuple[int, str, str]:
+    """Run predict's ``main`` in this process; return (exit status, stdout, stderr)."""
+    from tf_shopee.predict import main
+
+    try:
+        main(["--quiet", *map(str, arguments)])
+        status = 0
+    except SystemExit as exit_request:
+        status = exit_request.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as stream:
+        return list(csv.reader(stream))
+
+
+@pytest.mark.parametrize("case", ["out_is_csv", "report_is_csv", "out_is_a_model_file",
+                                  "out_is_an_image", "search_over_thresholds", "out_is_report"])
+def test_an_output_never_overwrites_an_input(synthetic_set, exported_models, tmp_path, capsys,
+                                             case):
+    import shutil
+
+    csv_path = tmp_path / "input.csv"
+    csv_path.write_bytes((synthetic_set / "data" / "train.csv").read_bytes())
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_set / "data" / "train_images", images)
+    first_image = pd.read_csv(csv_path, dtype=str)["image"][0]
+    model = tmp_path / "model"
+    shutil.copytree(exported_models["text"], model)
+    thresholds = tmp_path / "search" / "thresholds.json"
+    thresholds.parent.mkdir()
+    thresholds.write_text('{"not": "read"}')
+    arguments = {
+        "out_is_csv": ["--out", csv_path],
+        "report_is_csv": ["--out", tmp_path / "out.csv", "--report", csv_path],
+        "out_is_a_model_file": ["--out", model / "saved_model.pb", "--model", model],
+        "out_is_an_image": ["--out", images / first_image, "--images", images],
+        "search_over_thresholds": ["--out", tmp_path / "out.csv", "--thresholds", thresholds,
+                                   "--search-thresholds", thresholds.parent, "--evaluate"],
+        "out_is_report": ["--out", tmp_path / "same.csv", "--report", tmp_path / "same.csv"],
+    }[case]
+    protected = {path: path.read_bytes() for path in
+                 (csv_path, thresholds, images / first_image, model / "saved_model.pb")}
+    status, _, error = predict_main(capsys, "--csv", csv_path, *arguments)
+    assert status == 2, error
+    assert "same file" in error or "overwrite" in error
+    assert {path: path.read_bytes() for path in protected} == protected
+
+
+def test_ids_are_kept_verbatim_and_quoted(synthetic_set, tmp_path, capsys):
+    frame = pd.read_csv(synthetic_set / "data" / "train.csv", dtype=str).head(40)
+    special = ["NA", "null", "a,b", 'say"cheese"', "NaN"]
+    frame.loc[: len(special) - 1, "posting_id"] = special
+    frame.loc[0, "title"] = "NaN"
+    # Spreadsheets and pandas write an integer column holding a gap as floats.
+    frame["label_group"] = frame["label_group"] + ".0"
+    csv_path = tmp_path / "odd_ids.csv"
+    frame.to_csv(csv_path, index=False)
+    status, _, error = predict_main(capsys, "--csv", csv_path, "--out", tmp_path / "sub.csv",
+                                    "--evaluate", "--no-phash")
+    assert status == 0, error
+    rows = read_rows(tmp_path / "sub.csv")
+    assert rows[0] == ["posting_id", "matches"]
+    assert [row[0] for row in rows[1:]] == frame["posting_id"].tolist()
+    assert all(len(row) == 2 and row[1].split()[0] == row[0] for row in rows[1:])
+
+    from tf_shopee.predict import PredictOptions, read_postings
+
+    postings = read_postings(PredictOptions(csv=str(csv_path)))
+    assert postings.titles[0] == "NaN"  # text, not a missing value
+    assert postings.label_groups.tolist() == [int(float(value)) for value in frame["label_group"]]
+
+
+def test_convert_and_predict_read_a_csv_the_same_way(tmp_path):
+    from tf_shopee.data.convert import convert_csv
+    from tf_shopee.predict import PredictOptions, read_postings
+
+    csv_path = tmp_path / "odd.csv"
+    csv_path.write_text('posting_id,title,label_group\nNA,NaN,1\nnull,null,1.0\n"a,b",x,2\n'
+                        'c,"",2\n', encoding="utf-8")
+    postings = read_postings(PredictOptions(csv=str(csv_path)))
+    convert_csv(csv_path, None, tmp_path / "records", folds=2, workers=1, progress=False)
+    converted = read_postings(
+        PredictOptions(tfrecords=str(tmp_path / "records"), csv=str(csv_path)))
+    assert postings.posting_ids == converted.posting_ids == ["NA", "null", "a,b", "c"]
+    assert postings.titles == converted.titles == ["NaN", "null", "x", ""]
+    assert postings.label_groups.tolist() == converted.label_groups.tolist() == [1, 1, 2, 2]
+
+
+CP1252_TITLES = ["Café crème 250 g", "Jus d'orange pressé – 1 l", "Crème brûlée ×2", "Bière"]
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1"])
+def test_a_legacy_encoded_csv_keeps_its_accents(tmp_path, capsys, caplog, encoding):
+    from tf_shopee.data.convert import convert_csv
+    from tf_shopee.data.schema import parse_postings  # noqa: F401  (TF is loaded anyway)
+    from tf_shopee.predict import PredictOptions, read_postings
+
+    titles = CP1252_TITLES if encoding == "cp1252" else [t.replace("–", "-").replace("×", "x")
+                                                         for t in CP1252_TITLES]
+    csv_path = tmp_path / "accents.csv"
+    lines = ["posting_id,title,label_group"] + [f"p{i},{t},{i % 2}" for i, t in enumerate(titles)]
+    csv_path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+
+    status, _, error = predict_main(capsys, "--csv", csv_path, "--out", tmp_path / "sub.csv",
+                                    "--report", tmp_path / "report.json", "--no-phash")
+    assert status == 0, error
+    assert "not UTF-8: decoded as cp1252" in caplog.text  # a warning: shown although --quiet
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["csv_encoding"]["name"] == "cp1252"
+    assert read_postings(PredictOptions(csv=str(csv_path))).titles == titles
+    # Named explicitly: decoded with that codec, no guessing.
+    explicit = read_postings(PredictOptions(csv=str(csv_path), encoding="latin-1"))
+    assert explicit.encoding.chosen_by == "--encoding"
+
+    manifest = convert_csv(csv_path, None, tmp_path / "records", folds=2, workers=1,
+                           progress=False)
+    assert manifest["encoding"]["name"] == "cp1252"
+    assert manifest["encoding"]["replaced_titles"] == 0
+    assert "decoded as cp1252" in capsys.readouterr().err  # progress=False is --quiet
+    converted = read_postings(PredictOptions(tfrecords=str(tmp_path / "records"),
+                                             csv=str(csv_path)))
+    assert converted.titles == titles
+
+
+def _damage_images(synthetic_set, tmp_path) -> tuple[Path, Path, dict[str, str]]:
+    """A copy of the set's images with a truncated JPEG, an empty file, a text file named .jpg
+    and a missing file; returns (csv, image folder, posting_id → what was done)."""
+    import shutil
+
+    frame = pd.read_csv(synthetic_set / "data" / "train.csv", dtype=str)
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_set / "data" / "train_images", images)
+    damage = {}
+    for row, how in zip((3, 10, 20, 30), ("truncated", "empty", "not_an_image", "missing")):
+        name = frame["image"][row]
+        path = images / name
+        if how == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif how == "empty":
+            path.write_bytes(b"")
+        elif how == "not_an_image":
+            path.write_text("this is not a photo")
+        else:
+            frame.loc[row, "image"] = "gone.jpg"
+        # Re-posted photos: every posting showing a damaged file is affected.
+        sharing = [row] if how == "missing" else frame.index[frame["image"] == name]
+        damage.update({frame["posting_id"][other]: how for other in sharing})
+    csv_path = tmp_path / "train.csv"
+    frame.to_csv(csv_path, index=False)
+    return csv_path, images, damage
+
+
+def test_bad_images_do_not_lose_the_run(synthetic_set, exported_models, tmp_path, capsys,
+                                        caplog):
+    csv_path, images, damage = _damage_images(synthetic_set, tmp_path)
+    out, report_path = tmp_path / "sub.csv", tmp_path / "report.json"
+    status, _, error = predict_main(
+        capsys, "--csv", csv_path, "--images", images, "--model", exported_models["image"],
+        "--model", exported_models["text"], "--out", out, "--report", report_path,
+        "--evaluate", "--cache-dir", tmp_path / "cache")
+    assert status == 0, error
+    frame = pd.read_csv(csv_path, dtype=str)
+    submission = read_submission(out)
+    assert submission["posting_id"].tolist() == frame["posting_id"].tolist()  # every posting
+    report = json.loads(report_path.read_text())
+    listed = {item["posting_id"]: item for item in report["bad_images"]}
+    assert set(listed) == set(damage)
+    reasons = {damage[posting_id]: item["reason"] for posting_id, item in listed.items()}
+    assert "empty" in reasons["empty"]
+    assert "corrupt" in reasons["truncated"] or "truncated" in reasons["truncated"]
+    assert "not an image" in reasons["not_an_image"]
+    assert "not found" in reasons["missing"]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    for posting_id in damage:  # named by a warning: on the console, also with --quiet
+        assert any(posting_id in warning for warning in warnings)
+    # A bad posting matches nothing through the photo sources but keeps its title matches.
+    from tf_shopee.predict import PredictOptions, compute_sources, read_postings
+
+    options = PredictOptions(csv=str(csv_path), images=str(images),
+                             models=[str(exported_models["image"]), str(exported_models["text"])],
+                             cache_dir=str(tmp_path / "cache"), progress=False)
+    postings = read_postings(options)
+    sources = compute_sources(postings, options)
+    assert set(postings.bad_images) == {frame.index[frame["posting_id"] == p][0] for p in damage}
+    for row in postings.bad_images:
+        for name in ("image", "concat"):
+            assert (sources.neighbours[name].indices[row] == -1).all()
+            assert row not in sources.neighbours[name].indices
+        assert (sources.neighbours["text"].indices[row] >= 0).sum() > 1
+    # The cache remembers which images were bad.
+    assert {int(row) for row in json.loads(next((tmp_path / "cache").glob(
+        "image-*.bad_images.json")).read_text())} == set(postings.bad_images)
+
+
+def test_a_damaged_embedding_cache_is_embedded_again(synthetic_set, exported_models, tmp_path,
+                                                     caplog):
+    embed_again, first, (cached,) = embed_titles_once(synthetic_set, exported_models, tmp_path)
+    cached.write_bytes(cached.read_bytes()[:100])  # a half-written file
+    with caplog.at_level("WARNING", logger="tf_shopee.predict"):
+        again = embed_again()
+    assert "embedding again" in caplog.text
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    assert np.load(cached).shape == first.shape  # replaced by a good entry
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_byte"])
+def test_a_damaged_shard_is_named(synthetic_set, tmp_path, capsys, damage):
+    import shutil
+
+    records = tmp_path / "records"
+    shutil.copytree(synthetic_set / "tfrecords", records)
+    manifest = json.loads((records / "manifest.json").read_text())
+    shard = records / manifest["shards"][-1]["file"]
+    payload = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        shard.write_bytes(bytes(payload[: len(payload) - 100]))
+    else:
+        payload[len(payload) // 2] ^= 0xFF  # same size: only the record checksums can tell
+        shard.write_bytes(bytes(payload))
+    status, _, error = predict_main(capsys, "--tfrecords", records, "--out", tmp_path / "o.csv")
+    assert status == 2, error
+    assert shard.name in error
+    assert not (tmp_path / "o.csv").exists()

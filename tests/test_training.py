@@ -711,6 +711,8 @@ def test_a_corrupt_checkpoint_is_named_and_overwrite_starts_fresh(finished_run, 
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
     copied_arguments = [str(copy) if value == str(workdir) else value for value in arguments]
+    # Its own export folder: the original's belongs to another run now.
+    copied_arguments[copied_arguments.index("--export") + 1] = str(tmp_path / "export")
     data_files = sorted((copy / "checkpoints").glob("ckpt-*.data-*"))
     assert data_files
     for path in data_files:
@@ -838,3 +840,119 @@ def test_sigterm_saves_a_checkpoint_and_stops_then_the_run_resumes(tfrecords, tm
     starts = history(workdir)["starts"]
     assert [start["global_step"] for start in starts] == [0, stopped["global_step"]]
     assert (tmp_path / "export" / "saved_model.pb").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing lost, nothing silent (issue 12): time-based checkpoints, progress inside an epoch, a
+# finished run left alone, outputs checked before training, damaged shards named
+# ----------------------------------------------------------------------------------------------
+
+
+def _text_config(tfrecords, *extra):
+    """A tiny text run with the default checkpoint and logging settings."""
+    from tf_shopee.config import tiny_overrides
+
+    config = RunConfig()
+    config.override(tiny_overrides("text"))
+    config.override([
+        "model.kind=text", f"data.tfrecords={tfrecords}", "model.embedding_dim=16",
+        "train.epochs=1", "train.steps_per_epoch=8", "train.batch_size=4",
+        "train.strategy=one_device", "train.validate=false",
+        "train.batch_norm_recalibration_batches=0", *extra,
+    ])  # fmt: skip
+    return config
+
+
+class _Killed(Exception):
+    """Stands for kill -9 in the middle of an epoch: no handler, no checkpoint at the end."""
+
+
+def test_a_run_killed_mid_epoch_with_default_settings_loses_minutes_not_the_epoch(
+    tfrecords, tmp_path, monkeypatch, capsys
+):
+    import tensorflow as tf
+
+    import tf_shopee.training.run as run_module
+    from tf_shopee.training import train_and_evaluate
+    from tf_shopee.training.trainer import Trainer
+
+    # A clock on which every reading is two minutes after the last: the default interval
+    # (a few minutes) passes within the epoch.
+    readings = iter(range(0, 10**9, 120))
+    monkeypatch.setattr(run_module, "_now", lambda: float(next(readings)), raising=False)
+    original = Trainer.train_steps
+    calls = []
+
+    def killed_on_the_third_call(self, iterator, steps):
+        calls.append(steps)
+        if len(calls) == 3:
+            raise _Killed
+        return original(self, iterator, steps)
+
+    monkeypatch.setattr(Trainer, "train_steps", killed_on_the_third_call)
+    workdir = tmp_path / "run"
+    with pytest.raises(_Killed):
+        train_and_evaluate(_text_config(tfrecords), workdir, export_dir="")
+    trained_steps = sum(calls[:2])
+    assert 0 < trained_steps < 8  # killed inside the first (and only) epoch
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert latest is not None, "nothing was saved before the kill"
+    saved_step = int(latest.rsplit("-", 1)[1])
+    assert 0 < saved_step <= trained_steps
+    # Progress inside the epoch: step, loss, rate and ETA, without waiting for the epoch end.
+    output = capsys.readouterr().out
+    assert "epoch 1/1 step 1/8" in output and "examples/s" in output and "ETA" in output
+
+    monkeypatch.setattr(Trainer, "train_steps", original)
+    finished = train_and_evaluate(_text_config(tfrecords), workdir, export_dir="")
+    assert finished["global_step"] == 8
+    assert [start["global_step"] for start in history(workdir)["starts"]] == [0, saved_step]
+
+
+def test_running_a_finished_run_again_does_nothing(finished_run, capsys):
+    from tf_shopee.training import main
+
+    workdir, arguments = finished_run
+    before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*") if path.is_file()}
+    export = workdir.parent / f"{workdir.name}-export"
+    export_before = (export / "saved_model.pb").stat().st_mtime_ns
+    main(arguments)
+    output = capsys.readouterr().out
+    assert "holds a complete run" in output and "--overwrite-workdir" in output
+    assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")
+            if path.is_file()} == before
+    assert (export / "saved_model.pb").stat().st_mtime_ns == export_before
+
+
+@pytest.mark.parametrize("problem", ["export_under_a_file", "workdir_under_a_file",
+                                     "export_of_another_run", "export_is_the_workdir"])
+def test_outputs_are_checked_before_training(finished_run, tfrecords, tmp_path, capsys, problem):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    workdir, export = tmp_path / "run", tmp_path / "export"
+    if problem == "export_under_a_file":
+        export, expected = blocker / "export", "cannot write"
+    elif problem == "workdir_under_a_file":
+        workdir, expected = blocker / "run", "cannot write"
+    elif problem == "export_of_another_run":
+        export, expected = finished_run[0].parent / f"{finished_run[0].name}-export", "another run"
+    else:
+        export, expected = workdir, "--workdir"
+    arguments = tiny_arguments(tfrecords, workdir, "image", "--strategy", "one_device",
+                               "--epochs", "1", "--set", "train.steps_per_epoch=2")
+    arguments[arguments.index("--export") + 1] = str(export)
+    error = run_main(arguments, capsys)
+    assert expected in error
+    assert not (workdir / "checkpoints").exists()  # refused before any training
+
+
+def test_a_damaged_shard_is_named_when_training(tfrecords, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tfrecords, data)
+    shard = sorted(data.glob("*.tfrec"))[0]
+    payload = bytearray(shard.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    shard.write_bytes(bytes(payload))
+    error = run_main(tiny_arguments(data, tmp_path / "run", "image", "--strategy", "one_device",
+                                    "--epochs", "1", "--set", "train.steps_per_epoch=4"), capsys)
+    assert shard.name in error and "sha256" in error

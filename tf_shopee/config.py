@@ -118,7 +118,13 @@ class TrainConfig:
     jit_compile: bool = False
     seed: int = 42
     validate: bool = True
-    checkpoint_every_steps: int = 0  # 0: at each epoch end only (BackupAndRestore saves mid-epoch)
+    checkpoint_every_steps: int = 0  # 0: off (epoch ends and checkpoint_every_minutes still save)
+    # Also save mid-epoch once this many minutes have passed since the last save, so a killed or
+    # preempted run loses minutes, not an epoch. 0: off.
+    checkpoint_every_minutes: float = 5.0
+    # A progress line (step, loss, examples/s, ETA) at most this often inside an epoch and while
+    # validating. 0: after every call of the train function.
+    log_every_seconds: float = 30.0
     # "Precise BatchNorm": at each epoch end, re-estimate the BatchNorm moving statistics from
     # this many un-augmented training batches before validating and saving. 0: off. Short runs
     # from random weights need it: with momentum 0.99 the moving statistics lag far behind the
@@ -181,6 +187,13 @@ class RunConfig:
             raise UserError("train.batch_size must be positive")
         if self.train.epochs < 0:
             raise UserError("train.epochs must be 0 (export the model as initialised) or more")
+        if self.train.checkpoint_every_steps < 0 or self.train.checkpoint_every_minutes < 0:
+            raise UserError(
+                "train.checkpoint_every_steps and train.checkpoint_every_minutes must be 0 (off) "
+                "or positive"
+            )
+        if self.train.log_every_seconds < 0:
+            raise UserError("train.log_every_seconds must be 0 (every call) or positive")
         if self.train.batch_norm_recalibration_batches < 0:
             raise UserError("train.batch_norm_recalibration_batches must be 0 (off) or positive")
         if self.data.image_size < 16:

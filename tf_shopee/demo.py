@@ -66,7 +66,8 @@ def _exported_with(export_dir: Path, config) -> bool:
     """Whether ``export_dir`` holds a finished export, trained with ``config`` when one is given.
 
     A demo folder left by an older version of the project (other epochs, another tiny recipe) is
-    retrained rather than silently reused.
+    retrained rather than silently reused. Paths are compared resolved: training records the
+    TFRecord folder as an absolute path, while the demo may be given a relative one.
     """
     if not (export_dir / "tf_shopee_export.json").is_file():
         return False
@@ -76,13 +77,24 @@ def _exported_with(export_dir: Path, config) -> bool:
     from tf_shopee.export import CONFIG_FILE
 
     try:
-        return RunConfig.load(export_dir / CONFIG_FILE).to_dict() == config.to_dict()
+        saved = RunConfig.load(export_dir / CONFIG_FILE)
     except UserError:  # missing, unreadable or from a version with other config keys
         return False
+    return _comparable(saved) == _comparable(config)
+
+
+def _comparable(config) -> dict:
+    payload = config.to_dict()
+    if payload["data"]["tfrecords"]:
+        payload["data"]["tfrecords"] = str(Path(payload["data"]["tfrecords"]).resolve())
+    return payload
 
 
 def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], seed: int) -> dict:
-    """Step 3: train and export each tiny model, plus its untrained twin; returns export folders."""
+    """Step 3: train and export each tiny model, plus its untrained twin; returns export folders.
+
+    A model already exported with the same settings (a second ``make demo``) is reused.
+    """
     from tf_shopee.config import RunConfig, tiny_overrides
     from tf_shopee.training import train_and_evaluate
 
@@ -209,6 +221,9 @@ def main(argv=None) -> dict:
         raise UserError("--postings must be at least 200: the demo holds out a fifth of them")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()
     return run_demo(arguments.workdir, postings=arguments.postings, seed=arguments.seed,
                     image_size=arguments.image_size, image_epochs=arguments.image_epochs,
                     text_epochs=arguments.text_epochs, fresh=arguments.fresh)

@@ -17,6 +17,20 @@ EXIT_USER_ERROR = 2
 F = TypeVar("F", bound=Callable)
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(logger, message: str, *args) -> bool:
+    """Log a warning the first time this process meets it (a model built three times in one
+    run, for training, the baseline and the export, warns once); return whether it was logged."""
+    text = message % args if args else message
+    if text in _WARNED:
+        return False
+    _WARNED.add(text)
+    logger.warning(text)
+    return True
+
+
 class UserError(Exception):
     """Bad input or configuration; the message is shown to the user as it is."""
 

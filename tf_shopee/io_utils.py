@@ -13,7 +13,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
+
+from tf_shopee.errors import UserError
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -94,3 +96,93 @@ def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
         for block in iter(lambda: stream.read(block_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def refuse_overwriting_inputs(
+    inputs: Mapping[str, str | os.PathLike | None],
+    outputs: Mapping[str, str | os.PathLike | None],
+    *,
+    replaced_folders: Mapping[str, str | os.PathLike | None] | None = None,
+) -> None:
+    """Refuse, before any work starts, a command whose outputs would overwrite its inputs.
+
+    Args:
+        inputs: option name (e.g. ``"--csv"``) → an input file or folder (None: not given).
+        outputs: option name → a file the job writes (None: not written).
+        replaced_folders: option name → a folder the job replaces as a whole (an export).
+
+    An output file may not be an input file, nor an existing file inside an input folder (an
+    image, a shard, a model file). A replaced folder may not be an input, nor hold an input or
+    another output. Two outputs may not be the same path. Paths are compared after resolving
+    symlinks.
+
+    Raises:
+        UserError: naming both options.
+    """
+    replaced_folders = replaced_folders or {}
+
+    def resolved(items):
+        return {name: os.path.realpath(path) for name, path in items.items() if path}
+
+    input_paths = resolved(inputs)
+    output_paths = resolved(outputs)
+    folder_paths = resolved(replaced_folders)
+    for name, path in {**output_paths, **folder_paths}.items():
+        is_file_output = name in output_paths
+        for input_name, input_path in input_paths.items():
+            if path == input_path:
+                raise UserError(
+                    f"{name} {path} is the {input_name} input: an output must never overwrite "
+                    "an input; choose another path"
+                )
+            if (
+                is_file_output
+                and os.path.isdir(input_path)
+                and _inside(path, input_path)
+                and os.path.exists(path)
+            ):
+                raise UserError(
+                    f"{name} {path} would overwrite a file inside the {input_name} folder "
+                    f"{input_path}; choose another path"
+                )
+    seen: dict[str, str] = {}
+    for name, path in output_paths.items():
+        if path in seen:
+            raise UserError(f"{seen[path]} and {name} are the same file {path}: give two paths")
+        seen[path] = name
+    for name, folder in folder_paths.items():
+        held = {**input_paths, **{key: value for key, value in output_paths.items()}}
+        for other_name, other in held.items():
+            if other_name != name and (other == folder or _inside(other, folder)):
+                raise UserError(
+                    f"{name} {folder} is replaced as a whole, but it holds {other_name} "
+                    f"{other}; choose another {name}"
+                )
+
+
+def relative_paths(payload, root: str | os.PathLike):
+    """``payload`` (JSON-ready data) with absolute paths under ``root`` or its parent folder
+    written relative to ``root``: ``/home/me/tf_shopee/x`` → ``x``, ``/home/me/shared/d`` →
+    ``../shared/d``, also inside longer strings such as recorded commands.
+
+    Results files keep no machine's folder layout, yet still say which data they came from.
+    """
+    root = os.path.realpath(root)
+    parent = os.path.dirname(root)
+
+    def convert(value):
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [convert(item) for item in value]
+        if isinstance(value, str):
+            if value == root:
+                return "."
+            return value.replace(root + os.sep, "").replace(parent + os.sep, ".." + os.sep)
+        return value
+
+    return convert(payload)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import logging
 import os
 import sys
@@ -31,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.io_utils import atomic_path, write_json_atomic
@@ -73,6 +71,7 @@ class PredictOptions:
     catalog: str = ""  # match against a catalogue index (tf_shopee.catalog) instead of each other
     search: str = "auto"  # with catalog: exact | ann | auto
     nprobe: int = 0  # with catalog and ann: cells probed per query (0: the default)
+    encoding: str | None = None  # of --csv; None detects it
 
 
 @dataclass
@@ -84,7 +83,12 @@ class Postings:
     image_phashes: list[str] | None = None
     label_groups: np.ndarray | None = None
     image_paths: list[str] | None = None  # from --images
+    image_names: list[str] | None = None  # the CSV's image column, for messages
     image_bytes: list[bytes] | None = None  # from --tfrecords
+    # Rows whose image cannot be used (missing, empty, truncated, not an image) → the reason.
+    # They get no image embedding; their other sources still match them.
+    bad_images: dict[int, str] = field(default_factory=dict)
+    encoding: object = None  # the CSV's CsvEncoding, when read from a CSV
 
     def __len__(self) -> int:
         return len(self.posting_ids)
@@ -100,8 +104,12 @@ class Postings:
             digest.update(posting_id.encode("utf-8") + b"\x00" + title.encode("utf-8") + b"\x01")
         if self.image_paths is not None:
             for path in self.image_paths:
-                stat = os.stat(path)
-                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\x02".encode("utf-8"))
+                try:
+                    stat = os.stat(path)
+                    identity = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+                except OSError:  # missing: the posting is left out of the image sources
+                    identity = f"{path}|missing"
+                digest.update(f"{identity}\x02".encode("utf-8"))
         if self.image_bytes is not None:
             for payload in self.image_bytes:
                 digest.update(hashlib.sha256(payload).digest())
@@ -113,111 +121,83 @@ class Postings:
 
 
 def read_postings(options: PredictOptions) -> Postings:
-    """Read postings from ``options.csv`` (+ ``options.images``) or ``options.tfrecords``."""
+    """Read postings from ``options.csv`` (+ ``options.images``) or ``options.tfrecords``.
+
+    The CSV is read by :func:`tf_shopee.data.postings_csv.read_csv_table`, the reader
+    ``convert_tfrecords.py`` uses, so both tools see the same ids, titles and labels.
+    """
     if options.tfrecords:
         postings = _read_tfrecord_postings(options.tfrecords, options.fold)
         if options.csv:
-            postings = _align_to_csv(postings, _read_csv(options.csv))
+            table = _read_csv(options)
+            postings = _align_to_csv(postings, table.posting_ids)
+            postings.encoding = table.encoding
         return postings
     if not options.csv:
         raise UserError("give --csv (with --images for image models) or --tfrecords")
     if options.fold is not None:
         raise UserError("--fold selects a fold of a TFRecord folder: use it with --tfrecords")
-    frame = _read_csv(options.csv)
-    titles = [_clean_title(title) for title in frame["title"]]
-    phashes = None
-    if "image_phash" in frame.columns:
-        phashes = ["" if pd.isna(value) else str(value) for value in frame["image_phash"]]
-    labels = _label_array(frame, options.csv)
-    image_paths = None
-    if options.images:
-        image_paths = _image_paths(frame, options.images, options.csv)
-    return Postings(
-        posting_ids=[str(value) for value in frame["posting_id"]],
-        titles=titles,
-        image_phashes=phashes,
-        label_groups=labels,
-        image_paths=image_paths,
+    table = _read_csv(options)
+    postings = Postings(
+        posting_ids=table.posting_ids,
+        titles=table.titles,
+        # None when no row has one (no column, or an empty one), as the catalogue code expects.
+        image_phashes=table.phashes if any(table.phashes) else None,
+        label_groups=None if table.label_groups is None
+        else np.asarray(table.label_groups, dtype=np.int64),
+        encoding=table.encoding,
     )
-
-
-def _read_csv(path: str) -> pd.DataFrame:
-    from tf_shopee.data.convert import read_csv_bytes
-
-    csv_path = Path(path)
-    raw = read_csv_bytes(csv_path)  # plain or zipped, as convert_tfrecords.py accepts
-    try:
-        frame = pd.read_csv(
-            io.BytesIO(raw),
-            dtype={"posting_id": str, "image": str, "title": str, "image_phash": str},
-            keep_default_na=True,
-            encoding="utf-8",
-            encoding_errors="replace",
+    if options.images:
+        postings.image_paths, postings.bad_images = _image_paths(
+            table, options.images, options.csv
         )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read CSV {csv_path}: {error}") from None
-    missing = [column for column in ("posting_id", "title") if column not in frame.columns]
-    if missing:
-        raise UserError(
-            f"CSV {csv_path} lacks required column(s) {', '.join(missing)} "
-            f"(has: {', '.join(map(str, frame.columns))})"
-        )
-    if frame.empty:
-        raise UserError(f"CSV {csv_path} has no rows")
-    duplicated = frame["posting_id"][frame["posting_id"].duplicated()]
-    if not duplicated.empty:
-        first = duplicated.iloc[0]
-        row = int(frame.index[frame["posting_id"] == first][1]) + 2  # +1 header, +1 one-based
-        raise UserError(
-            f"CSV {csv_path}: posting_id {first!r} appears more than once (again at line {row}); "
-            f"{duplicated.nunique()} duplicated id(s) in all"
-        )
-    return frame
+        postings.image_names = table.images
+    return postings
 
 
-def _clean_title(title) -> str:
-    if title is None or (isinstance(title, float) and np.isnan(title)):
-        return ""
-    return str(title)
+def _read_csv(options: PredictOptions):
+    from tf_shopee.data.postings_csv import read_csv_table
+
+    table = read_csv_table(options.csv, encoding=options.encoding)
+    notice = table.encoding.notice(options.csv)
+    if notice:
+        logger.warning(notice)
+    return table
 
 
-def _label_array(frame: pd.DataFrame, csv_path: str) -> np.ndarray | None:
-    if "label_group" not in frame.columns:
-        return None
-    labels = pd.to_numeric(frame["label_group"], errors="coerce")
-    if labels.isna().any():
-        row = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
-        raise UserError(f"CSV {csv_path}: label_group at line {row} is not an integer")
-    return labels.to_numpy(dtype=np.int64)
-
-
-def _image_paths(frame: pd.DataFrame, images_dir: str, csv_path: str) -> list[str]:
-    if "image" not in frame.columns:
+def _image_paths(table, images_dir: str, csv_path: str) -> tuple[list[str], dict[int, str]]:
+    """Each row's image path, and the rows whose image is missing or outside the folder (with
+    the reason); those are matched by their other sources. Every image missing is an error:
+    most likely the wrong folder."""
+    if table.images is None:
         raise UserError(f"--images was given but CSV {csv_path} has no 'image' column")
     root = Path(images_dir)
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}")
     root = root.resolve()
-    paths, missing = [], []
-    for line, name in enumerate(frame["image"], start=2):
-        name = "" if pd.isna(name) else str(name)
+    paths, bad = [], {}
+    for row, name in enumerate(table.images):
         path = (root / name).resolve()
-        if not name or root not in path.parents or not path.is_file():
-            missing.append(f"line {line}: {name or '<empty>'}")
+        if not name:
+            bad[row] = "no image named in the CSV"
+        elif root not in path.parents:
+            bad[row] = f"{name} is outside the image folder {root}"
+        elif not path.is_file():
+            bad[row] = f"{name} not found in {root}"
         paths.append(str(path))
-    if missing:
-        shown = "; ".join(missing[:10])
+    if len(bad) == len(paths):
+        shown = "; ".join(bad[row] for row in list(bad)[:3])
         raise UserError(
-            f"{len(missing)} image(s) listed in {csv_path} are missing or outside {root}: {shown}"
-            + (" ..." if len(missing) > 10 else "")
+            f"none of the {len(paths)} images listed in {csv_path} is in {root} ({shown} ...): "
+            "is --images the right folder?"
         )
-    return paths
+    return paths, bad
 
 
 def _read_tfrecord_postings(directory: str, fold: int | None) -> Postings:
     import tensorflow as tf
 
-    from tf_shopee.data.manifest import load_manifest, shard_paths
+    from tf_shopee.data.manifest import load_manifest, name_damaged_shards, shard_paths
     from tf_shopee.data.schema import MISSING_INTEGER, parse_postings
 
     manifest = load_manifest(directory)
@@ -230,12 +210,13 @@ def _read_tfrecord_postings(directory: str, fold: int | None) -> Postings:
     columns: dict[str, list] = {name: [] for name in
                                 ("posting_id", "title", "image_phash", "label_group", "image",
                                  "fold")}
-    for batch in dataset.as_numpy_iterator():
-        keep = np.ones(len(batch["posting_id"]), dtype=bool)
-        if fold is not None:
-            keep = batch["fold"] == fold
-        for name in columns:
-            columns[name].extend(batch[name][keep].tolist())
+    with name_damaged_shards(directory):
+        for batch in dataset.as_numpy_iterator():
+            keep = np.ones(len(batch["posting_id"]), dtype=bool)
+            if fold is not None:
+                keep = batch["fold"] == fold
+            for name in columns:
+                columns[name].extend(batch[name][keep].tolist())
     if not columns["posting_id"]:
         raise UserError(f"no postings selected from {directory}")
     has_images = bool(manifest.get("has_images"))
@@ -250,10 +231,9 @@ def _read_tfrecord_postings(directory: str, fold: int | None) -> Postings:
     )
 
 
-def _align_to_csv(postings: Postings, frame: pd.DataFrame) -> Postings:
+def _align_to_csv(postings: Postings, wanted: list[str]) -> Postings:
     """Keep the CSV's rows and order; every CSV posting must be in the TFRecords."""
     position = {posting_id: index for index, posting_id in enumerate(postings.posting_ids)}
-    wanted = [str(value) for value in frame["posting_id"]]
     absent = [posting_id for posting_id in wanted if posting_id not in position]
     if absent:
         raise UserError(
@@ -281,9 +261,12 @@ def _align_to_csv(postings: Postings, frame: pd.DataFrame) -> Postings:
 def embed_postings(model, postings: Postings, options: PredictOptions) -> np.ndarray:
     """Embed ``postings`` with one loaded export (:func:`tf_shopee.export.load_exported`).
 
-    Returns L2-normalised float32 embeddings, one row per posting. They are cached in
-    ``options.cache_dir`` under a key made of the model's identity and the data's, so running
-    predict again with other thresholds does not embed again.
+    Returns L2-normalised float32 embeddings, one row per posting. A posting whose image cannot
+    be used (missing, empty, truncated, not an image) gets a row of zeros from an image or
+    multimodal model and is added to ``postings.bad_images`` with the reason; the run goes on.
+    Embeddings are cached in ``options.cache_dir`` under a key made of the model's identity and
+    the data's, so running predict again with other thresholds does not embed again; a cache
+    file that cannot be read is reported and replaced.
     """
     kind = model.kind
     if kind in ("image", "multimodal") and not postings.has_images:
@@ -291,25 +274,63 @@ def embed_postings(model, postings: Postings, options: PredictOptions) -> np.nda
             f"model {model.directory} is a {kind} model: give --images DIR (with an 'image' column "
             "in the CSV) or --tfrecords DIR converted with images"
         )
+    uses_images = kind in ("image", "multimodal")
     cache_path = None
     if options.cache_dir:
         key = f"{_model_key(model.directory)}-{postings.data_key()}"
         cache_path = Path(options.cache_dir) / f"{kind}-{key}.npy"
-        if cache_path.is_file():
-            embeddings = np.load(cache_path)
-            if embeddings.shape == (len(postings), model.embedding_dim):
-                logger.info("%s: embeddings read from cache %s", kind, cache_path)
-                return embeddings
+        cached = _read_cache(cache_path, (len(postings), model.embedding_dim), uses_images)
+        if cached is not None:
+            embeddings, bad_images = cached
+            postings.bad_images.update(bad_images)
+            logger.info("%s: embeddings read from cache %s", kind, cache_path)
+            return embeddings
     started = time.perf_counter()
     embeddings = _embed_in_batches(model, kind, postings, options)
     seconds = time.perf_counter() - started
     logger.info("%s: embedded %d postings in %.1f s (%.1f/s)", kind, len(postings), seconds,
                 len(postings) / max(seconds, 1e-9))
     if cache_path is not None:
+        if uses_images:
+            # Written before the embeddings, which mark the entry complete.
+            write_json_atomic(_bad_images_path(cache_path),
+                              {str(row): reason for row, reason in postings.bad_images.items()})
         with atomic_path(cache_path) as temporary:
             with open(temporary, "wb") as stream:
                 np.save(stream, embeddings)
     return embeddings
+
+
+def _bad_images_path(cache_path: Path) -> Path:
+    return cache_path.with_name(cache_path.stem + ".bad_images.json")
+
+
+def _read_cache(cache_path: Path, shape: tuple[int, int], uses_images: bool):
+    """``(embeddings, bad images)`` from a cache entry, or None when there is none or it is
+    damaged (then a warning says so and the postings are embedded again)."""
+    if not cache_path.is_file():
+        return None
+    import json
+
+    try:
+        embeddings = np.load(cache_path, allow_pickle=False)
+        bad_images = {}
+        if uses_images:
+            payload = json.loads(_bad_images_path(cache_path).read_text(encoding="utf-8"))
+            bad_images = {int(row): str(reason) for row, reason in payload.items()}
+        problem = None
+        if embeddings.shape != shape or embeddings.dtype != np.float32:
+            problem = f"holds {embeddings.dtype} {embeddings.shape}, expected float32 {shape}"
+        elif not np.isfinite(embeddings).all():
+            problem = "holds NaN or infinity"
+        elif uses_images and set(np.flatnonzero(~embeddings.any(axis=1))) != set(bad_images):
+            problem = "does not agree with its list of unusable images"
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways
+        problem = f"cannot be read ({type(error).__name__}: {error})"
+    if problem is None:
+        return embeddings, bad_images
+    logger.warning("embedding cache %s %s: embedding again", cache_path, problem)
+    return None
 
 
 def _model_key(model_dir: str) -> str:
@@ -327,52 +348,83 @@ def _embed_in_batches(model, kind: str, postings: Postings, options: PredictOpti
     from tqdm import tqdm
 
     total = len(postings)
-    outputs = []
+    uses_images = kind in ("image", "multimodal")
+    uses_titles = kind in ("text", "multimodal")
+    embeddings = np.zeros((total, model.embedding_dim), np.float32)
     with tqdm(total=total, desc=f"embed {kind}", unit="posting",
               disable=not options.progress) as progress:
         for start in range(0, total, options.batch_size):
             stop = min(start + options.batch_size, total)
+            rows = list(range(start, stop))
             images = None
-            if kind in ("image", "multimodal"):
-                images = _image_batch(postings, start, stop)
-            titles = postings.titles[start:stop] if kind in ("text", "multimodal") else None
-            try:
-                outputs.append(model.embed(images=images, titles=titles,
-                                           batch_size=options.batch_size))
-            except UserError:
-                raise
-            except Exception as error:  # a corrupt image fails the whole batch: name it
-                culprit = _find_bad_image(model, postings, start, stop)
-                raise UserError(
-                    f"cannot embed posting {culprit or postings.posting_ids[start]}: {error}"
-                ) from None
+            if uses_images:
+                rows, images = _usable_images(postings, rows)
+            if rows:
+                titles = [postings.titles[row] for row in rows] if uses_titles else None
+                try:
+                    embeddings[rows] = model.embed(images=images, titles=titles,
+                                                   batch_size=options.batch_size)
+                except UserError:
+                    raise
+                except Exception as error:
+                    if not uses_images:
+                        raise UserError(
+                            f"cannot embed the titles of postings {postings.posting_ids[start]}"
+                            f"..{postings.posting_ids[stop - 1]}: {_first_line(error)}"
+                        ) from None
+                    # An image Pillow reads but TensorFlow's decoder does not: find it.
+                    for row, image in zip(rows, images):
+                        try:
+                            embeddings[row] = model.embed(
+                                images=[image],
+                                titles=[postings.titles[row]] if uses_titles else None,
+                            )[0]
+                        except Exception as row_error:  # noqa: BLE001
+                            postings.bad_images[row] = (
+                                f"{_image_name(postings, row)}: TensorFlow cannot decode it "
+                                f"({_first_line(row_error)})"
+                            )
             progress.update(stop - start)
-    return np.concatenate(outputs, axis=0).astype(np.float32)
+    return embeddings
 
 
-def _image_batch(postings: Postings, start: int, stop: int) -> list[bytes]:
-    if postings.image_bytes is not None:
-        return postings.image_bytes[start:stop]
-    batch = []
-    for path in postings.image_paths[start:stop]:
-        with open(path, "rb") as stream:
-            batch.append(stream.read())
-    return batch
+def _first_line(error: Exception) -> str:
+    text = (getattr(error, "message", None) or str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
-def _find_bad_image(model, postings: Postings, start: int, stop: int) -> str | None:
-    if not postings.has_images:
-        return None
-    for index in range(start, stop):
-        try:
-            model.embed(images=_image_batch(postings, index, index + 1),
-                        titles=postings.titles[index:index + 1] if model.kind == "multimodal"
-                        else None)
-        except Exception:
-            where = (postings.image_paths[index] if postings.image_paths is not None
-                     else "its TFRecord image")
-            return f"{postings.posting_ids[index]} (image {where})"
-    return None
+def _image_name(postings: Postings, row: int) -> str:
+    if postings.image_names is not None:
+        return postings.image_names[row]
+    return f"the TFRecord image of posting {postings.posting_ids[row]}"
+
+
+def _usable_images(postings: Postings, rows: list[int]) -> tuple[list[int], list[bytes]]:
+    """The rows among ``rows`` whose image decodes, and their bytes; the others are recorded in
+    ``postings.bad_images`` with the reason."""
+    from tf_shopee.data.convert import image_problem
+
+    usable, images = [], []
+    for row in rows:
+        if row in postings.bad_images:
+            continue
+        name = _image_name(postings, row)
+        if postings.image_bytes is not None:
+            data = postings.image_bytes[row]
+        else:
+            try:
+                with open(postings.image_paths[row], "rb") as stream:
+                    data = stream.read()
+            except OSError as error:
+                postings.bad_images[row] = f"cannot read {name}: {error.strerror}"
+                continue
+        problem = image_problem(data, name)
+        if problem is not None:
+            postings.bad_images[row] = problem
+            continue
+        usable.append(row)
+        images.append(data)
+    return usable, images
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,14 +433,18 @@ def _find_bad_image(model, postings: Postings, start: int, stop: int) -> str | N
 
 def write_submission(path: str, posting_ids: list[str], matches: list[np.ndarray]) -> None:
     """Write ``posting_id,matches`` (space-separated ids) atomically, so a half-written CSV never
-    sits under the final name."""
+    sits under the final name. Ids are written verbatim, quoted where CSV needs it (a comma or
+    a quote inside an id)."""
+    import csv
+
     ids = np.asarray(posting_ids, dtype=object)
-    lines = ["posting_id,matches\n"]
-    for row, match in enumerate(matches):
-        lines.append(f"{posting_ids[row]},{' '.join(ids[np.asarray(match, dtype=np.int64)])}\n")
     with atomic_path(path) as temporary:
         with open(temporary, "w", encoding="utf-8", newline="") as stream:
-            stream.writelines(lines)
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow(["posting_id", "matches"])
+            for row, match in enumerate(matches):
+                writer.writerow([posting_ids[row],
+                                 " ".join(ids[np.asarray(match, dtype=np.int64)])])
 
 
 def format_f1_table(
@@ -422,6 +478,9 @@ class Sources:
     neighbours: dict = field(default_factory=dict)
     embeddings: dict = field(default_factory=dict)
     model_thresholds: dict = field(default_factory=dict)  # from each export's validation
+    # Embedding sources that depend on photos: their neighbours leave out postings.bad_images.
+    image_based: set = field(default_factory=set)
+    bad_rows: tuple = ()
 
 
 def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
@@ -438,6 +497,8 @@ def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
             name = f"{model.kind}:{Path(model_dir).name}"
         sources.embeddings[name] = embed_postings(model, postings, options)
         kinds[name] = model.kind
+        if model.kind in ("image", "multimodal"):
+            sources.image_based.add(name)
         if model.threshold is not None:
             sources.model_thresholds[name] = float(model.threshold)
     image_sources = [name for name, kind in kinds.items() if kind == "image"]
@@ -446,10 +507,13 @@ def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
         sources.embeddings[CONCAT] = concat_embeddings(
             sources.embeddings[image_sources[0]], sources.embeddings[text_sources[0]]
         )
+        sources.image_based.add(CONCAT)
+    sources.bad_rows = tuple(sorted(postings.bad_images))
     for name, embeddings in sources.embeddings.items():
         started = time.perf_counter()
-        sources.neighbours[name] = top_k_neighbours(
-            embeddings, k=options.k, max_chunk_mb=options.max_chunk_mb
+        sources.neighbours[name] = _usable_neighbours(
+            sources, name, top_k_neighbours(embeddings, k=options.k,
+                                            max_chunk_mb=options.max_chunk_mb)
         )
         logger.info("%s: neighbours in %.1f s", name, time.perf_counter() - started)
     hashes = None
@@ -560,9 +624,16 @@ def blend_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) ->
             iterations=options.inb_iterations, max_chunk_mb=options.max_chunk_mb,
         )
         sources.embeddings[name] = blended
-        sources.neighbours[name] = top_k_neighbours(
-            blended, k=options.k, max_chunk_mb=options.max_chunk_mb
+        sources.neighbours[name] = _usable_neighbours(
+            sources, name, top_k_neighbours(blended, k=options.k, max_chunk_mb=options.max_chunk_mb)
         )
+
+
+def _usable_neighbours(sources: Sources, name: str, neighbours):
+    """Leave postings without a usable photo out of the sources built on photos."""
+    if name in sources.image_based and sources.bad_rows:
+        return neighbours.without_rows(sources.bad_rows)
+    return neighbours
 
 
 def match_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) -> dict:
@@ -623,7 +694,12 @@ def run_prediction(options: PredictOptions) -> dict:
         raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
     if not 1 <= options.max_matches <= options.k:
         raise UserError(f"--max-matches must be between 1 and k={options.k}")
+    check_outputs(options)
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()  # its start-up lines once, not twice
     postings = read_postings(options)
+    check_outputs(options, postings)
     needs_labels = options.evaluate or options.search_thresholds
     if needs_labels and postings.label_groups is None:
         raise UserError(
@@ -644,6 +720,7 @@ def run_prediction(options: PredictOptions) -> dict:
     blend_sources(sources, plan, options)
     matches = match_sources(sources, plan, options)
     write_submission(options.out, postings.posting_ids, matches[COMBINED])
+    bad_images = _report_bad_images(postings, sources)
     report = {
         "rows": len(postings),
         "sources": list(sources.neighbours),
@@ -653,7 +730,10 @@ def run_prediction(options: PredictOptions) -> dict:
         "inb_iterations": options.inb_iterations,
         "models": list(options.models),
         "submission": str(options.out),
+        "bad_images": bad_images,
     }
+    if postings.encoding is not None:
+        report["csv_encoding"] = postings.encoding.to_json()
     if options.evaluate:
         report["f1"] = {name: float(mean_f1_from_matches(match_lists, postings.label_groups))
                         for name, match_lists in matches.items()}
@@ -664,6 +744,66 @@ def run_prediction(options: PredictOptions) -> dict:
     if options.report:
         write_json_atomic(options.report, report)
     return report
+
+
+def _output_paths(options: PredictOptions) -> dict[str, Path | str]:
+    outputs = {"--out": options.out, "--report": options.report}
+    if options.search_thresholds:
+        search = Path(options.search_thresholds)
+        outputs.update({"--search-thresholds thresholds.json": search / "thresholds.json",
+                        "--search-thresholds thresholds.png": search / "thresholds.png"})
+    return outputs
+
+
+def check_outputs(options: PredictOptions, postings: Postings | None = None) -> None:
+    """Refuse outputs that would overwrite an input (the CSV, a TFRecord folder's file, a model,
+    the thresholds file, one of the photos) or each other, before any work starts.
+
+    Called twice: before reading (``postings`` None), and with the postings read, to compare
+    the outputs with the photo files the CSV names (an image folder may also hold other files,
+    such as the submission itself when it is the working folder).
+    """
+    from tf_shopee.io_utils import refuse_overwriting_inputs
+
+    if postings is None:
+        inputs = {"--csv": options.csv, "--tfrecords": options.tfrecords,
+                  "--thresholds": options.thresholds_file}
+        inputs.update({f"--model {model}": model for model in options.models})
+        refuse_overwriting_inputs(inputs, _output_paths(options))
+        return
+    if postings.image_paths is None:
+        return
+    photos = {os.path.realpath(path): row for row, path in enumerate(postings.image_paths)}
+    for name, path in _output_paths(options).items():
+        row = photos.get(os.path.realpath(path)) if path else None
+        if row is not None:
+            raise UserError(
+                f"{name} {path} is the photo of posting {postings.posting_ids[row]} (an input): "
+                "an output must never overwrite an input; choose another path"
+            )
+
+
+def _report_bad_images(postings: Postings, sources: Sources) -> list[dict]:
+    """Warn about postings whose photo could not be used; the report's list of them."""
+    if not postings.bad_images:
+        return []
+    listed = [
+        {"posting_id": postings.posting_ids[row],
+         "image": postings.image_names[row] if postings.image_names is not None else None,
+         "reason": reason}
+        for row, reason in sorted(postings.bad_images.items())
+    ]
+    used_by = sorted(sources.image_based) or ["no source (no image model was given)"]
+    shown = "\n".join(f"  {item['posting_id']}: {item['reason']}" for item in listed[:10])
+    more = ""
+    if len(listed) > 10:
+        more = f"\n  ... and {len(listed) - 10} more (all in the --report JSON)"
+    logger.warning(
+        "%d posting(s) have an image that cannot be used; %s leave them out and their other "
+        "sources (titles, image_phash) match them:\n%s%s",
+        len(listed), ", ".join(used_by), shown, more,
+    )
+    return listed
 
 
 def _parse_threshold_overrides(values: list[str]) -> dict[str, float]:
@@ -760,7 +900,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
                         help="postings per model call (default 64)")
     output.add_argument("--cache-dir", default="", metavar="DIR",
                         help="embedding cache (default: .embedding_cache beside --out)")
-    output.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    data.add_argument("--encoding", default=None, metavar="NAME",
+                      help="the CSV's text encoding, e.g. cp1252 (default: detected, as "
+                      "convert_tfrecords.py does; the decision is printed and reported)")
+    output.add_argument("--quiet", action="store_true",
+                        help="no progress bars or log lines (warnings stay)")
     return parser
 
 
@@ -797,6 +941,7 @@ def main(argv=None) -> dict:
         catalog=arguments.catalog,
         search=arguments.search,
         nprobe=arguments.nprobe,
+        encoding=arguments.encoding,
     )
     report = run_prediction(options)
     print(f"wrote {report['rows']} rows to {options.out}")

@@ -298,7 +298,8 @@ def _bad_csv_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     ragged.write_text("posting_id,title\na,x\nb,y,extra,fields\n", encoding="utf-8")
     cases["not_csv"] = (ragged, "row 1 (line 3) has 4 fields but the header has 2")
     bad_id = tmp_path / "bad_id.csv"
-    bad_id.write_bytes(b"posting_id,title\nok,x\nbad\xff\xfe,y\n")
+    # UTF-8 (the é of row 0) with damaged bytes in an id: not a legacy code page, not decodable.
+    bad_id.write_bytes(b"posting_id,title\nok,caf\xc3\xa9\nbad\xff\xfe,y\n")
     cases["invalid_utf8_id"] = (bad_id, "row 1 column posting_id is not valid UTF-8")
     cases["duplicate_id"] = (
         write_csv(tmp_path / "dup.csv", good_rows + [dict(good_rows[0], title="z")]),

@@ -696,7 +696,11 @@ def test_cache_gives_the_same_postings(image_dir):
     assert len(first["posting_id"]) == 30
 
 
-REAL_IMAGES = "/work/shared/data/shopee/train_images_sample"
+# ../shared beside the repository root (DESIGN: never an absolute path in committed code).
+REAL_IMAGES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "..", "shared", "data", "shopee", "train_images_sample",
+)
 
 
 @pytest.mark.real_data

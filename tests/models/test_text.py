@@ -309,12 +309,16 @@ def test_trainable_head_freezes_the_encoder(preprocessor):
     assert trainable == {"text_embedding", "text_batch_norm"}
 
 
-def test_scratch_tower_warns_about_random_weights(preprocessor, caplog):
-    with caplog.at_level("WARNING", logger="tf_shopee.models.text"):
-        text.build_text_tower(
-            tiny_config(), embedding_dim=8, vocabulary_size=preprocessor.vocabulary_size
-        )
-    assert "RANDOM weights" in caplog.text
+def test_scratch_tower_warns_about_random_weights_once(preprocessor, caplog, monkeypatch):
+    import tf_shopee.errors
+
+    monkeypatch.setattr(tf_shopee.errors, "_WARNED", set())  # what earlier tests warned
+    for _ in range(2):  # a run builds its model for training, the baseline and the export
+        with caplog.at_level("WARNING", logger="tf_shopee.models.text"):
+            text.build_text_tower(
+                tiny_config(), embedding_dim=8, vocabulary_size=preprocessor.vocabulary_size
+            )
+    assert caplog.text.count("RANDOM weights") == 1
 
 
 def test_bad_tower_options_are_user_errors(preprocessor):

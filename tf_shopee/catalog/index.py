@@ -425,6 +425,13 @@ def _embed(models: list, names: list[str], postings, options: BuildOptions) -> d
     parts = concat_parts(models, names) if options.use_concat else None
     if parts:
         embeddings[CONCAT] = concat_embeddings(*(embeddings[name] for name in parts))
+    if postings.bad_images and any(model.kind != "text" for model in models):
+        # Their image embeddings are zeros: no query reaches them through a photo source.
+        shown = "\n".join(f"  {postings.posting_ids[row]}: {reason}"
+                          for row, reason in sorted(postings.bad_images.items())[:10])
+        logger.warning("%d catalogue posting(s) have a photo that cannot be used; they are "
+                       "found by their titles and phash only:\n%s%s", len(postings.bad_images),
+                       shown, "\n  ..." if len(postings.bad_images) > 10 else "")
     return embeddings
 
 

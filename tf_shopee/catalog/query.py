@@ -135,6 +135,10 @@ class CatalogMatcher:
             started = time.perf_counter()
             searcher = self.searchers[name]
             neighbours[name] = searcher.search(query_embeddings, k=self.options.k)
+            if name in self._image_sources() and postings.bad_images:
+                # A query whose photo is unusable has a zero embedding: it matches by its
+                # title and phash only (predict lists it as a bad image).
+                neighbours[name] = neighbours[name].without_queries(postings.bad_images)
             search[name] = searcher.mode
             logger.info("%s: %s search of %d queries in %d rows took %.2f s", name,
                         searcher.mode, len(postings), searcher.num_rows,
@@ -161,6 +165,12 @@ class CatalogMatcher:
         )
         return self.match(postings, embeddings={name: matrix[rows] for name, matrix
                                                 in index.embeddings.items()})
+
+    def _image_sources(self) -> set[str]:
+        """The embedding sources that depend on the photo."""
+        names = {entry["source"] for entry, model in zip(self.index.models, self.models)
+                 if model.kind in IMAGE_KINDS}
+        return names | {CONCAT} if names else names
 
     def _embed(self, postings, *, has_titles: bool, has_images: bool) -> dict[str, np.ndarray]:
         from tf_shopee.matching import concat_embeddings

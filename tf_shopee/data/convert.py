@@ -35,8 +35,10 @@ Decisions worth knowing:
 * A missing ``image_phash`` (no column, or an empty cell) is computed with ``imagehash.phash`` on
   the full-size decoded photo when there is one: on the 30 real sample photos that reproduces
   Kaggle's image_phash exactly for 29 and within 2 bits for the last.
-* Invalid UTF-8 inside a title is replaced (U+FFFD) and counted; invalid UTF-8 in the header or in
-  any other column, a UTF-16 file or a binary file means the file is not a UTF-8 CSV: an error.
+* The CSV is read by :mod:`tf_shopee.data.postings_csv`, the reader ``predict.py`` uses too: the
+  encoding is detected (UTF-8, or a cp1252 / latin-1 file decoded as such) or taken from
+  ``--encoding``; what was decided is printed (also with ``--quiet``) and recorded in the
+  manifest's ``encoding``.
 """
 
 from __future__ import annotations
@@ -49,14 +51,17 @@ import io
 import json
 import math
 import os
-import re
 import stat
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tf_shopee.data.manifest import LABEL_MAP_NAME, MANIFEST_NAME, REJECTS_NAME
+from tf_shopee.data.postings_csv import (  # noqa: F401  (read_csv_bytes: public here too)
+    CsvTable,
+    read_csv_bytes,
+    read_csv_table,
+)
 from tf_shopee.data.schema import (
     MISSING_INTEGER,
     SCHEMA_VERSION,
@@ -66,7 +71,13 @@ from tf_shopee.data.schema import (
     shard_name,
 )
 from tf_shopee.errors import UserError, exit_on_user_error
-from tf_shopee.io_utils import TEMPORARY_SUFFIX, atomic_path, sha256_file, write_json_atomic
+from tf_shopee.io_utils import (
+    TEMPORARY_SUFFIX,
+    atomic_path,
+    refuse_overwriting_inputs,
+    sha256_file,
+    write_json_atomic,
+)
 
 DEFAULT_FOLDS = 5
 # About 100-200 MB per shard at the default --max-side: the size TensorFlow's guides recommend
@@ -83,185 +94,6 @@ DEFAULT_MAX_REJECT_FRACTION = 0.01
 DEFAULT_SHUFFLE_SEED = 0
 
 PROGRESS_NAME = ".convert_progress.json"
-REQUIRED_COLUMNS = ("posting_id", "title")
-PHASH_PATTERN = re.compile(r"^[0-9a-fA-F]{16}$")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the CSV
-
-
-@dataclass
-class CsvTable:
-    """The validated columns of a posting CSV (one entry per data row, in file order).
-
-    ``images`` is None when the CSV has no ``image`` column, ``phashes`` entries are "" when
-    absent, ``label_groups`` is None when the CSV has no ``label_group`` column.
-    """
-
-    posting_ids: list[str]
-    titles: list[str]
-    images: list[str] | None
-    phashes: list[str]
-    label_groups: list[int] | None
-    empty_titles: int = 0
-    invalid_utf8_titles: int = 0
-
-    def __len__(self) -> int:
-        return len(self.posting_ids)
-
-
-def _has_invalid_utf8(text: str) -> bool:
-    # Undecodable bytes survive "surrogateescape" decoding as lone surrogates U+DC80..U+DCFF.
-    return any("\udc80" <= character <= "\udcff" for character in text)
-
-
-def read_csv_bytes(csv_path: str | os.PathLike) -> bytes:
-    """The bytes of a CSV file, or of the one CSV inside a .zip (Kaggle ships train.csv zipped).
-
-    Raises:
-        UserError: missing file, a directory, an unreadable file or a zip without exactly one file.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.exists():
-        raise UserError(f"CSV file not found: {csv_path}")
-    if not csv_path.is_file():
-        raise UserError(f"--csv {csv_path} is not a file")
-    try:
-        if zipfile.is_zipfile(csv_path):
-            with zipfile.ZipFile(csv_path) as archive:
-                members = [
-                    name
-                    for name in archive.namelist()
-                    if not name.endswith("/") and not name.startswith("__MACOSX/")
-                ]
-                if len(members) != 1:
-                    raise UserError(
-                        f"{csv_path} is a zip archive with {len(members)} files; "
-                        "it must hold exactly one CSV"
-                    )
-                return archive.read(members[0])
-        return csv_path.read_bytes()
-    except (OSError, zipfile.BadZipFile) as error:
-        raise UserError(f"cannot read CSV file {csv_path}: {error}") from None
-
-
-def read_csv_table(csv_path: str | os.PathLike) -> CsvTable:
-    """Read and validate a posting CSV (plain or a zip holding one CSV).
-
-    Required columns: posting_id, title. Optional: image, image_phash, label_group.
-
-    Raises:
-        UserError: missing or unreadable file, not UTF-8 text, malformed CSV, missing required
-            column, empty or duplicate posting_id, non-integer label_group, malformed image_phash
-            (each message names the file, row and column).
-    """
-    csv_path = Path(csv_path)
-    raw = read_csv_bytes(csv_path)
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UserError(f"{csv_path} is UTF-16 encoded; save it as UTF-8")
-    if b"\x00" in raw:
-        raise UserError(f"{csv_path} contains NUL bytes: it is not a UTF-8 CSV file")
-    if raw.startswith(b"\xef\xbb\xbf"):  # the UTF-8 byte-order mark spreadsheets write
-        raw = raw[3:]
-    text = raw.decode("utf-8", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if header is None or not any(name.strip() for name in header):
-            raise UserError(f"{csv_path} is empty: expected a header row with posting_id,title,...")
-        header = [name.strip() for name in header]
-        if any(_has_invalid_utf8(name) for name in header):
-            raise UserError(f"{csv_path}: the header row is not valid UTF-8: not a UTF-8 CSV")
-        duplicated = sorted({name for name in header if header.count(name) > 1})
-        if duplicated:
-            raise UserError(f"{csv_path}: duplicate column(s) {', '.join(duplicated)}")
-        missing = [name for name in REQUIRED_COLUMNS if name not in header]
-        if missing:
-            raise UserError(
-                f"{csv_path} is missing required column(s) {', '.join(missing)} "
-                f"(found: {', '.join(header)})"
-            )
-        records = []
-        for record in reader:
-            if not record:  # csv yields [] for blank lines
-                continue
-            if len(record) != len(header):
-                raise UserError(
-                    f"{csv_path}: row {len(records)} (line {reader.line_num}) has "
-                    f"{len(record)} fields but the header has {len(header)}: not a valid CSV"
-                )
-            records.append(record)
-    except csv.Error as error:
-        raise UserError(
-            f"{csv_path}: not a valid CSV near line {reader.line_num}: {error}"
-        ) from None
-    if not records:
-        raise UserError(f"{csv_path} has a header but no rows")
-
-    column = {name: index for index, name in enumerate(header)}
-    table = CsvTable(
-        posting_ids=[],
-        titles=[],
-        images=[] if "image" in column else None,
-        phashes=[],
-        label_groups=[] if "label_group" in column else None,
-    )
-
-    def strict_field(row: int, record: list[str], name: str) -> str:
-        value = record[column[name]].strip()
-        if _has_invalid_utf8(value):
-            raise UserError(
-                f"{csv_path}: row {row} column {name} is not valid UTF-8: not a UTF-8 CSV"
-            )
-        return value
-
-    first_row_of_id: dict[str, int] = {}
-    for row, record in enumerate(records):
-        posting_id = strict_field(row, record, "posting_id")
-        if not posting_id:
-            raise UserError(f"{csv_path}: row {row} has an empty posting_id")
-        if posting_id in first_row_of_id:
-            raise UserError(
-                f"{csv_path}: duplicate posting_id {posting_id!r} in rows "
-                f"{first_row_of_id[posting_id]} and {row}"
-            )
-        first_row_of_id[posting_id] = row
-        table.posting_ids.append(posting_id)
-
-        title = record[column["title"]].strip()
-        if _has_invalid_utf8(title):
-            table.invalid_utf8_titles += 1
-            title = title.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        if not title:
-            table.empty_titles += 1
-        table.titles.append(title)
-
-        if table.images is not None:
-            table.images.append(strict_field(row, record, "image"))
-
-        phash = strict_field(row, record, "image_phash") if "image_phash" in column else ""
-        if phash and not PHASH_PATTERN.match(phash):
-            raise UserError(
-                f"{csv_path}: row {row} (posting_id {posting_id!r}) has image_phash {phash!r}; "
-                "expected 16 hexadecimal digits or an empty cell"
-            )
-        table.phashes.append(phash.lower())
-
-        if table.label_groups is not None:
-            value = strict_field(row, record, "label_group")
-            try:
-                label_group = int(value)
-            except ValueError:
-                raise UserError(
-                    f"{csv_path}: row {row} (posting_id {posting_id!r}) has label_group "
-                    f"{value!r}, which is not an integer"
-                ) from None
-            if not INT64_MIN <= label_group <= INT64_MAX:
-                raise UserError(f"{csv_path}: row {row} label_group {value} does not fit int64")
-            table.label_groups.append(label_group)
-    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +159,58 @@ def _resolve_image_path(image_name: str, images_root: str) -> str:
     return real_path
 
 
-def _load_image(image_name: str, options: ImageOptions, need_phash: bool) -> ImageResult:
+def _open_image(data: bytes, image_name: str, max_pixels: int):
+    """A lazily decoded Pillow image of ``data``, its header checked; raises _Rejected."""
     from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise _Rejected(f"{image_name} is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise _Rejected(f"{image_name} is not an image in a format Pillow reads") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _Rejected(f"corrupt image {image_name}: {error}") from None
+    width, height = image.size
+    # Checked from the header, before any pixel is decoded (decompression bombs).
+    if width * height > max_pixels:
+        image.close()
+        raise _Rejected(
+            f"image {image_name} is {width}x{height} = {width * height} pixels, over the "
+            f"--max-pixels limit {max_pixels} (decompression bomb?)"
+        )
+    if width < 1 or height < 1:
+        image.close()
+        raise _Rejected(f"image {image_name} has size {width}x{height}")
+    return image
+
+
+def image_problem(
+    data: bytes, image_name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> str | None:
+    """Why ``data`` cannot serve as a posting's photo, or None when it decodes completely.
+
+    The check convert_tfrecords.py applies to every image, for callers that embed photos
+    straight from files (predict.py --images). JPEGs are decoded at 1/8 scale: every byte is
+    still read, so a truncated file is caught, at a fraction of the cost.
+    """
+    try:
+        image = _open_image(data, image_name, max_pixels)
+        with image:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
+            image.load()
+    except _Rejected as rejected:
+        return str(rejected)
+    except MemoryError:
+        return f"image {image_name} does not fit in memory"
+    except Exception as error:  # noqa: BLE001 - any decoder failure means a bad image
+        return f"corrupt image {image_name}: {type(error).__name__}: {error}"
+    return None
+
+
+def _load_image(image_name: str, options: ImageOptions, need_phash: bool) -> ImageResult:
+    from PIL import Image
 
     real_path = _resolve_image_path(image_name, options.images_root)
     try:
@@ -345,22 +227,9 @@ def _load_image(image_name: str, options: ImageOptions, need_phash: bool) -> Ima
     except OSError as error:
         raise _Rejected(f"unreadable image file {image_name}: {error.strerror}") from None
 
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise _Rejected(f"{image_name} is not an image in a format Pillow reads") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise _Rejected(f"corrupt image {image_name}: {error}") from None
+    image = _open_image(data, image_name, options.max_pixels)
     with image:
         width, height = image.size
-        # Checked from the header, before any pixel is decoded (decompression bombs).
-        if width * height > options.max_pixels:
-            raise _Rejected(
-                f"image {image_name} is {width}x{height} = {width * height} pixels, over the "
-                f"--max-pixels limit {options.max_pixels} (decompression bomb?)"
-            )
-        if width < 1 or height < 1:
-            raise _Rejected(f"image {image_name} has size {width}x{height}")
         image_format = image.format
         longest_side = max(width, height)
         target_size = None
@@ -712,6 +581,7 @@ def convert_csv(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    encoding: str | None = None,
 ) -> dict:
     """Convert a posting CSV (and its image folder) into a TFRecord folder; return the manifest.
 
@@ -731,7 +601,8 @@ def convert_csv(
         workers: image processes (default: the CPU cores this process may use). More than one
             starts "spawn" processes, so a calling script needs the usual
             ``if __name__ == "__main__":`` guard.
-        progress: show a progress bar and status lines on stderr.
+        progress: show a progress bar and status lines on stderr (warnings are printed anyway).
+        encoding: the CSV's encoding; None detects it (:mod:`tf_shopee.data.postings_csv`).
 
     Returns:
         The manifest dict, also written to ``out_dir/manifest.json``.
@@ -761,15 +632,24 @@ def convert_csv(
         if not images_dir.is_dir():
             raise UserError(f"--images {images_dir} is not a folder")
 
-    table = read_csv_table(csv_path)
+    table = read_csv_table(csv_path, encoding=encoding)
+    written_names = [MANIFEST_NAME, LABEL_MAP_NAME, REJECTS_NAME, PROGRESS_NAME]
+    refuse_overwriting_inputs(
+        {"--csv": csv_path},
+        {f"--out {name}": out_dir / name for name in written_names},
+    )
+    if csv_path.name.endswith(SHARD_SUFFIX) and csv_path.parent == out_dir:
+        raise UserError(f"--csv {csv_path} is named like a shard of --out {out_dir}")
     rows = len(table)
     if images_dir is not None and table.images is None:
         say("the CSV has no image column: converting text-only (ignoring --images)")
     has_images = images_dir is not None and table.images is not None
     has_labels = table.label_groups is not None
     split = "train" if has_labels else "test"
-    if table.invalid_utf8_titles:
-        say(f"{table.invalid_utf8_titles} titles had invalid UTF-8; replaced with U+FFFD")
+    notice = table.encoding.notice(csv_path)
+    if notice:
+        # A change to the text itself: shown even with --quiet.
+        print(f"convert: warning: {notice}", file=sys.stderr, flush=True)
 
     label_map = build_label_map(table.label_groups) if has_labels else {}
     fold_of_row = (
@@ -801,6 +681,10 @@ def convert_csv(
         "split": split,
         **output_options,
     }
+    if table.encoding.name != "utf-8":
+        # The titles in the shards depend on it. Only recorded when it is not UTF-8, so a
+        # conversion made before encodings were detected still resumes.
+        fingerprint["encoding"] = table.encoding.name
 
     with _output_errors(out_dir):
         kept, existing_manifest = _prepare_output(
@@ -848,7 +732,9 @@ def convert_csv(
         )
 
         # Imported before the progress bar starts, so TensorFlow's start-up does not skew its rate.
-        import tensorflow  # noqa: F401
+        from tf_shopee import import_tensorflow
+
+        import_tensorflow()
         from tqdm import tqdm
 
         progress_bar = tqdm(
@@ -891,6 +777,7 @@ def convert_csv(
         else:
             (out_dir / LABEL_MAP_NAME).unlink(missing_ok=True)
         manifest = _build_manifest(
+            out_dir=out_dir,
             table=table,
             records=[records[name] for name in shard_names],
             rejects=rejects,
@@ -913,6 +800,7 @@ def convert_csv(
 
 def _build_manifest(
     *,
+    out_dir: Path,
     table: CsvTable,
     records: list[_ShardRecord],
     rejects: list[tuple[int, str]],
@@ -959,8 +847,14 @@ def _build_manifest(
             "reencoded_images": sum(record.reencoded_images for record in records),
             "computed_phashes": sum(record.computed_phashes for record in records),
         },
+        "encoding": table.encoding.to_json(),
         "shards": [
-            {"file": record.file, "sha256": record.sha256, "examples": record.examples}
+            {
+                "file": record.file,
+                "sha256": record.sha256,
+                "examples": record.examples,
+                "bytes": (out_dir / record.file).stat().st_size,
+            }
             for record in records
         ],
         "options": options,
@@ -1125,7 +1019,17 @@ def build_argument_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="image worker processes (default: the CPU cores this process may use)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    parser.add_argument(
+        "--encoding",
+        default=None,
+        metavar="NAME",
+        help="the CSV's text encoding, e.g. utf-8, cp1252, latin-1 (default: detected; a "
+        "file that is not UTF-8 is read as cp1252, or latin-1, and the decision is printed and "
+        "recorded in manifest.json)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or status lines (warnings stay)"
+    )
     return parser
 
 
@@ -1147,6 +1051,7 @@ def main(argv: list[str] | None = None) -> dict:
         overwrite=arguments.overwrite,
         workers=arguments.workers,
         progress=not arguments.quiet,
+        encoding=arguments.encoding,
     )
 
 

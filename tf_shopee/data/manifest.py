@@ -9,8 +9,10 @@ with one clear message instead of failing somewhere inside TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from tf_shopee.data.schema import SCHEMA_VERSION
@@ -69,9 +71,51 @@ def load_manifest(directory: str | os.PathLike, *, verify_checksums: bool = Fals
         shard_path = directory / shard["file"]
         if not shard_path.is_file():
             raise UserError(f"{manifest_path} lists {shard['file']}, which is missing")
+        # Free to check (a stat), and it catches a truncated copy before any record is read.
+        recorded_bytes = shard.get("bytes")
+        if recorded_bytes is not None and shard_path.stat().st_size != recorded_bytes:
+            raise UserError(
+                f"{shard_path} has {shard_path.stat().st_size} bytes but {manifest_path} records "
+                f"{recorded_bytes}: the shard is damaged (a truncated copy?); copy it again or "
+                "convert the CSV again with --overwrite"
+            )
         if verify_checksums and sha256_file(shard_path) != shard.get("sha256"):
             raise UserError(f"{shard_path} does not match the sha256 in {manifest_path}")
     return manifest
+
+
+def damaged_shards(directory: str | os.PathLike) -> list[str]:
+    """The shards of a converted folder whose sha256 differs from the manifest's (reads them)."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    return [
+        shard["file"]
+        for shard in manifest["shards"]
+        if sha256_file(directory / shard["file"]) != shard.get("sha256")
+    ]
+
+
+@contextlib.contextmanager
+def name_damaged_shards(directory: str | os.PathLike):
+    """Turn TensorFlow's ``DataLossError`` (a corrupt or truncated record) met while reading
+    ``directory`` into a :class:`UserError` that names the shards failing their checksum."""
+    try:
+        yield
+    except Exception as error:
+        tensorflow = sys.modules.get("tensorflow")
+        if tensorflow is None or not isinstance(error, tensorflow.errors.DataLossError):
+            raise
+        message = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+        damaged = damaged_shards(directory)
+        which = (
+            f"shard(s) failing the sha256 recorded in {MANIFEST_NAME}: {', '.join(damaged)}"
+            if damaged
+            else f"every shard still matches its sha256 in {MANIFEST_NAME}"
+        )
+        raise UserError(
+            f"cannot read the TFRecords in {directory} ({message}); {which}. Copy the folder "
+            "again, or convert the CSV again with --overwrite"
+        ) from None
 
 
 def shard_paths(directory: str | os.PathLike) -> list[str]:

@@ -22,13 +22,12 @@ import dataclasses
 import logging
 import os
 import re
-import sys
 
 import keras
 from keras import ops
 
 from tf_shopee.config import ImageModelConfig
-from tf_shopee.errors import UserError
+from tf_shopee.errors import UserError, warn_once
 from tf_shopee.models.efficientnet_lite import (
     LITE_VARIANTS,
     build_efficientnet_lite,
@@ -633,6 +632,8 @@ def _warn_random_weights(backbone_name: str) -> None:
         "fine for smoke tests, not for real training. Use --weights imagenet or "
         "--weights PATH/TO/backbone.weights.h5."
     )
-    logger.warning(message)
     banner = "!" * 78
-    print(f"\n{banner}\n!! WARNING: {message}\n{banner}\n", file=sys.stderr)
+    # One record, the banner inside it: printed once where logging goes (a second print of the
+    # same words made every command show it twice), and once per process (warn_once): a run
+    # builds the tower again for its baseline and its export.
+    warn_once(logger, f"\n{banner}\n!! {message}\n{banner}")

@@ -47,7 +47,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tf_shopee.config import TextModelConfig
-from tf_shopee.errors import UserError
+from tf_shopee.errors import UserError, warn_once
 from tf_shopee.io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -772,8 +772,9 @@ def _build_scratch_encoder(config: TextModelConfig, vocabulary_size: int | None)
             f"model.text.hidden_dim ({config.hidden_dim}) must be a multiple of "
             f"model.text.num_heads ({config.num_heads})"
         )
-    logger.warning(
-        "WARNING: the text encoder starts from RANDOM weights (model.text.backbone=scratch, a "
+    warn_once(
+        logger,
+        "the text encoder starts from RANDOM weights (model.text.backbone=scratch, a "
         "%d-layer BERT, hidden %d, vocabulary %d). That is expected offline and for tests; for "
         "real results start from a pretrained encoder: a keras-hub preset such as "
         "bert_base_multi or xlm_roberta_base_multi (needs network), or a local directory such "

@@ -45,3 +45,35 @@ class Neighbours:
     def k(self) -> int:
         """Number of neighbour slots per row."""
         return self.indices.shape[1]
+
+    def without_queries(self, rows) -> "Neighbours":
+        """These lists with the lists of query ``rows`` emptied (query-vs-catalogue neighbours
+        of queries a source has no real data for, such as an unusable photo)."""
+        rows = np.asarray(sorted(rows), dtype=np.int64)
+        if rows.size == 0:
+            return self
+        indices, scores = self.indices.copy(), self.scores.copy()
+        indices[rows], scores[rows] = -1, -np.inf
+        return Neighbours(indices, scores)
+
+    def without_rows(self, rows) -> "Neighbours":
+        """These self-matching lists with ``rows`` left out of the source: their own lists are
+        empty (a posting still matches itself) and no other list holds them.
+
+        For postings a source has no real data for, such as an image model and a posting whose
+        photo is unusable: they are matched by the other sources only.
+        """
+        rows = np.asarray(sorted(rows), dtype=np.int64)
+        if rows.size == 0:
+            return self
+        indices = self.indices.copy()
+        scores = self.scores.copy()
+        drop = np.isin(indices, rows)
+        drop[rows[rows < self.num_queries]] = True
+        indices[drop] = -1
+        scores[drop] = -np.inf
+        # Padding goes back to the end of each row, the order of the rest kept.
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return Neighbours(
+            np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        )

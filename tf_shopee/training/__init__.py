@@ -33,16 +33,33 @@ Multi-worker runs assume a filesystem shared by the workers (the chief writes, t
 the chief's vocabulary and checkpoints).
 """
 
-from tf_shopee.training.cli import build_argument_parser, config_from_arguments, main
-from tf_shopee.training.evaluation import embed_dataset, recalibrate_batch_norm, threshold_sweep
-from tf_shopee.training.job import train_and_evaluate
-from tf_shopee.training.optimization import (
-    DynamicLossScale,
-    make_optimizer,
-    make_warmup_cosine_schedule,
-    scaled_learning_rate,
-)
-from tf_shopee.training.trainer import Trainer, input_names
+import importlib
+
+# Where each public name lives. Imported on first use, so ``train.py --help`` (which loads
+# tf_shopee.training.cli) answers without importing TensorFlow.
+_PUBLIC_NAMES = {
+    "build_argument_parser": "cli",
+    "config_from_arguments": "cli",
+    "main": "cli",
+    "embed_dataset": "evaluation",
+    "recalibrate_batch_norm": "evaluation",
+    "threshold_sweep": "evaluation",
+    "train_and_evaluate": "job",
+    "DynamicLossScale": "optimization",
+    "make_optimizer": "optimization",
+    "make_warmup_cosine_schedule": "optimization",
+    "scaled_learning_rate": "optimization",
+    "Trainer": "trainer",
+    "input_names": "trainer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_PUBLIC_NAMES[name]}")
+    return getattr(module, name)
+
 
 __all__ = [
     "DynamicLossScale",

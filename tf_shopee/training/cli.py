@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from tf_shopee import distribute
 from tf_shopee.config import MODEL_KINDS, RunConfig, tiny_overrides
 from tf_shopee.errors import UserError, exit_on_user_error
-from tf_shopee.training.job import train_and_evaluate
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=int,
         default=None,
-        help="training epochs; 0 trains nothing and exports the model as initialised (e.g. "
+        help="epochs to train in all (train.epochs; default 10); more than a finished run's "
+        "count trains that run on; 0 trains nothing and exports the model as initialised (e.g. "
         "ImageNet zero-shot): a first baseline to compare a trained model with",
     )
     parser.add_argument(
@@ -62,7 +63,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="batch size PER REPLICA; the global batch is this x replicas",
     )
     parser.add_argument("--image-size", type=int, default=None, help="image side in pixels")
-    parser.add_argument("--embedding-dim", type=int, default=None)
+    parser.add_argument(
+        "--embedding-dim", type=int, default=None,
+        help="length of the exported embedding (model.embedding_dim; default 512)",
+    )
     parser.add_argument(
         "--backbone",
         default=None,
@@ -155,6 +159,17 @@ def main(argv=None) -> None:
     parser = build_argument_parser()
     args = parser.parse_args(argv)
     config = config_from_arguments(args)
+    # Before TensorFlow is imported: its Python logger then adds no handler of its own, so
+    # each of its warnings is printed once.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # After parsing: --help and argument errors answer without TensorFlow's start-up.
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()
+    from tf_shopee.training.job import train_and_evaluate
+
     if args.cpu_devices:
         distribute.split_cpu_into_logical_devices(args.cpu_devices)
     metrics = train_and_evaluate(

@@ -21,24 +21,44 @@ VALIDATION_THRESHOLDS = tuple(np.round(np.arange(0.0, 1.0, 0.02), 2).tolist()) +
 VALIDATION_NEIGHBOURS = 51
 
 
-def embed_dataset(embedding_model, dataset, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised embeddings and labels of every posting of a (finite) batched dataset.
+def embedding_function(embedding_model):
+    """A ``tf.function`` inputs → L2-normalised float32 embeddings (inference mode).
 
-    Runs the model outside ``strategy.run`` (one device): every worker of a multi-worker run
-    gets the whole fold, so they all reach the same validation result.
+    Make it once per model and pass it to every :func:`embed_dataset` call: a new function per
+    validation retraces the model each epoch (and TensorFlow warns about it).
     """
-
-    names = input_names(kind)
 
     @tf.function(reduce_retracing=True)
     def embed(inputs):
         embeddings = tf.cast(embedding_model(inputs, training=False), tf.float32)
         return tf.math.l2_normalize(embeddings, axis=1)
 
+    return embed
+
+
+def embed_dataset(
+    embedding_model, dataset, kind: str, progress=None, embed=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised embeddings and labels of every posting of a (finite) batched dataset.
+
+    Runs the model outside ``strategy.run`` (one device): every worker of a multi-worker run
+    gets the whole fold, so they all reach the same validation result. ``progress``, when
+    given, is called with the number of postings embedded so far after each batch; ``embed``
+    is the model's :func:`embedding_function` (made here when not given).
+    """
+
+    names = input_names(kind)
+    if embed is None:
+        embed = embedding_function(embedding_model)
+
     embeddings, labels = [], []
+    done = 0
     for batch in dataset:
         embeddings.append(embed({key: batch[key] for key in names}).numpy())
         labels.append(batch["label"].numpy())
+        done += len(labels[-1])
+        if progress is not None:
+            progress(done)
     if not embeddings:
         return np.zeros((0, int(embedding_model.output_shape[-1])), np.float32), np.zeros(0, int)
     return np.concatenate(embeddings), np.concatenate(labels)

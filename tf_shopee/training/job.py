@@ -30,6 +30,7 @@ import keras
 
 from tf_shopee import distribute
 from tf_shopee.config import RunConfig
+from tf_shopee.data.manifest import name_damaged_shards
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import write_json_atomic
 from tf_shopee.models import build_embedding_model, build_training_model
@@ -42,8 +43,10 @@ from tf_shopee.training.workdir import (
     FINAL_METRICS_FILE,
     RUN_STATE_FILE,
     VOCABULARY_FILE,
+    check_outputs,
     check_resumable,
     clear_workdir,
+    finished_run,
 )
 
 
@@ -82,6 +85,11 @@ def train_and_evaluate(
     run_name = config.name or workdir.name
     if export_dir is None:
         export_dir = Path("saved_models") / run_name
+    exports = {
+        "--export": export_dir,
+        "the untrained export": untrained_export_dir,
+    }
+    exports = {name: Path(path).absolute() for name, path in exports.items() if path}
 
     if strategy is None:
         strategy = distribute.get_strategy(config.train.strategy, tpu_address=config.train.tpu)
@@ -89,10 +97,18 @@ def train_and_evaluate(
         check_jit_supported(strategy)
     chief = distribute.is_chief(strategy)
     facts = read_data_facts(config)
+    if chief:
+        # Before anything is trained: an export that cannot be written, or that would replace
+        # another run's model, is found now, not after the last epoch.
+        check_outputs(config, workdir, exports)
     if chief and overwrite_workdir and workdir.exists():
         clear_workdir(workdir)
     distribute.barrier(strategy)
     resuming = check_resumable(workdir, config, facts.num_classes)
+    if resuming:
+        finished = finished_run(workdir, config, exports)
+        if finished is not None:
+            return finished
 
     replicas = strategy.num_replicas_in_sync
     global_batch_size = config.train.batch_size * replicas
@@ -115,9 +131,10 @@ def train_and_evaluate(
     try:
         text_preprocessor = None
         if config.model.kind in ("text", "multimodal"):
-            text_preprocessor = _text_preprocessor(
-                config, facts, workdir, strategy, chief=chief, resuming=resuming
-            )
+            with name_damaged_shards(facts.directory):
+                text_preprocessor = _text_preprocessor(
+                    config, facts, workdir, strategy, chief=chief, resuming=resuming
+                )
         vocabulary_size = getattr(text_preprocessor, "vocabulary_size", None)
         with strategy.scope():
             # A bad backbone, preset or weights file fails here, before config.json is written
@@ -174,28 +191,29 @@ def train_and_evaluate(
             steps_per_epoch=steps_per_epoch,
             global_batch_size=global_batch_size,
         )
-        metrics = run.fit()
+        with name_damaged_shards(facts.directory):
+            metrics = run.fit()
         metrics.update(
             policy=policy_name,
             global_batch_size=global_batch_size,
             replicas=replicas,
             export_dir=None,
         )
-        if export_dir != "" and chief and not run.stopped_early:
+        if "--export" in exports and chief and not run.stopped_early:
             # --epochs 0 exports the model as initialised (e.g. ImageNet zero-shot).
             metrics["export_dir"] = str(
                 run.export(
-                    Path(export_dir),
+                    exports["--export"],
                     run_name,
                     vocabulary_size,
                     previous_policy,
                     untrained=config.train.epochs == 0,
                 )
             )
-        if untrained_export_dir and chief and not run.stopped_early:
+        if "the untrained export" in exports and chief and not run.stopped_early:
             metrics["untrained_export_dir"] = str(
                 run.export(
-                    Path(untrained_export_dir),
+                    exports["the untrained export"],
                     f"{run_name}_untrained",
                     vocabulary_size,
                     previous_policy,

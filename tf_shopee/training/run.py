@@ -18,8 +18,13 @@ from tf_shopee.export import export_model
 from tf_shopee.io_utils import write_json_atomic
 from tf_shopee.models import build_embedding_model
 from tf_shopee.training.data import model_batch
-from tf_shopee.training.evaluation import embed_dataset, recalibrate_batch_norm, threshold_sweep
-from tf_shopee.training.run_log import RunLog, StopRequest
+from tf_shopee.training.evaluation import (
+    embed_dataset,
+    embedding_function,
+    recalibrate_batch_norm,
+    threshold_sweep,
+)
+from tf_shopee.training.run_log import Progress, RunLog, StopRequest
 from tf_shopee.training.trainer import MAX_STEPS_PER_CALL, TrainStepOutputs
 from tf_shopee.training.workdir import (
     BEST_CHECKPOINT_DIR,
@@ -31,6 +36,9 @@ from tf_shopee.training.workdir import (
     read_json,
     restore_checkpoint,
 )
+
+# How long one call of the compiled train function should last once its speed is known.
+CALL_TARGET_SECONDS = 10.0
 
 
 class TrainingRun:
@@ -63,6 +71,8 @@ class TrainingRun:
         self.stopped_early = False
         self.calls = 0  # calls of the compiled train function in this process
         self.first_call_seconds = None
+        self.seconds_per_step = None  # of the latest call after the first
+        self.last_save = _now()  # for train.checkpoint_every_minutes
         self.log = RunLog(workdir, chief)
         task_type, task_id = distribute.task_identity(strategy)
         self.write_root = workdir if chief else workdir / WORKER_TEMP_DIR / f"{task_type}_{task_id}"
@@ -81,11 +91,13 @@ class TrainingRun:
             self.best_checkpoint, str(self.write_root / UNTRAINED_CHECKPOINT_DIR), max_to_keep=1
         )
         self.validate = bool(config.train.validate and facts.validation_examples > 0)
+        self.embed = embedding_function(trainer.embedding_model)  # traced once, not per epoch
 
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _save(self, manager) -> None:
         manager.save(checkpoint_number=int(self.trainer.global_step.numpy()))
+        self.last_save = _now()
         if not self.chief:
             # MultiWorkerMirroredStrategy pattern: every worker saves, only the chief's copy stays.
             shutil.rmtree(self.write_root, ignore_errors=True)
@@ -175,8 +187,13 @@ class TrainingRun:
 
     def _run_validation(self) -> dict:
         started = time.perf_counter()
+        progress = Progress(
+            self.log.say, "validation: embedded", self.facts.validation_examples, "postings",
+            self.config.train.log_every_seconds, clock=_now,
+        )
         embeddings, labels = embed_dataset(
-            self.trainer.embedding_model, self._validation_dataset(), self.config.model.kind
+            self.trainer.embedding_model, self._validation_dataset(), self.config.model.kind,
+            progress=progress.update, embed=self.embed,
         )
         result = threshold_sweep(embeddings, labels)
         if distribute.is_multi_worker(self.strategy):
@@ -209,6 +226,8 @@ class TrainingRun:
             }
         )
         fresh = start_epoch == 0 and start_step == 0 and int(trainer.global_step.numpy()) == 0
+        if start_epoch >= epochs and not fresh:
+            self.log.say(f"the run is complete ({start_epoch} epochs): nothing to train")
         self.log.say(
             f"training {config.model.kind} model: {self.facts.train_examples} postings, "
             f"{self.facts.num_classes} label groups, {self.steps_per_epoch} steps/epoch of "
@@ -267,6 +286,30 @@ class TrainingRun:
                     break
         return self._summary(last or {}, untrained)
 
+    def _chunk_size(self) -> int:
+        """Steps for the next call of the compiled train function.
+
+        The process's first call runs one step (it traces, and with XLA compiles, the step), so
+        the first progress line comes early; after that a call lasts about
+        ``CALL_TARGET_SECONDS`` (never longer than the progress interval), so progress lines and
+        time-based checkpoints are not held up by long calls. Multi-worker runs keep a fixed
+        size: every worker must make the same calls.
+        """
+        if self.calls == 0:
+            return 1
+        if distribute.is_multi_worker(self.strategy) or self.seconds_per_step is None:
+            return MAX_STEPS_PER_CALL if self.calls > 1 else 1
+        target = min(CALL_TARGET_SECONDS, self.config.train.log_every_seconds)
+        return int(min(MAX_STEPS_PER_CALL, max(1, target // max(self.seconds_per_step, 1e-6))))
+
+    def _checkpoint_due_by_time(self) -> bool:
+        interval = self.config.train.checkpoint_every_minutes * 60
+        due = interval > 0 and _now() - self.last_save >= interval
+        if distribute.is_multi_worker(self.strategy):
+            # One decision for all workers: their saves must match up.
+            due = _mean_over_workers(self.strategy, float(due)) > 0
+        return due
+
     def _train_epoch(self, epoch: int, skip_steps: int, stop) -> dict | None:
         trainer = self.trainer
         config = self.config
@@ -280,11 +323,23 @@ class TrainingRun:
         # Throughput leaves out the process's first call, which traces (and with XLA compiles)
         # the step, unless it is the only call of the epoch.
         timed_seconds, timed_steps = 0.0, 0
+        progress = Progress(
+            self.log.say, f"epoch {epoch + 1}/{config.train.epochs} step", self.steps_per_epoch,
+            "examples", config.train.log_every_seconds, done=skip_steps,
+            unit_scale=self.global_batch_size, clock=_now,
+        )
+        window_loss, window_steps = 0.0, 0
         while step < self.steps_per_epoch:
-            chunk = min(self.steps_per_epoch - step, MAX_STEPS_PER_CALL)
+            chunk = min(self.steps_per_epoch - step, self._chunk_size())
             if every > 0:
                 chunk = min(chunk, every - step % every)
             first_call = self.calls == 0
+            if first_call:
+                self.log.say(
+                    "building the train step (the first call traces the model"
+                    + (" and XLA compiles it" if config.train.jit_compile else "")
+                    + "; this can take a minute)"
+                )
             started = time.perf_counter()
             outputs = trainer.train_steps(iterator, chunk)
             seconds = time.perf_counter() - started
@@ -295,7 +350,17 @@ class TrainingRun:
             else:
                 timed_seconds += seconds
                 timed_steps += chunk
+                self.seconds_per_step = seconds / chunk
             step += chunk
+            window_loss, window_steps = window_loss + outputs.loss_sum, window_steps + chunk
+            note = ""
+            if first_call:
+                # Its time is tracing, not speed: the rate starts after it.
+                progress.restart(step)
+                note = f" (the first call built the step in {seconds:.1f} s)"
+            if progress.update(step, f": loss {window_loss / window_steps:.4f}{note}",
+                               force=first_call):
+                window_loss, window_steps = 0.0, 0
             totals = TrainStepOutputs(
                 totals.loss_sum + outputs.loss_sum,
                 totals.correct + outputs.correct,
@@ -308,7 +373,9 @@ class TrainingRun:
                     ": lower the learning rate (train.learning_rate) or check the data"
                 )
             if step < self.steps_per_epoch and (
-                (every > 0 and step % every == 0) or stop.requested
+                (every > 0 and step % every == 0)
+                or stop.requested
+                or self._checkpoint_due_by_time()
             ):
                 self._save(self.manager)
                 self.log.say(
@@ -474,6 +541,11 @@ class TrainingRun:
         )
         self.log.say(f"exported {'the untrained model ' if untrained else ''}{path}")
         return path
+
+
+def _now() -> float:
+    """The clock of time-based checkpoints and progress lines (the tests replace it)."""
+    return time.monotonic()
 
 
 def _mean_over_workers(strategy, value: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -89,3 +90,56 @@ class RunLog:
     def _save(self) -> None:
         if self.chief:
             write_json_atomic(self.workdir / HISTORY_FILE, self.history)
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` / ``2:03``: how long, for ETAs."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class Progress:
+    """Throttled progress lines for a long loop: done/total, rate, ETA (and any extra text).
+
+    ``update`` prints at most every ``every_seconds`` (0: every update); the rate and ETA come
+    from the updates of this process only, so a resumed epoch does not claim the skipped
+    steps as speed.
+    """
+
+    def __init__(self, say, label: str, total: int, unit: str, every_seconds: float,
+                 *, done: int = 0, unit_scale: int = 1, clock=time.monotonic):
+        self.say = say
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.every_seconds = every_seconds
+        self.unit_scale = unit_scale  # e.g. examples per step, for the rate
+        self.clock = clock
+        self.start_done = done
+        self.started = clock()
+        self.last_said = self.started
+
+    def restart(self, done: int) -> None:
+        """Measure the rate from here on (e.g. after a first call that only traced)."""
+        self.start_done = done
+        self.started = self.clock()
+
+    def update(self, done: int, extra: str = "", *, force: bool = False) -> bool:
+        """Report ``done`` of ``total`` when the interval has passed (or ``force``); return
+        whether a line was printed."""
+        now = self.clock()
+        if not force and now - self.last_said < self.every_seconds:
+            return False
+        self.last_said = now
+        elapsed = now - self.started
+        new = done - self.start_done
+        rate = new / elapsed if elapsed > 0 and new > 0 else 0.0
+        speed = ""
+        if rate:  # unknown until something was done since the (re)start
+            speed = (f", {rate * self.unit_scale:.1f} {self.unit}/s, "
+                     f"ETA {format_duration((self.total - done) / rate)}")
+        percent = 100.0 * done / self.total if self.total else 100.0
+        self.say(f"{self.label} {done}/{self.total} ({percent:.0f}%){extra}{speed}")
+        return True

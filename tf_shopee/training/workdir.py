@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from tf_shopee.config import RunConfig
@@ -170,3 +171,98 @@ def restore_checkpoint(checkpoint, path: str, what: str) -> None:
             f"{path}.data-*): {first_line}. Delete it to fall back to an older one, or pass "
             "--overwrite-workdir to start the run over"
         ) from None
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tf_shopee_write_check."):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write to {what} {folder}: {error.strerror or error}; choose another folder "
+            "or fix its permissions"
+        ) from None
+
+
+def _export_metadata(folder: Path) -> dict | None:
+    from tf_shopee.export import METADATA_FILE
+
+    try:
+        return json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def check_outputs(config: RunConfig, workdir: Path, exports: dict[str, Path]) -> None:
+    """Refuse, before training, outputs that cannot be written or would destroy something.
+
+    ``exports`` maps a name for messages (``--export``) to an export folder. The workdir and
+    every export's parent folder must be writable; an export folder may replace only an empty
+    folder or an earlier export of this same run (a default ``saved_models/<workdir name>`` of
+    another run with the same workdir name is refused, not overwritten); no export may be the
+    data or the workdir, or hold them.
+    """
+    from tf_shopee.export import METADATA_FILE
+    from tf_shopee.io_utils import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(
+        {"--data": config.data.tfrecords, "--workdir": workdir}, {}, replaced_folders=exports
+    )
+    if config.data.tfrecords and os.path.realpath(workdir) == os.path.realpath(
+        config.data.tfrecords
+    ):
+        raise UserError(f"--workdir {workdir} is the --data folder: give the run its own folder")
+    _check_writable(workdir, "--workdir")
+    for name, folder in exports.items():
+        if folder.parent == workdir and folder.name in WORKDIR_OUTPUTS:
+            raise UserError(f"{name} {folder} is a folder the run itself writes: choose another")
+        _check_writable(folder.parent, f"the parent folder of {name}")
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise UserError(f"{name} {folder} exists and is not a folder")
+        if not any(folder.iterdir()):
+            continue
+        if not (folder / METADATA_FILE).is_file():
+            raise UserError(
+                f"{name} {folder} exists and is not a tf_shopee export: choose another {name} "
+                "folder"
+            )
+        metadata = _export_metadata(folder) or {}
+        if metadata.get("workdir") != str(workdir):
+            raise UserError(
+                f"{name} {folder} holds the model of another run (run {metadata.get('run_name')!r}"
+                f", workdir {metadata.get('workdir')}); it is not replaced: pass another --export "
+                "folder, or delete that one first"
+            )
+
+
+def finished_run(workdir: Path, config: RunConfig, exports: dict[str, Path]) -> dict | None:
+    """The final metrics of a run that already trained ``config.train.epochs`` epochs and whose
+    exports are in place (after saying so), or None when there is something left to do."""
+    import tensorflow as tf
+
+    final = read_json(workdir / FINAL_METRICS_FILE, None)
+    if not final or final.get("stopped_early") or (final.get("epochs") or 0) < config.train.epochs:
+        return None
+    # --epochs 0 exports the model as initialised.
+    checkpoint_dirs = {
+        "--export": UNTRAINED_CHECKPOINT_DIR if config.train.epochs == 0 else BEST_CHECKPOINT_DIR,
+        "the untrained export": UNTRAINED_CHECKPOINT_DIR,
+    }
+    for name, folder in exports.items():
+        metadata = _export_metadata(folder) or {}
+        latest = tf.train.latest_checkpoint(str(workdir / checkpoint_dirs[name]))
+        if metadata.get("workdir") != str(workdir) or metadata.get("checkpoint") != latest:
+            return None  # trained, but this export is missing or older: export again
+    best = final.get("best_f1")
+    print(
+        f"{workdir} holds a complete run: {final['epochs']} epochs"
+        + (f", best validation F1 {best:.4f} (epoch {final.get('best_epoch')})" if best else "")
+        + (f", exported to {final.get('export_dir')}" if exports else "")
+        + f". Nothing to do: pass --epochs N (more than {config.train.epochs}) to train on, or "
+        "--overwrite-workdir to start over.",
+        flush=True,
+    )
+    return {**final, "already_complete": True}
