@@ -119,12 +119,63 @@ def test_zipped_csv_gives_the_same_submission(synthetic_set, tmp_path):
 
 def test_threshold_override_changes_matches(synthetic_set, tmp_path):
     csv_path = synthetic_set / "data" / "train.csv"
-    strict = tmp_path / "strict.csv"
-    run_predict("--csv", csv_path, "--out", strict, "--no-phash", "--no-min2",
-                "--threshold", "tfidf=1.01")
-    # A threshold no cosine reaches leaves every posting with itself only.
-    submission = read_submission(strict)
-    assert (submission["matches"] == submission["posting_id"]).all()
+    counts = {}
+    for value in ("0.3", "1.0"):
+        out = tmp_path / f"tfidf_{value}.csv"
+        run_predict("--csv", csv_path, "--out", out, "--no-phash", "--no-min2",
+                    "--threshold", f"tfidf={value}")
+        counts[value] = sum(len(matches.split()) for matches in read_submission(out)["matches"])
+    # Only identical titles reach cosine 1.0; 0.3 lets many more pairs in.
+    assert counts["1.0"] < counts["0.3"]
+
+
+def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path):
+    from tf_shopee.neighbours.phash import hamming_distances
+
+    csv_path = synthetic_set / "data" / "train.csv"
+    out = tmp_path / "phash.csv"
+    report_path = tmp_path / "report.json"
+    run_predict("--csv", csv_path, "--out", out, "--no-tfidf", "--no-min2",
+                "--threshold", "phash=8", "--evaluate", "--report", report_path)
+    frame = pd.read_csv(csv_path, dtype={"posting_id": str, "image_phash": str})
+    distances = hamming_distances(frame["image_phash"].tolist(), frame["image_phash"].tolist())
+    ids = frame["posting_id"].to_numpy()
+    for row, matches in enumerate(read_submission(out)["matches"]):
+        expected = set(ids[distances[row] <= 8][:50])
+        assert set(matches.split()) == expected | {ids[row]}
+    report = json.loads(report_path.read_text())
+    assert report["thresholds"] == {"phash": 8}
+    assert report["threshold_origin"]["phash"] == "--threshold"
+
+
+def test_search_can_leave_a_source_out_and_the_table_says_so(synthetic_set, tmp_path):
+    from tf_shopee.thresholds import THRESHOLDS_FORMAT, THRESHOLDS_FORMAT_VERSION
+
+    csv_path = synthetic_set / "data" / "train.csv"
+    thresholds = tmp_path / "thresholds.json"
+    decision = {"method": "fixed", "sources": ["tfidf"],
+                "rules": {"tfidf": {"threshold": 0.6}, "phash": {"threshold": 3}},
+                "min2": None}
+    thresholds.write_text(json.dumps({"format": THRESHOLDS_FORMAT,
+                                      "format_version": THRESHOLDS_FORMAT_VERSION,
+                                      "decision": decision}))
+    report_path = tmp_path / "report.json"
+    completed = run_predict("--csv", csv_path, "--out", tmp_path / "out.csv", "--evaluate",
+                            "--thresholds", thresholds, "--report", report_path)
+    report = json.loads(report_path.read_text())
+    assert report["used_sources"] == ["tfidf"]
+    assert set(report["f1"]) == {"tfidf", "combined"}
+    assert report["f1"]["combined"] == pytest.approx(report["f1"]["tfidf"])  # min2 off
+    rows = {line.split()[0]: line for line in completed.stdout.splitlines() if line.strip()}
+    assert "left out of the union" in rows["phash"]
+    assert "0." not in rows["phash"] and "2.000" not in rows["phash"]  # no F1, no fake value
+    assert f"{report['f1']['tfidf']:.4f}" in rows["tfidf"]
+
+
+def test_command_line_defaults_are_the_library_defaults():
+    from tf_shopee.predict import PredictOptions, build_argument_parser, options_from_arguments
+
+    assert options_from_arguments(build_argument_parser().parse_args([])) == PredictOptions()
 
 
 def test_search_thresholds_writes_file_that_predict_reads(synthetic_set, tmp_path):
@@ -242,3 +293,53 @@ def test_bad_input_gets_a_message_and_exit_2(synthetic_set, exported_models, tmp
     assert expected in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("unknown_source", "unknown source 'tfdif'"),
+        ("absent_source", "this run has no source 'phash'"),
+        ("nan_threshold", "give a finite number"),
+        ("negative_threshold", "between 0 and 1"),
+        ("fractional_bits", "whole number from 0 to 64"),
+        ("file_unknown_source", "unknown source 'textt'"),
+        ("file_absent_source", "which this run does not build"),
+        ("file_nan_threshold", "give a finite number"),
+        ("file_beta_on_phash", "takes no scaling"),
+    ],
+)
+def test_bad_thresholds_fail_before_anything_is_embedded(synthetic_set, exported_models, tmp_path,
+                                                         capsys, problem, expected):
+    from tf_shopee.predict import main
+
+    arguments = ["--csv", synthetic_set / "data" / "train.csv", "--out", tmp_path / "out.csv",
+                 "--quiet", "--cache-dir", tmp_path / "cache"]
+    if problem == "unknown_source":
+        arguments += ["--threshold", "tfdif=0.5"]
+    elif problem == "absent_source":
+        arguments += ["--no-phash", "--threshold", "phash=8"]
+    elif problem == "nan_threshold":
+        arguments += ["--threshold", "tfidf=nan"]
+    elif problem == "negative_threshold":
+        arguments += ["--threshold", "tfidf=-0.2"]
+    elif problem == "fractional_bits":
+        arguments += ["--threshold", "phash=0.9"]
+    else:
+        rules = {"file_unknown_source": {"textt": {"threshold": 0.5}},
+                 "file_absent_source": {"text": {"threshold": 0.5}},
+                 "file_nan_threshold": {"tfidf": {"threshold": float("nan")}},
+                 "file_beta_on_phash": {"phash": {"threshold": 4, "beta": 0.5}}}[problem]
+        thresholds = tmp_path / "thresholds.json"
+        thresholds.write_text(json.dumps({
+            "format": "tf_shopee.thresholds", "format_version": 2,
+            "decision": {"sources": list(rules), "rules": rules, "min2": None}}))
+        # An image model is given: the error must come before it embeds anything.
+        arguments += ["--thresholds", thresholds, "--images",
+                      synthetic_set / "data" / "train_images", "--model", exported_models["image"]]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(argument) for argument in arguments])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "cache").exists(), "nothing may be embedded before the error"
