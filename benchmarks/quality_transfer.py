@@ -19,6 +19,9 @@ target pool with ``predict.py --thresholds`` and scored there):
     with ArcFace on folds 1+2, trained once with ``benchmarks/quality_text.py``'s helpers) with
     the model-free sources; search the 3,806-posting slice of fold 1, target fold 0 (three times
     larger; label groups the model never saw).
+``text_fold1_to_fold0``
+    the same with the whole of fold 1 as the search pool (the size of fold 0), the protocol of
+    ``benchmarks/quality_text.py``'s rows, for comparison with them.
 
 Beside each row, the **oracle**: the same search run on the target itself (its best decision;
 reported, never shipped). Transfer loss = oracle minus what the decision from the search pool
@@ -70,7 +73,9 @@ from tf_shopee.io_utils import write_json_atomic  # noqa: E402
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
 DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_transfer.json"
 DEFAULT_WORKDIR = Path("/tmp/tf_shopee_quality_text")
-ROWS = ("model_free_fold1_to_fold0", "model_free_fold1_to_full", "text_slice_to_fold0")
+ROWS = ("model_free_fold1_to_fold0", "model_free_fold1_to_full", "text_slice_to_fold0",
+        "text_fold1_to_fold0")
+TEXT_ROWS = ("text_slice_to_fold0", "text_fold1_to_fold0")
 TARGET_LOSS = 0.01
 TARGET_TEXT_FOLD0 = 0.83
 TARGET_MODEL_FREE_FULL = 0.75
@@ -126,7 +131,7 @@ class Transfer:
             temporary.replace(self.slice_csv)
         self.report["pools"] = {name: int(len(value)) for name, value in rows.items()}
         self.report["pools"]["full"] = int(len(frame))
-        if "text_slice_to_fold0" in self.args.rows:
+        if set(TEXT_ROWS) & set(self.args.rows):
             facts = self.text.train("minilm")
             self.model = facts["export"]
             self.report["model"] = {key: facts[key] for key in (
@@ -144,8 +149,8 @@ class Transfer:
 
     def row_setup(self, row: str) -> tuple[str, str, list[str]]:
         """(search pool, target pool, model flags) of a row."""
-        if row == "text_slice_to_fold0":
-            return "slice", "fold0", ["--model", str(self.model)]
+        if row in TEXT_ROWS:
+            return row.split("_")[1], "fold0", ["--model", str(self.model)]
         return "fold1", ("fold0" if row.endswith("fold0") else "full"), []
 
     # -- part 1: the commands ----------------------------------------------------------------
@@ -236,9 +241,9 @@ class Transfer:
         def score(decision: Decision) -> float:
             neighbours = dict(target_sources)
             for name in decision.sources:
-                blend = decision.rules[name].inb
-                if blend is not None:
-                    neighbours[name] = target_variants[name][blend]
+                rule = decision.rules[name]
+                if rule.inb is not None:
+                    neighbours[name] = target_variants[name][(rule.inb, rule.inb_phash)]
             _, combined = apply_decision(neighbours, decision)
             return round(mean_f1_from_matches(combined, target_labels), 4)
 
@@ -296,7 +301,9 @@ def targets(report: dict) -> dict:
             result[f"{row}: combined >= best single source"] = {
                 "value": [methods[shipped]["f1"], singles["f1"]],
                 "met": methods[shipped]["f1"] >= singles["f1"]}
-    for row, key, target in (("text_slice_to_fold0", "text + model-free on fold 0",
+    for row, key, target in (("text_slice_to_fold0", "text + model-free on fold 0 (slice)",
+                              TARGET_TEXT_FOLD0),
+                             ("text_fold1_to_fold0", "text + model-free on fold 0 (fold 1)",
                               TARGET_TEXT_FOLD0),
                              ("model_free_fold1_to_full", "model-free on the full set",
                               TARGET_MODEL_FREE_FULL)):

@@ -194,6 +194,28 @@ def test_search_thresholds_writes_file_that_predict_reads(synthetic_set, tmp_pat
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
+def test_a_search_with_models_is_reproduced_by_its_thresholds_file(synthetic_set,
+                                                                   exported_models, tmp_path):
+    # The search tries blending the model sources (with and without the photo graph); the file
+    # must make predict.py blend and match exactly as the search scored.
+    arguments = ["--tfrecords", synthetic_set / "tfrecords", "--model", exported_models["text"],
+                 "--model", exported_models["image"], "--cache-dir", tmp_path / "cache",
+                 "--evaluate"]
+    searched = tmp_path / "searched.json"
+    run_predict(*arguments, "--search-thresholds", tmp_path / "search", "--report", searched,
+                "--out", tmp_path / "a.csv")
+    payload = json.loads((tmp_path / "search" / "thresholds.json").read_text())
+    assert {"text", "image", "concat", "tfidf", "phash", "phash_text"} <= set(payload["sources"])
+    report = json.loads(searched.read_text())
+    assert report["f1"]["combined"] == pytest.approx(payload["f1"], abs=1e-9)
+    assert report["f1"]["combined"] >= payload["best_single"]["f1"] - 1e-12
+    applied = tmp_path / "applied.json"
+    run_predict(*arguments, "--thresholds", tmp_path / "search" / "thresholds.json",
+                "--report", applied, "--out", tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert json.loads(applied.read_text())["inb"] == report["inb"]
+
+
 def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported_models,
                                                          tmp_path):
     csv_path = synthetic_set / "data" / "train.csv"

@@ -222,6 +222,22 @@ def test_blending_is_chosen_only_when_it_helps():
     assert Decision.from_dict(kept_raw["decision"], where="test").rules["text"].inb is None
 
 
+def test_blending_with_the_photo_graph_is_an_option_of_its_own():
+    labels = np.array([1, 1, 1, 4])
+    raw = neighbours_from_pairs(4, {(0, 1): 0.8, (1, 2): 0.8, (0, 2): 0.3, (2, 3): 0.5})
+    text_only = neighbours_from_pairs(4, {(0, 1): 0.9, (1, 2): 0.9, (0, 2): 0.6, (2, 3): 0.6})
+    with_photos = neighbours_from_pairs(4, {(0, 1): 0.9, (1, 2): 0.9, (0, 2): 0.85, (2, 3): 0.4})
+    result = search_decision({"text": raw}, labels, method="fixed", allow_min2=False,
+                             inb_variants={"text": {(0.7, None): text_only, (0.7, 4): with_photos}})
+    rule = Decision.from_dict(result["decision"], where="test").rules["text"]
+    assert (rule.inb, rule.inb_phash) == (0.7, 4)
+    assert result["f1"] == pytest.approx(1.0)
+    assert "photos <= 4 bits" in rule.describe("text")
+    assert SourceRule.from_dict("text", rule.to_dict(), where="test") == rule
+    with pytest.raises(UserError, match="needs blending"):
+        SourceRule(0.5, inb_phash=4).checked("text", where="x")
+
+
 def test_size_method_fits_a_slope_and_moves_the_threshold_with_the_pool():
     embeddings, labels = random_pool(7, groups=200)
     sources = {"text": brute_force_neighbours(embeddings, 16)}

@@ -192,6 +192,9 @@ class SourceRule:
         beta: local scaling weight (:mod:`tf_shopee.neighbours.scaling`); 0 = plain threshold.
         inb: blend threshold of one round of neighbourhood blending before matching (embedding
             sources only); ``None`` = no blending.
+        inb_phash: when blending, also blend in the postings whose photos are at most this many
+            bits apart (phash neighbours, as the model-free TF-IDF source does); ``None`` = only
+            the source's own neighbours.
         slope: change of the threshold per doubling of the pool (``size`` methods), in the
             source's units; 0 = the same threshold for every pool size.
     """
@@ -200,24 +203,25 @@ class SourceRule:
     beta: float = 0.0
     inb: float | None = None
     slope: float = 0.0
+    inb_phash: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (the thresholds file's ``rules`` entries)."""
         return {"threshold": self.threshold, "beta": self.beta, "inb": self.inb,
-                "slope": self.slope}
+                "inb_phash": self.inb_phash, "slope": self.slope}
 
     @classmethod
     def from_dict(cls, name: str, data, *, where: str) -> "SourceRule":
         """Read and check a rule (a dict, or a bare number meaning a plain threshold)."""
         if not isinstance(data, Mapping):
             data = {"threshold": data}
-        unknown = sorted(set(data) - {"threshold", "beta", "inb", "slope"})
+        unknown = sorted(set(data) - {"threshold", "beta", "inb", "inb_phash", "slope"})
         if unknown:
             raise UserError(f"{where}: rule of {name!r} has unknown key(s) {unknown}")
         if "threshold" not in data:
             raise UserError(f"{where}: rule of {name!r} has no threshold")
         values = {}
-        for key in ("beta", "slope", "inb"):
+        for key in ("beta", "slope", "inb", "inb_phash"):
             value = data.get(key)
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
@@ -228,6 +232,7 @@ class SourceRule:
             beta=float(values["beta"] or 0.0),
             inb=None if values["inb"] is None else float(values["inb"]),
             slope=float(values["slope"] or 0.0),
+            inb_phash=None if values["inb_phash"] is None else float(values["inb_phash"]),
         ).checked(name, where=where)
 
     def checked(self, name: str, *, where: str) -> "SourceRule":
@@ -247,6 +252,10 @@ class SourceRule:
             if source_kind(name) not in EMBEDDING_KINDS:
                 raise UserError(f"{where}: neighbourhood blending applies to embedding sources "
                                 f"({', '.join(EMBEDDING_KINDS)}), not {name!r}")
+        if self.inb_phash is not None:
+            if self.inb is None:
+                raise UserError(f"{where}: inb_phash of {name!r} needs blending (inb)")
+            check_threshold("phash", self.inb_phash, where=where, what=f"inb_phash of {name!r}")
         return self
 
     def threshold_for(self, name: str, pool_ratio: float) -> float:
@@ -267,6 +276,8 @@ class SourceRule:
             text += f" + {self.beta:g}*bg"
         if self.inb is not None:
             text += f", INB {self.inb:g}"
+            if self.inb_phash is not None:
+                text += f" + photos <= {int(self.inb_phash)} bits"
         return text
 
 
@@ -751,6 +762,7 @@ class _Option:
 
     source: str
     inb: float | None
+    inb_phash: float | None
     beta: float
     column: str
     grid: tuple[float, ...]  # score thresholds
@@ -780,7 +792,7 @@ def search_decision(
     labels,
     *,
     method: str = DEFAULT_METHOD,
-    inb_variants: Mapping[str, Mapping[float, Neighbours]] | None = None,
+    inb_variants: Mapping[str, Mapping] | None = None,
     betas: Sequence[float] | None = None,
     grids: Mapping[str, Sequence[float]] | None = None,
     min2_floors: Mapping[str, Sequence[float | None]] | None = None,
@@ -811,8 +823,9 @@ def search_decision(
             ``local+size`` search beta per similarity source, the others use beta 0; the
             ``size`` methods fit each member's slope on sub-pools, ``shift`` records the mean
             backgrounds.
-        inb_variants: embedding source name → {blend threshold → the neighbours after one round
-            of neighbourhood blending at it}; each is tried as an option of that source.
+        inb_variants: embedding source name → {blend threshold, or (blend threshold, phash bits
+            or None) → the neighbours after one round of neighbourhood blending at it (with the
+            photos that many bits apart)}; each is tried as an option of that source.
         betas: local scaling weights tried (``local`` only; default :data:`DEFAULT_BETAS`).
         grids: name → thresholds tried, in the source's units (bits for phash); default
             :data:`SIMILARITY_GRID` / :data:`PHASH_GRID_BITS`.
@@ -851,7 +864,8 @@ def search_decision(
         if neighbours.num_queries != labels.shape[0]:
             raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there are "
                             f"{labels.shape[0]} labels")
-    inb_variants = dict(inb_variants or {})
+    inb_variants = {name: {_blend_key(key): neighbours for key, neighbours in variants.items()}
+                    for name, variants in (inb_variants or {}).items()}
     unknown = sorted(set(inb_variants) - set(sources))
     if unknown:
         raise UserError(f"inb_variants names unknown source(s) {unknown}")
@@ -888,7 +902,24 @@ def search_decision(
             if with_min2.f1 > single.f1 + _IMPROVEMENT:
                 single = with_min2
         singles[name] = single
-        candidates.append(_candidate("single", single, order, method, window, labels))
+
+    fitted: dict[int, tuple[dict, dict]] = {}
+
+    def fit(state: _State) -> tuple[dict, dict]:
+        """The state's slopes and the points they were fitted to (``size`` methods only)."""
+        if method not in ("size", "local+size"):
+            return {}, {}
+        if id(state) not in fitted:
+            fitted[id(state)] = _fit_size_slopes(
+                sources, inb_variants, state, [name for name in order if name in state.members],
+                labels, window=window, max_matches=max_matches, fractions=size_fractions,
+                repeats=size_repeats, seed=seed,
+            )
+        return fitted[id(state)]
+
+    for name in order:
+        candidates.append(_candidate("single", singles[name], order, method, window, labels,
+                                     fit(singles[name])[0]))
     best_single_name = max(order, key=lambda name: singles[name].f1)
     chosen = singles[best_single_name]
     rounds_used = 0
@@ -902,7 +933,8 @@ def search_decision(
             state, rounds = _ascend(table, start, options, order, max_rounds=max_rounds,
                                     allow_min2=allow_min2)
             rounds_used = max(rounds_used, rounds)
-            candidates.append(_candidate("union", state, order, method, window, labels))
+            candidates.append(_candidate("union", state, order, method, window, labels,
+                                         fit(state)[0]))
             if len(state.members) > 1 and state.f1 > max(
                 chosen.f1, singles[best_single_name].f1 + union_margin
             ) + _IMPROVEMENT:
@@ -914,15 +946,9 @@ def search_decision(
     for name in order:  # non-members keep their best rule alone, for reports
         rules.setdefault(name, SourceRule.from_dict(name, best_alone[name]["rule"],
                                                     where="search"))
-    slopes: dict[str, float] = {}
-    size_points: dict[str, list] = {}
-    if method in ("size", "local+size"):
-        slopes, size_points = _fit_size_slopes(
-            sources, inb_variants, chosen, members, labels, window=window,
-            max_matches=max_matches, fractions=size_fractions, repeats=size_repeats, seed=seed,
-        )
-        for name, slope in slopes.items():
-            rules[name] = replace(rules[name], slope=slope)
+    slopes, size_points = fit(chosen)
+    for name, slope in slopes.items():
+        rules[name] = replace(rules[name], slope=slope)
     shift_background = {}
     if method == "shift":
         for name in members:
@@ -1045,9 +1071,9 @@ def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
                                  else SIMILARITY_MIN2_FLOORS)
         score_floors = tuple(None if value is None else score_threshold(name, value)
                              for value in floors)
-        variants = {None: neighbours, **dict(inb_variants.get(name, {}))}
+        variants = {(None, None): neighbours, **dict(inb_variants.get(name, {}))}
         options[name] = []
-        for inb, variant in variants.items():
+        for (inb, inb_phash), variant in variants.items():
             source_betas = (0.0,) if phash else betas
             background = None
             for beta in source_betas:
@@ -1057,22 +1083,30 @@ def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
                     scored = local_scaling(variant, beta, background)
                 else:
                     scored = variant
-                column = f"{name}|inb={inb}|beta={beta}"
+                column = f"{name}|inb={inb}|phash={inb_phash}|beta={beta}"
                 columns[column] = scored
-                options[name].append(_Option(name, inb, float(beta), column, score_grid,
-                                             score_floors))
+                options[name].append(_Option(name, inb, inb_phash, float(beta), column,
+                                             score_grid, score_floors))
     return options, columns
 
 
 def _option_neighbours(sources, inb_variants, option: _Option) -> Neighbours:
     if option.inb is None:
         return sources[option.source]
-    return inb_variants[option.source][option.inb]
+    return inb_variants[option.source][(option.inb, option.inb_phash)]
+
+
+def _blend_key(key) -> tuple[float, float | None]:
+    """An ``inb_variants`` key as (blend threshold, phash bits or None)."""
+    if isinstance(key, tuple):
+        threshold, bits = key
+        return float(threshold), None if bits is None else float(bits)
+    return float(key), None
 
 
 def _rule(name: str, option: _Option, threshold: float) -> SourceRule:
     return SourceRule(threshold=user_threshold(name, threshold), beta=option.beta,
-                      inb=option.inb)
+                      inb=option.inb, inb_phash=option.inb_phash)
 
 
 def _best_single_with_min2(table: PairTable, name: str, options: list[_Option]) -> _State:
@@ -1155,9 +1189,12 @@ def _state_decision(state: _State, order, method: str, window, labels) -> Decisi
     )
 
 
-def _candidate(kind: str, state: _State, order, method, window, labels) -> dict:
-    """A candidate of the search, for the record: its decision and F1 on the search data."""
+def _candidate(kind: str, state: _State, order, method, window, labels, slopes) -> dict:
+    """A candidate of the search, for the record: its decision (with its slopes) and F1 on the
+    search data."""
     decision = _state_decision(state, order, method, window, labels)
+    decision.rules = {name: replace(rule, slope=slopes.get(name, 0.0))
+                      for name, rule in decision.rules.items()}
     return {"kind": kind, "sources": list(decision.sources), "f1": state.f1,
             "description": decision.describe(), "decision": decision.to_dict()}
 
