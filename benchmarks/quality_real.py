@@ -361,6 +361,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the report")
     parser.add_argument("--quick", action="store_true", help="skip slow variants and oracles")
     parser.add_argument("--skip-speed", action="store_true", help="skip the timing section")
+    parser.add_argument("--shipped-only", action="store_true",
+                        help="recompute only the shipped section of an existing --json (after "
+                        "DEFAULT_DECISION was updated to the selection); keep the rest")
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -372,6 +375,22 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     frame = load_train(data)
     protocols = protocol_rows(frame)
+    if args.shipped_only:
+        import json
+
+        report = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        report["shipped"] = shipped_defaults(frame, protocols)
+        report["shipped"]["command"] = "python benchmarks/quality_real.py " + " ".join(
+            argv or sys.argv[1:])
+        for entry in report["variants"].values():
+            if "shipped_decision_matches_selection" in entry:
+                from tf_shopee.thresholds import Decision
+
+                entry["shipped_decision_matches_selection"] = shipped_matches(
+                    Decision.from_dict(entry["chosen_on_select"]["decision"], where="selection"))
+        write_json_atomic(args.json, report)
+        print("\n" + markdown_table(report))
+        return 0
     report = {
         "data": str(data),
         "data_sha256": sha256_file(data),

@@ -95,8 +95,12 @@ def test_model_free_prediction_writes_submission_and_report(synthetic_set, tmp_p
 
     report = json.loads(report_path.read_text())
     assert report["rows"] == len(frame)
-    assert set(report["f1"]) == {"tfidf", "phash", "phash_text", "combined"}
-    assert set(report["thresholds"]) == {"tfidf", "phash", "phash_text"}
+    assert report["sources"] == ["tfidf", "phash", "phash_text"]
+    # The shipped decision keeps TF-IDF only; the table lists the others without an F1.
+    assert report["used_sources"] == ["tfidf"]
+    assert set(report["f1"]) == {"tfidf", "combined"}
+    assert set(report["thresholds"]) == {"tfidf"}
+    assert "left out of the union" in completed.stdout
     # The reported combined F1 is the F1 of the submission actually written.
     truth = true_matches(frame["posting_id"].tolist(), frame["label_group"].tolist())
     assert report["f1"]["combined"] == pytest.approx(mean_f1(predicted, truth), abs=1e-9)
@@ -226,11 +230,13 @@ def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported
                 "--out", from_images, "--evaluate", "--report", report_path,
                 "--cache-dir", tmp_path / "cache")
     report = json.loads(report_path.read_text())
-    assert {"image", "text", "concat", "tfidf", "phash", "combined"} <= set(report["f1"])
+    assert {"image", "text", "concat", "tfidf", "phash", "phash_text"} == set(report["sources"])
+    assert {"image", "text", "concat", "tfidf", "combined"} == set(report["f1"])
     assert report["threshold_origin"]["image"] == "model export"
     # recall@1 is reported for the embedding sources only.
     assert set(report["recall_at_1"]) == {"image", "text", "concat"}
     assert 0.0 < report["recall_at_1"]["text"] <= 1.0
+    assert report["min2"]["source"] == "concat"
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
     # The same postings read from the TFRecords (same JPEG bytes) give the same submission.

@@ -397,8 +397,10 @@ def test_bad_search_arguments_are_user_errors():
 def test_default_decision_names_the_model_free_sources_in_their_units():
     from tf_shopee.neighbours.model_free import PHASH, PHASH_TEXT, TFIDF
 
-    assert set(DEFAULT_DECISION.sources) == {TFIDF, PHASH, PHASH_TEXT}
-    assert DEFAULT_DECISION.min2_source == TFIDF
+    assert set(DEFAULT_DECISION.rules) == {TFIDF, PHASH, PHASH_TEXT}
+    assert set(DEFAULT_DECISION.sources) <= set(DEFAULT_DECISION.rules)
+    assert DEFAULT_DECISION.min2_source in DEFAULT_DECISION.sources
     assert DEFAULT_DECISION.checked(where="test") is DEFAULT_DECISION
+    assert DEFAULT_DECISION.search_rows == 22832  # folds 1+2 of the real train.csv
     for name in (PHASH, PHASH_TEXT):
         assert DEFAULT_DECISION.rules[name].threshold == int(DEFAULT_DECISION.rules[name].threshold)
