@@ -513,6 +513,9 @@ def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
 # Which source's nearest candidate "at least one neighbour" (min2) adds when no thresholds file
 # decides, in order of preference: the richest representation present.
 MIN2_SOURCE_PREFERENCE = (CONCAT, "multimodal", "text", "image", TFIDF, PHASH)
+# Without a thresholds file, the lowest cosine min2 accepts from a model source (the floor the
+# shipped model-free search chose for raw TF-IDF cosines before local scaling).
+MODEL_MIN2_FLOOR = 0.3
 
 
 @dataclass
@@ -622,7 +625,10 @@ def default_decision(planned: PlannedSources) -> tuple["Decision", dict[str, str
         # A model's embeddings are a better judge of a lonely posting's nearest neighbour.
         min2_source = next(name for name in (*MIN2_SOURCE_PREFERENCE, *members)
                            if name in members)
-    floor = None if is_phash_source(min2_source) else DEFAULT_DECISION.min2_floor
+    if min2_source == DEFAULT_DECISION.min2_source:
+        floor = DEFAULT_DECISION.min2_floor  # in that source's (scaled) units
+    else:
+        floor = None if is_phash_source(min2_source) else MODEL_MIN2_FLOOR
     decision = Decision(
         sources=tuple(members), rules=rules, min2_source=min2_source, min2_floor=floor,
         method=DEFAULT_DECISION.method, window=DEFAULT_DECISION.window,
@@ -632,15 +638,23 @@ def default_decision(planned: PlannedSources) -> tuple["Decision", dict[str, str
 
 
 def resolve_plan(planned: PlannedSources, options: PredictOptions,
-                 searched: "Decision | None" = None) -> MatchPlan:  # noqa: F821
+                 searched: "Decision | None" = None, *,  # noqa: F821
+                 allow_absent: bool = False) -> MatchPlan:
     """The decision of this run: a search's (``searched``), else ``--thresholds FILE``'s, else
     the defaults; then ``--threshold`` overrides, ``--no-min2`` and ``--inb-iterations``.
 
     Runs before anything is embedded, so a bad name or value fails fast.
 
+    Args:
+        planned: the sources this run builds.
+        options: the run's options (thresholds file, overrides, min2, blending).
+        searched: a decision just searched on this run's labelled postings.
+        allow_absent: sources of the file or overrides this run lacks are left out (logged)
+            instead of being an error: catalogue queries that lack a title or a photo.
+
     Raises:
         UserError: a thresholds file or ``--threshold`` naming a source this run does not
-            build, or a bad value.
+            build (unless ``allow_absent``), or a bad value.
     """
     from dataclasses import replace
 
@@ -653,20 +667,22 @@ def resolve_plan(planned: PlannedSources, options: PredictOptions,
     elif options.thresholds_file:
         decision = load_thresholds(options.thresholds_file)
         absent = [name for name in decision.sources if name not in names]
-        if absent:
+        if absent and not allow_absent:
             raise UserError(
                 f"thresholds file {options.thresholds_file} uses source(s) "
                 f"{', '.join(absent)}, which this run does not build (its sources: "
                 f"{', '.join(names)}); run with the flags (--model, --no-tfidf, --no-phash, ...) "
                 "the thresholds were searched with"
             )
-        decision = replace(decision, rules={name: rule for name, rule in decision.rules.items()
-                                            if name in names})
+        decision = _without_absent(decision, names, planned)
         origin = {name: f"file {options.thresholds_file}" for name in decision.sources}
     else:
         decision, origin = default_decision(planned)
     for name, value in options.threshold_overrides.items():
         if name not in names:
+            if allow_absent:
+                logger.info("--threshold %s=%s: no %s source here; ignored", name, value, name)
+                continue
             raise UserError(f"--threshold {name}={value}: this run has no source {name!r} "
                             f"(its sources: {', '.join(names)})")
         decision = with_threshold(decision, name, value)
@@ -698,6 +714,26 @@ def resolve_plan(planned: PlannedSources, options: PredictOptions,
                                 "--no-phash)")
     decision = replace(decision, rules=rules).checked(where="match plan")
     return MatchPlan(decision=decision, origin=origin, inb_iterations=iterations)
+
+
+def _without_absent(decision, names: list[str], planned: PlannedSources):
+    """``decision`` restricted to the sources in ``names`` (logged when a member goes); when no
+    member is left, the default decision of these sources."""
+    from dataclasses import replace
+
+    members = tuple(name for name in decision.sources if name in names)
+    if len(members) < len(decision.sources):
+        logger.warning("the thresholds file's union uses %s, which these postings lack: matching "
+                       "with %s only", [name for name in decision.sources if name not in names],
+                       list(members) or "the default decision")
+    if not members:
+        return default_decision(planned)[0]
+    min2_source, min2_floor = decision.min2_source, decision.min2_floor
+    if min2_source is not None and min2_source not in members:
+        min2_source = next(name for name in (*MIN2_SOURCE_PREFERENCE, *members) if name in members)
+        min2_floor = None
+    return replace(decision, sources=members, min2_source=min2_source, min2_floor=min2_floor,
+                   rules={name: rule for name, rule in decision.rules.items() if name in names})
 
 
 def blend_embeddings(embeddings: np.ndarray, neighbours, threshold: float, *,
