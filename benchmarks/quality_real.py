@@ -21,11 +21,13 @@ Sections of the report:
    README's union: TF-IDF >= 0.55 / 0.65 / 0.7 with min2, union phash <= 8).
 2. ``variants``: model-free recipes (:func:`tf_shopee.neighbours.model_free.model_free_sources`
    with different :class:`~tf_shopee.neighbours.model_free.ModelFreeSettings`, and a char n-gram
-   TF-IDF source). For each, :func:`tf_shopee.thresholds.search_thresholds` on select picks every
-   source's threshold, the union's thresholds and the min2 floor; the result on fold0 and full
-   follows. ``oracle`` rows re-run the search on the reported set itself (marked as such: a
-   ceiling, not a result).
-3. ``shipped``: :data:`tf_shopee.thresholds.DEFAULT_THRESHOLDS` with the default settings, i.e.
+   TF-IDF source). For each, :func:`tf_shopee.thresholds.search_decision` (the shipped method,
+   :data:`tf_shopee.thresholds.DEFAULT_METHOD`) on select chooses the decision: which sources
+   enter the union, each one's threshold and local scaling, min2 and its floor, and how the
+   thresholds follow the pool size; the result on fold0 and full follows (thresholds moved for
+   each pool's size). ``oracle`` rows re-run the search on the reported set itself (marked as
+   such: a ceiling, not a result).
+3. ``shipped``: :data:`tf_shopee.thresholds.DEFAULT_DECISION` with the default settings, i.e.
    what ``predict.py`` does without a model, on fold0 and full.
 4. ``speed``: seconds for the sources on the full set, and TF-IDF neighbours against a plain
    scikit-learn chunk loop (dense chunk + argpartition).
@@ -58,8 +60,6 @@ DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_real.json"
 SELECTION_JSON = REPOSITORY / "benchmarks" / "results" / "quality_real_thresholds.json"
 SELECTION_PNG = REPOSITORY / "benchmarks" / "results" / "quality_real_thresholds.png"
 K = 51
-MIN2_FLOORS = (None, 0.1, 0.2, 0.3, 0.4, 0.5)
-TEXT_GRID = tuple(round(0.3 + 0.025 * step, 3) for step in range(28))
 
 
 def load_train(path: Path):
@@ -89,10 +89,9 @@ def f1_of(matches, labels) -> float:
 
 def reference_numbers(frame, rows: np.ndarray) -> dict:
     """The README's reference methods on one protocol."""
-    from tf_shopee.matching import matches_from_neighbours
+    from tf_shopee.matching import matches_from_neighbours, union_matches
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
-    from tf_shopee.thresholds import combine_matches
 
     subset = frame.iloc[rows]
     labels = subset["label_group"].to_numpy()
@@ -111,7 +110,7 @@ def reference_numbers(frame, rows: np.ndarray) -> dict:
     for threshold in (0.55, 0.65, 0.7):
         text = matches_from_neighbours(tfidf, threshold, min2=True)
         result[f"union_tfidf_{threshold}_min2_phash_le_8"] = f1_of(
-            combine_matches([text, phash_8]), labels
+            union_matches(text, phash_8), labels
         )
     return result
 
@@ -171,44 +170,34 @@ def build_sources(frame, rows: np.ndarray, recipe: dict) -> tuple[dict, float]:
 
 
 def search(sources: dict, labels: np.ndarray) -> dict:
-    from tf_shopee.thresholds import phash_grid, search_thresholds
+    """tf_shopee.thresholds.search_decision with the shipped method (a char TF-IDF source is a
+    similarity like "tfidf" and is searched as one)."""
+    from tf_shopee.thresholds import DEFAULT_METHOD, search_decision
 
-    grid = {name: TEXT_GRID for name in sources if name.startswith("tfidf")}
-    grid.update({name: phash_grid(20) for name in sources if name.startswith("phash")})
-    return search_thresholds(
-        sources, labels, grid=grid, min2=True, min2_source="tfidf", min2_floors=MIN2_FLOORS
-    )
+    renamed = {_as_source(name): neighbours for name, neighbours in sources.items()}
+    return search_decision(renamed, labels, method=DEFAULT_METHOD)
 
 
-def evaluate(sources: dict, labels: np.ndarray, combined: dict) -> dict:
-    """F1 per source and of the union at the given combination (thresholds, min2 floor)."""
-    from tf_shopee.thresholds import match_sources
+def _as_source(name: str) -> str:
+    # search_decision knows predict.py's source names; the char TF-IDF variant is one more
+    # similarity source, given a name of the same kind.
+    return "tfidf:char" if name == "tfidf_char" else name
 
-    per_source, union = match_sources(
-        sources,
-        combined["thresholds"],
-        combine=combined["sources"],
-        min2=combined["min2"],
-        min2_source=combined["min2_source"],
-        min2_floor=combined["min2_floor"],
-    )
+
+def evaluate(sources: dict, labels: np.ndarray, decision) -> dict:
+    """F1 of each source in the union alone and of the combination, under ``decision``."""
+    from tf_shopee.thresholds import apply_decision
+
+    renamed = {_as_source(name): neighbours for name, neighbours in sources.items()}
+    per_source, union = apply_decision(renamed, decision)
     result = {name: f1_of(matches, labels) for name, matches in per_source.items()}
     result["combined"] = f1_of(union, labels)
     return result
 
 
-def describe(combined: dict) -> dict:
-    """Thresholds with phash ones also given as Hamming distances, for people."""
-    described = {}
-    for name, value in combined["thresholds"].items():
-        if name.startswith("phash") and value <= 1.0:
-            described[name] = f"{value:.6g} (hamming <= {round((1 - value) * 64)})"
-        elif value > 1.0:
-            described[name] = "off"
-        else:
-            described[name] = value
-    described["min2_floor"] = combined["min2_floor"]
-    return described
+def describe(decision, rows: int | None = None) -> str:
+    """The decision for people (thresholds for a pool of ``rows`` postings)."""
+    return decision.describe(rows)
 
 
 def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
@@ -223,74 +212,84 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
             sources[protocol], seconds[protocol] = build_sources(frame, rows, recipe)
         labels = {protocol: frame["label_group"].to_numpy()[rows] for protocol, rows in
                   protocols.items()}
+        from tf_shopee.thresholds import Decision
+
         chosen = search(sources["select"], labels["select"])
-        combined = chosen["combined"]
+        decision = Decision.from_dict(chosen["decision"], where=name)
         entry = {
             "settings": dataclasses.asdict(recipe["settings"]),
             "sources": recipe["combine"],
             "seconds_to_build_sources": seconds,
             "chosen_on_select": {
-                "thresholds": describe(combined),
-                "best_alone": {n: s["best_threshold"] for n, s in chosen["sources"].items()},
-                "select_f1": round(combined["f1"], 4),
+                "decision": chosen["decision"],
+                "description": describe(decision),
+                "select_f1": round(chosen["f1"], 4),
+                "best_single": chosen["best_single"],
             },
             "f1": {},
         }
         for protocol in ("fold0", "full"):
-            entry["f1"][protocol] = evaluate(sources[protocol], labels[protocol], combined)
+            entry["f1"][protocol] = evaluate(sources[protocol], labels[protocol], decision)
+            entry.setdefault("applied_as", {})[protocol] = describe(
+                decision, len(labels[protocol]))
             print(f"   {protocol}: {entry['f1'][protocol]}", flush=True)
-        print(f"   chosen on select: {entry['chosen_on_select']}", flush=True)
+        print(f"   chosen on select: {entry['chosen_on_select']['description']}", flush=True)
         if oracle and recipe.get("default"):
             entry["oracle"] = {}
             for protocol in ("fold0", "full"):
-                own = search(sources[protocol], labels[protocol])["combined"]
+                own = search(sources[protocol], labels[protocol])
                 entry["oracle"][protocol] = {
                     "f1": round(own["f1"], 4),
-                    "thresholds": describe(own),
+                    "decision": describe(Decision.from_dict(own["decision"], where="oracle")),
                     "note": f"thresholds chosen on {protocol} itself (a ceiling, not a result)",
                 }
                 print(f"   oracle {protocol}: {entry['oracle'][protocol]}", flush=True)
         if recipe.get("default"):
             from tf_shopee.thresholds import plot_thresholds, write_thresholds
 
-            # The selection behind DEFAULT_THRESHOLDS, in the format predict.py --thresholds reads.
+            # The selection behind DEFAULT_DECISION, in the format predict.py --thresholds reads.
             write_thresholds(SELECTION_JSON, chosen, settings={
                 "chosen_on": "select (GroupKFold(3) folds 1+2 of the real train.csv)",
                 "model_free_settings": dataclasses.asdict(recipe["settings"]),
             })
             plot_thresholds(SELECTION_PNG, chosen, title="model-free sources, select protocol")
-            entry["shipped_thresholds_match_selection"] = shipped_matches(combined)
+            entry["shipped_decision_matches_selection"] = shipped_matches(decision)
         results[name] = entry
     return results
 
 
-def shipped_matches(combined: dict) -> bool:
-    """Whether DEFAULT_THRESHOLDS / DEFAULT_COMBINATION equal this selection (warn when not)."""
-    from tf_shopee.thresholds import DEFAULT_COMBINATION, DEFAULT_THRESHOLDS
+def shipped_matches(decision) -> bool:
+    """Whether DEFAULT_DECISION's members, rules and min2 equal this selection (warn when not)."""
+    from tf_shopee.thresholds import DEFAULT_DECISION
 
-    same = all(
-        abs(DEFAULT_THRESHOLDS.get(name, np.nan) - value) < 1e-9
-        for name, value in combined["thresholds"].items()
-    ) and DEFAULT_COMBINATION["min2_floor"] == combined["min2_floor"]
+    same = (
+        set(DEFAULT_DECISION.sources) == set(decision.sources)
+        and all(DEFAULT_DECISION.rules.get(name) == decision.rules[name]
+                for name in decision.sources)
+        and (DEFAULT_DECISION.min2_source, DEFAULT_DECISION.min2_floor)
+        == (decision.min2_source, decision.min2_floor)
+        and DEFAULT_DECISION.search_rows == decision.search_rows
+        and DEFAULT_DECISION.method == decision.method
+    )
     if not same:
-        print("   WARNING: tf_shopee.thresholds.DEFAULT_THRESHOLDS / DEFAULT_COMBINATION differ "
-              f"from this selection: {combined['thresholds']}, floor {combined['min2_floor']}")
+        print("   WARNING: tf_shopee.thresholds.DEFAULT_DECISION differs from this selection: "
+              f"{decision.to_dict()}")
     return bool(same)
 
 
 def shipped_defaults(frame, protocols: dict) -> dict:
-    """What predict.py does with no model: default settings, DEFAULT_THRESHOLDS, default min2."""
+    """What predict.py does with no model: default settings and DEFAULT_DECISION."""
     from tf_shopee.neighbours.model_free import DEFAULT_SETTINGS
-    from tf_shopee.thresholds import DEFAULT_COMBINATION, DEFAULT_THRESHOLDS
+    from tf_shopee.thresholds import DEFAULT_DECISION
 
-    recipe = {"settings": DEFAULT_SETTINGS, "combine": list(DEFAULT_COMBINATION["sources"])}
-    combined = {"thresholds": dict(DEFAULT_THRESHOLDS), **DEFAULT_COMBINATION}
-    result = {"thresholds": describe(combined)}
+    recipe = {"settings": DEFAULT_SETTINGS, "combine": list(DEFAULT_DECISION.sources)}
+    result = {"decision": DEFAULT_DECISION.to_dict()}
     for protocol in ("fold0", "full"):
         rows = protocols[protocol]
         sources, _ = build_sources(frame, rows, recipe)
         labels = frame["label_group"].to_numpy()[rows]
-        result[protocol] = evaluate(sources, labels, combined)
+        result[protocol] = evaluate(sources, labels, DEFAULT_DECISION)
+        result.setdefault("applied_as", {})[protocol] = describe(DEFAULT_DECISION, len(rows))
         print(f"   shipped defaults on {protocol}: {result[protocol]}", flush=True)
     return result
 
@@ -351,7 +350,7 @@ def markdown_table(report: dict) -> str:
                          f"{own['f1'] if protocol == 'full' else ''} |")
     if "shipped" in report:
         shipped = report["shipped"]
-        lines.append(f"| shipped DEFAULT_THRESHOLDS (predict.py, no model) | "
+        lines.append(f"| shipped DEFAULT_DECISION (predict.py, no model) | "
                      f"{shipped['fold0']['combined']} | {shipped['full']['combined']} |")
     return "\n".join(lines)
 
@@ -362,6 +361,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the report")
     parser.add_argument("--quick", action="store_true", help="skip slow variants and oracles")
     parser.add_argument("--skip-speed", action="store_true", help="skip the timing section")
+    parser.add_argument("--shipped-only", action="store_true",
+                        help="recompute only the shipped section of an existing --json (after "
+                        "DEFAULT_DECISION was updated to the selection); keep the rest")
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -373,6 +375,22 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     frame = load_train(data)
     protocols = protocol_rows(frame)
+    if args.shipped_only:
+        import json
+
+        report = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        report["shipped"] = shipped_defaults(frame, protocols)
+        report["shipped"]["command"] = "python benchmarks/quality_real.py " + " ".join(
+            argv or sys.argv[1:])
+        for entry in report["variants"].values():
+            if "shipped_decision_matches_selection" in entry:
+                from tf_shopee.thresholds import Decision
+
+                entry["shipped_decision_matches_selection"] = shipped_matches(
+                    Decision.from_dict(entry["chosen_on_select"]["decision"], where="selection"))
+        write_json_atomic(args.json, report)
+        print("\n" + markdown_table(report))
+        return 0
     report = {
         "data": str(data),
         "data_sha256": sha256_file(data),

@@ -21,10 +21,12 @@ Thresholds are never tuned on fold 0. Each combination (a set of ``predict.py`` 
 ``predict.py --fold 1 --search-thresholds DIR`` with the same flags: fold 1 is a training fold of
 the same size as fold 0 (so the same density of distractors), and ``thresholds.json`` from that
 search is applied unchanged to fold 0 with ``--thresholds``. Rows without min2 use the best
-threshold of the source alone from that search (``best_alone``); rows with min2 and unions use the
-search's combined thresholds. Neighbourhood blending (``--inb-iterations 1``) blends and matches at
-the same text threshold, which the search above does not cover: it is chosen on fold 1 by running
-``predict.py --fold 1 --inb-iterations 1 --threshold text=T --evaluate`` over a small grid of T.
+plain threshold of the source alone from that search (the top of its sweep); rows with min2 and
+unions use the search's decision. The neighbourhood-blending row (``--inb-iterations 1``) was
+measured when the search did not choose blending: it blends and matches at one text threshold,
+chosen on fold 1 by running ``predict.py --fold 1 --inb-iterations 1 --threshold text=T
+--evaluate`` over a small grid of T. (The search now chooses blending itself;
+``benchmarks/quality_transfer.py`` measures that.)
 The shipped model-free defaults (chosen on folds 1+2 by ``benchmarks/quality_real.py``) are
 reported as they are. Caveats, stated in the JSON too: fold 1 was seen in training, so a learned
 model's fold-1 cosines are a little tighter than on unseen groups; train.py keeps the epoch with the
@@ -133,6 +135,13 @@ def _child_environment() -> dict:
 
 def _read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def plain_best_threshold(payload: dict, source: str) -> float:
+    """The best plain threshold of ``source`` alone (no scaling, blending or min2) in a
+    ``thresholds.json``: the top of its sweep."""
+    sweep = payload["sources"][source]["sweep"]
+    return sweep["grid"][max(range(len(sweep["f1"])), key=sweep["f1"].__getitem__)]
 
 
 class QualityText:
@@ -299,7 +308,7 @@ class QualityText:
     def single_source(self, key: str, label: str, flags: list[str], source: str) -> None:
         """A source alone (best-alone threshold, no min2) and with min2, both chosen on fold 1."""
         search_file = self.search(key, flags)
-        best_alone = _read_json(search_file)["best_alone"][source]
+        best_alone = plain_best_threshold(_read_json(search_file), source)
         chosen = f"predict.py --search-thresholds on fold {SELECTION_FOLD} (training fold)"
         alone = self._predict(f"{key}_fold0", EVALUATION_FOLD, flags + ["--no-min2"],
                               ["--threshold", f"{source}={best_alone}"])
@@ -499,6 +508,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {','.join(METHODS)} (run in this order)")
     parser.add_argument("--epochs-scratch", type=int, default=0,
                         help="override the scratch config's epochs (0: keep the config's)")
+    add_run_arguments(parser)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the MiniLM training run and of smoke runs (shared with
+    benchmarks/quality_transfer.py, which trains the same model through :class:`QualityText`)."""
     parser.add_argument("--epochs-minilm", type=int, default=0,
                         help="override the MiniLM config's epochs (0: keep the config's)")
     parser.add_argument("--steps-per-epoch", type=int, default=0,
@@ -507,17 +523,38 @@ def build_argument_parser() -> argparse.ArgumentParser:
                         help="use only the CSV's first N rows (smoke runs; 0: all)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for the project's commands (default: this one)")
-    return parser
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """UserError for a negative count among the options of :func:`add_run_arguments`."""
+    for option in ("epochs_scratch", "epochs_minilm", "steps_per_epoch", "limit_rows"):
+        if getattr(args, option, 0) < 0:
+            raise UserError(f"--{option.replace('_', '-')} must be 0 or positive")
+
+
+def data_absent(path) -> bool:
+    """Whether the real data is missing (a fresh clone has no ../shared); says so when it is."""
+    if Path(path).is_file():
+        return False
+    print(f"skipped: the real Shopee data {path} is absent (a fresh clone has no ../shared); "
+          "nothing to measure")
+    return True
+
+
+def parse_choices(text: str, allowed, option: str) -> list[str]:
+    """A comma-separated option value as a list in ``allowed``'s order; UserError for unknown
+    names or none."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise UserError(f"{option}: unknown value(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(allowed)}")
+    return [name for name in allowed if name in names]
 
 
 def parse_methods(text: str) -> list[str]:
     """``--methods`` as a list in protocol order; UserError for unknown names."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        raise UserError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(METHODS)}")
-    return [name for name in METHODS if name in names]
+    return parse_choices(text, METHODS, "--methods")
 
 
 @exit_on_user_error
@@ -525,12 +562,8 @@ def main(argv=None) -> int:
     """Run the protocol (see the module docstring); 0 also when the data is absent."""
     args = build_argument_parser().parse_args(argv)
     methods = parse_methods(args.methods)
-    for option in ("epochs_scratch", "epochs_minilm", "steps_per_epoch", "limit_rows"):
-        if getattr(args, option) < 0:
-            raise UserError(f"--{option.replace('_', '-')} must be 0 or positive")
-    if not Path(args.data).is_file():
-        print(f"skipped: the real Shopee data {args.data} is absent (a fresh clone has no "
-              "../shared); nothing to measure")
+    check_run_arguments(args)
+    if data_absent(args.data):
         return 0
     json_path = Path(args.json)
     report = _read_json(json_path) if json_path.is_file() and _same_run(json_path, args) else {}

@@ -120,8 +120,12 @@ def test_model_free_prediction_writes_submission_and_report(synthetic_set, tmp_p
 
     report = json.loads(report_path.read_text())
     assert report["rows"] == len(frame)
-    assert set(report["f1"]) == {"tfidf", "phash", "phash_text", "combined"}
-    assert set(report["thresholds"]) == {"tfidf", "phash", "phash_text"}
+    assert report["sources"] == ["tfidf", "phash", "phash_text"]
+    # The shipped decision keeps TF-IDF only; the table lists the others without an F1.
+    assert report["used_sources"] == ["tfidf"]
+    assert set(report["f1"]) == {"tfidf", "combined"}
+    assert set(report["thresholds"]) == {"tfidf"}
+    assert "left out of the union" in completed.stdout
     # The reported combined F1 is the F1 of the submission actually written.
     truth = true_matches(frame["posting_id"].tolist(), frame["label_group"].tolist())
     assert report["f1"]["combined"] == pytest.approx(mean_f1(predicted, truth), abs=1e-9)
@@ -144,12 +148,63 @@ def test_zipped_csv_gives_the_same_submission(synthetic_set, tmp_path):
 
 def test_threshold_override_changes_matches(synthetic_set, tmp_path):
     csv_path = synthetic_set / "data" / "train.csv"
-    strict = tmp_path / "strict.csv"
-    run_predict("--csv", csv_path, "--out", strict, "--no-phash", "--no-min2",
-                "--threshold", "tfidf=1.01")
-    # A threshold no cosine reaches leaves every posting with itself only.
-    submission = read_submission(strict)
-    assert (submission["matches"] == submission["posting_id"]).all()
+    counts = {}
+    for value in ("0.3", "1.0"):
+        out = tmp_path / f"tfidf_{value}.csv"
+        run_predict("--csv", csv_path, "--out", out, "--no-phash", "--no-min2",
+                    "--threshold", f"tfidf={value}")
+        counts[value] = sum(len(matches.split()) for matches in read_submission(out)["matches"])
+    # Only identical titles reach cosine 1.0; 0.3 lets many more pairs in.
+    assert counts["1.0"] < counts["0.3"]
+
+
+def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path):
+    from tf_shopee.neighbours.phash import hamming_distances
+
+    csv_path = synthetic_set / "data" / "train.csv"
+    out = tmp_path / "phash.csv"
+    report_path = tmp_path / "report.json"
+    run_predict("--csv", csv_path, "--out", out, "--no-tfidf", "--no-min2",
+                "--threshold", "phash=8", "--evaluate", "--report", report_path)
+    frame = pd.read_csv(csv_path, dtype={"posting_id": str, "image_phash": str})
+    distances = hamming_distances(frame["image_phash"].tolist(), frame["image_phash"].tolist())
+    ids = frame["posting_id"].to_numpy()
+    for row, matches in enumerate(read_submission(out)["matches"]):
+        expected = set(ids[distances[row] <= 8][:50])
+        assert set(matches.split()) == expected | {ids[row]}
+    report = json.loads(report_path.read_text())
+    assert report["thresholds"] == {"phash": 8}
+    assert report["threshold_origin"]["phash"] == "--threshold"
+
+
+def test_search_can_leave_a_source_out_and_the_table_says_so(synthetic_set, tmp_path):
+    from tf_shopee.thresholds import THRESHOLDS_FORMAT, THRESHOLDS_FORMAT_VERSION
+
+    csv_path = synthetic_set / "data" / "train.csv"
+    thresholds = tmp_path / "thresholds.json"
+    decision = {"method": "fixed", "sources": ["tfidf"],
+                "rules": {"tfidf": {"threshold": 0.6}, "phash": {"threshold": 3}},
+                "min2": None}
+    thresholds.write_text(json.dumps({"format": THRESHOLDS_FORMAT,
+                                      "format_version": THRESHOLDS_FORMAT_VERSION,
+                                      "decision": decision}))
+    report_path = tmp_path / "report.json"
+    completed = run_predict("--csv", csv_path, "--out", tmp_path / "out.csv", "--evaluate",
+                            "--thresholds", thresholds, "--report", report_path)
+    report = json.loads(report_path.read_text())
+    assert report["used_sources"] == ["tfidf"]
+    assert set(report["f1"]) == {"tfidf", "combined"}
+    assert report["f1"]["combined"] == pytest.approx(report["f1"]["tfidf"])  # min2 off
+    rows = {line.split()[0]: line for line in completed.stdout.splitlines() if line.strip()}
+    assert "left out of the union" in rows["phash"]
+    assert "0." not in rows["phash"] and "2.000" not in rows["phash"]  # no F1, no fake value
+    assert f"{report['f1']['tfidf']:.4f}" in rows["tfidf"]
+
+
+def test_command_line_defaults_are_the_library_defaults():
+    from tf_shopee.predict import PredictOptions, build_argument_parser, options_from_arguments
+
+    assert options_from_arguments(build_argument_parser().parse_args([])) == PredictOptions()
 
 
 def test_search_thresholds_writes_file_that_predict_reads(synthetic_set, tmp_path):
@@ -168,6 +223,28 @@ def test_search_thresholds_writes_file_that_predict_reads(synthetic_set, tmp_pat
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
+def test_a_search_with_models_is_reproduced_by_its_thresholds_file(synthetic_set,
+                                                                   exported_models, tmp_path):
+    # The search tries blending the model sources (with and without the photo graph); the file
+    # must make predict.py blend and match exactly as the search scored.
+    arguments = ["--tfrecords", synthetic_set / "tfrecords", "--model", exported_models["text"],
+                 "--model", exported_models["image"], "--cache-dir", tmp_path / "cache",
+                 "--evaluate"]
+    searched = tmp_path / "searched.json"
+    run_predict(*arguments, "--search-thresholds", tmp_path / "search", "--report", searched,
+                "--out", tmp_path / "a.csv")
+    payload = json.loads((tmp_path / "search" / "thresholds.json").read_text())
+    assert {"text", "image", "concat", "tfidf", "phash", "phash_text"} <= set(payload["sources"])
+    report = json.loads(searched.read_text())
+    assert report["f1"]["combined"] == pytest.approx(payload["f1"], abs=1e-9)
+    assert report["f1"]["combined"] >= payload["best_single"]["f1"] - 1e-12
+    applied = tmp_path / "applied.json"
+    run_predict(*arguments, "--thresholds", tmp_path / "search" / "thresholds.json",
+                "--report", applied, "--out", tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert json.loads(applied.read_text())["inb"] == report["inb"]
+
+
 def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported_models,
                                                          tmp_path):
     csv_path = synthetic_set / "data" / "train.csv"
@@ -178,11 +255,13 @@ def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported
                 "--out", from_images, "--evaluate", "--report", report_path,
                 "--cache-dir", tmp_path / "cache")
     report = json.loads(report_path.read_text())
-    assert {"image", "text", "concat", "tfidf", "phash", "combined"} <= set(report["f1"])
+    assert {"image", "text", "concat", "tfidf", "phash", "phash_text"} == set(report["sources"])
+    assert {"image", "text", "concat", "tfidf", "combined"} == set(report["f1"])
     assert report["threshold_origin"]["image"] == "model export"
     # recall@1 is reported for the embedding sources only.
     assert set(report["recall_at_1"]) == {"image", "text", "concat"}
     assert 0.0 < report["recall_at_1"]["text"] <= 1.0
+    assert report["min2"]["source"] == "concat"
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
     # The same postings read from the TFRecords (same JPEG bytes) give the same submission.
@@ -508,3 +587,53 @@ def test_a_damaged_shard_is_named(synthetic_set, tmp_path, capsys, damage):
     assert status == 2, error
     assert shard.name in error
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("unknown_source", "unknown source 'tfdif'"),
+        ("absent_source", "this run has no source 'phash'"),
+        ("nan_threshold", "give a finite number"),
+        ("negative_threshold", "between 0 and 1"),
+        ("fractional_bits", "whole number from 0 to 64"),
+        ("file_unknown_source", "unknown source 'textt'"),
+        ("file_absent_source", "which this run does not build"),
+        ("file_nan_threshold", "give a finite number"),
+        ("file_beta_on_phash", "takes no scaling"),
+    ],
+)
+def test_bad_thresholds_fail_before_anything_is_embedded(synthetic_set, exported_models, tmp_path,
+                                                         capsys, problem, expected):
+    from tf_shopee.predict import main
+
+    arguments = ["--csv", synthetic_set / "data" / "train.csv", "--out", tmp_path / "out.csv",
+                 "--quiet", "--cache-dir", tmp_path / "cache"]
+    if problem == "unknown_source":
+        arguments += ["--threshold", "tfdif=0.5"]
+    elif problem == "absent_source":
+        arguments += ["--no-phash", "--threshold", "phash=8"]
+    elif problem == "nan_threshold":
+        arguments += ["--threshold", "tfidf=nan"]
+    elif problem == "negative_threshold":
+        arguments += ["--threshold", "tfidf=-0.2"]
+    elif problem == "fractional_bits":
+        arguments += ["--threshold", "phash=0.9"]
+    else:
+        rules = {"file_unknown_source": {"textt": {"threshold": 0.5}},
+                 "file_absent_source": {"text": {"threshold": 0.5}},
+                 "file_nan_threshold": {"tfidf": {"threshold": float("nan")}},
+                 "file_beta_on_phash": {"phash": {"threshold": 4, "beta": 0.5}}}[problem]
+        thresholds = tmp_path / "thresholds.json"
+        thresholds.write_text(json.dumps({
+            "format": "tf_shopee.thresholds", "format_version": 2,
+            "decision": {"sources": list(rules), "rules": rules, "min2": None}}))
+        # An image model is given: the error must come before it embeds anything.
+        arguments += ["--thresholds", thresholds, "--images",
+                      synthetic_set / "data" / "train_images", "--model", exported_models["image"]]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(argument) for argument in arguments])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "cache").exists(), "nothing may be embedded before the error"

@@ -132,7 +132,7 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
 
 def predict_both(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
     """Step 4: predict fold 0 with the untrained and with the trained models."""
-    from tf_shopee.predict import PredictOptions, run_prediction
+    from tf_shopee.predict import PredictOptions, describe_options, run_prediction
 
     reports = {}
     for variant, position in (("untrained", 1), ("trained", 0)):
@@ -147,7 +147,14 @@ def predict_both(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
             cache_dir=str(workdir / "embedding_cache"),
             progress=False,
         )
+        # The settings that decide the matches, so the numbers can be reproduced with predict.py
+        # (the same defaults: PredictOptions and predict.py's flags share them).
+        print(f"   predict options: {describe_options(options)}")
         reports[variant] = run_prediction(options)
+        decision = reports[variant]["decision"]
+        print(f"   decision: union of {', '.join(decision['sources'])}; thresholds "
+              f"{reports[variant]['thresholds']}; min2 {reports[variant]['min2']}; blending "
+              f"{reports[variant]['inb'] or 'off'}")
     return reports
 
 

@@ -63,7 +63,11 @@ class PredictOptions:
     use_phash: bool = True
     use_concat: bool = True
     min2: bool = True
-    inb_iterations: int = 1
+    # Neighbourhood blending rounds of embedding sources: None = as the thresholds file (or the
+    # search) decides, off without one; 0 = off; N = N rounds.
+    inb_iterations: int | None = None
+    # How --search-thresholds makes thresholds survive a bigger pool (tf_shopee.thresholds).
+    threshold_method: str = "local+size"
     k: int = 51
     max_matches: int = 50
     max_chunk_mb: int = 256
@@ -447,23 +451,50 @@ def write_submission(path: str, posting_ids: list[str], matches: list[np.ndarray
                                  " ".join(ids[np.asarray(match, dtype=np.int64)])])
 
 
-def format_f1_table(
-    f1_by_source: dict[str, float],
-    thresholds: dict[str, float],
-    recall_at_1: dict[str, float] | None = None,
-) -> str:
-    """A plain-text table of threshold, mean F1 and (for embedding sources) recall@1 per
-    source."""
-    recall_at_1 = recall_at_1 or {}
-    width = max(len("source"), *(len(name) for name in f1_by_source))
-    lines = [f"{'source':<{width}}  threshold  mean F1  recall@1",
-             f"{'-' * width}  ---------  -------  --------"]
-    for name, value in f1_by_source.items():
-        threshold = thresholds.get(name)
-        shown = f"{threshold:9.3f}" if threshold is not None else f"{'-':>9}"
-        recall = recall_at_1.get(name)
-        recall_shown = f"{recall:8.4f}" if recall is not None else f"{'-':>8}"
-        lines.append(f"{name:<{width}}  {shown}  {value:7.4f}  {recall_shown}")
+def format_f1_table(report: dict) -> str:
+    """The ``--evaluate`` table of a :func:`run_prediction` report.
+
+    One row per source: its rule (thresholds in the source's units, for this pool) and its mean
+    F1 alone (no min2) when it is in the union; a source the decision leaves out says so and
+    shows no F1. Then the combined row, what min2 and blending did, and where the thresholds
+    came from.
+    """
+    from tf_shopee.thresholds import Decision, describe_min2
+
+    decision = Decision.from_dict(report["decision"], where="report")
+    thresholds = report["thresholds"]
+    f1 = report["f1"]
+    recall = report.get("recall_at_1") or {}
+    rows = []
+    for name in report["sources"]:
+        if name in decision.sources:
+            rule = decision.rules[name].describe(name, thresholds.get(name))
+            rows.append((name, rule, "yes", f"{f1[name]:.4f}", recall.get(name)))
+        else:
+            rows.append((name, "-", "no (left out of the union)", "-", recall.get(name)))
+    union = f"union of {len(decision.sources)} source(s), min2 {describe_min2(decision)}"
+    rows.append(("combined", union, "submission", f"{f1['combined']:.4f}", None))
+    header = ["source", "rule", "in submission", "mean F1"]
+    if recall:
+        header.append("recall@1")
+    table = [header] + [
+        [*row[:4], *([] if not recall else
+                     ["-" if row[4] is None else f"{row[4]:.4f}"])] for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in table]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    origins = sorted(set(report.get("threshold_origin", {}).values()))
+    lines.append(f"method: {decision.method}; thresholds from: {', '.join(origins) or '-'}; "
+                 "F1 of a source is its matches alone, without min2")
+    if report.get("inb"):
+        blended = ", ".join(
+            f"{name} at {entry['threshold']:g}"
+            + ("" if entry.get("photos_within_bits") is None
+               else f" with photos <= {int(entry['photos_within_bits'])} bits")
+            + f" ({entry['iterations']} round(s))" for name, entry in report["inb"].items())
+        lines.append(f"neighbourhood blending: {blended}")
     return "\n".join(lines)
 
 
@@ -490,11 +521,8 @@ def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
 
     sources = Sources()
     kinds = {}
-    for model_dir in options.models:
+    for name, model_dir, _ in model_source_names(options.models):
         model = load_exported(model_dir)
-        name = model.kind
-        if name in sources.embeddings:  # two models of one kind: name them by folder
-            name = f"{model.kind}:{Path(model_dir).name}"
         sources.embeddings[name] = embed_postings(model, postings, options)
         kinds[name] = model.kind
         if model.kind in ("image", "multimodal"):
@@ -546,87 +574,275 @@ def compute_sources(postings: Postings, options: PredictOptions) -> Sources:
 # --------------------------------------------------------------------------------------------
 # Thresholds and matches
 
-# Which source's nearest candidate "at least one neighbour" (min2) adds, in order of preference:
-# the richest representation present.
+# Which source's nearest candidate "at least one neighbour" (min2) adds when no thresholds file
+# decides, in order of preference: the richest representation present.
 MIN2_SOURCE_PREFERENCE = (CONCAT, "multimodal", "text", "image", TFIDF, PHASH)
+# Without a thresholds file, the lowest cosine min2 accepts from a model source (the floor the
+# shipped model-free search chose for raw TF-IDF cosines before local scaling).
+MODEL_MIN2_FLOOR = 0.3
+
+
+@dataclass
+class PlannedSources:
+    """The sources a run will build, known before any model is loaded or any embedding made."""
+
+    names: list[str]
+    model_dirs: dict[str, str] = field(default_factory=dict)  # embedding source → export
+    model_thresholds: dict[str, float] = field(default_factory=dict)  # from each export
+
+
+def model_source_names(model_dirs: list[str]) -> list[tuple[str, str, dict]]:
+    """``(source name, model folder, export metadata)`` per ``--model``, read from the exports'
+    metadata only. A source is named by its model's kind; two models of one kind are told apart
+    as ``kind:<folder name>``."""
+    from tf_shopee.export import read_export_metadata
+
+    named: list[tuple[str, str, dict]] = []
+    for model_dir in model_dirs:
+        metadata = read_export_metadata(model_dir)
+        name = metadata["kind"]
+        if any(existing == name for existing, _, _ in named):
+            name = f"{metadata['kind']}:{Path(model_dir).name}"
+        if any(existing == name for existing, _, _ in named):
+            raise UserError(f"--model {model_dir}: two models would both be called {name!r}")
+        named.append((name, model_dir, metadata))
+    return named
+
+
+def plan_sources(postings: Postings, options: PredictOptions) -> PlannedSources:
+    """The names of the sources :func:`compute_sources` will build for these options."""
+    planned = PlannedSources(names=[])
+    kinds = []
+    for name, model_dir, metadata in model_source_names(options.models):
+        planned.names.append(name)
+        planned.model_dirs[name] = model_dir
+        kinds.append(metadata["kind"])
+        if metadata.get("threshold") is not None:
+            planned.model_thresholds[name] = metadata["threshold"]
+    if options.use_concat and "image" in kinds and "text" in kinds:
+        planned.names.append(CONCAT)
+    has_hashes = (options.use_phash and postings.image_phashes is not None
+                  and any(postings.image_phashes))
+    if options.use_tfidf:
+        planned.names.append(TFIDF)
+        if has_hashes:
+            planned.names += [PHASH, "phash_text"]
+    elif has_hashes:
+        planned.names.append(PHASH)
+    if not planned.names:
+        raise UserError(
+            "nothing to match with: give --model, or keep TF-IDF (drop --no-tfidf), or a CSV with "
+            "image_phash"
+        )
+    return planned
 
 
 @dataclass
 class MatchPlan:
-    """Thresholds per source and how the sources are combined."""
+    """The decision a run applies (:class:`tf_shopee.thresholds.Decision`), where each of its
+    rules came from, and the blending rounds per embedding source."""
 
-    thresholds: dict[str, float]
-    min2: bool
-    min2_source: str | None
-    min2_floor: float | None
-    origin: dict[str, str]  # where each threshold came from, for the report
+    decision: "Decision"  # noqa: F821 (imported lazily: keeps `import tf_shopee.predict` light)
+    origin: dict[str, str]
+    inb_iterations: dict[str, int] = field(default_factory=dict)
 
 
-def resolve_plan(sources: Sources, options: PredictOptions) -> MatchPlan:
-    """Thresholds of every source, from defaults < model exports < --thresholds < --threshold."""
-    from tf_shopee.thresholds import DEFAULT_COMBINATION, DEFAULT_THRESHOLDS, load_thresholds
+def default_decision(planned: PlannedSources) -> tuple["Decision", dict[str, str]]:  # noqa: F821
+    """The decision without a thresholds file: every model source at its validation threshold,
+    with the model-free sources :data:`tf_shopee.thresholds.DEFAULT_DECISION` keeps (the others
+    only when none of those is built), min2 on the richest source."""
+    from tf_shopee.thresholds import (
+        DEFAULT_DECISION,
+        Decision,
+        SourceRule,
+        check_threshold,
+        is_phash_source,
+    )
 
-    thresholds: dict[str, float] = {}
-    origin: dict[str, str] = {}
-    combination = dict(DEFAULT_COMBINATION)
-    if sources.embeddings:
-        # The shipped min2 source is a model-free one; a model's embeddings are a better judge of
-        # a lonely posting's nearest neighbour (MIN2_SOURCE_PREFERENCE picks it below).
-        combination.pop("min2_source", None)
-    for name, value in DEFAULT_THRESHOLDS.items():
-        thresholds[name], origin[name] = float(value), "default"
-    for name, value in sources.model_thresholds.items():
-        thresholds[name], origin[name] = value, "model export"
-    image_text = [name for name in ("image", "text") if name in sources.model_thresholds]
-    if CONCAT in sources.neighbours and len(image_text) == 2:
+    rules, origin = {}, {}
+    for name in planned.names:
+        if name in DEFAULT_DECISION.rules:
+            rules[name], origin[name] = DEFAULT_DECISION.rules[name], "default"
+    for name, value in planned.model_thresholds.items():
+        where = f"model export {planned.model_dirs[name]}"
+        rules[name] = SourceRule(check_threshold(name, value, where=where))
+        origin[name] = "model export"
+    parts = [name for name in ("image", "text") if name in planned.model_thresholds]
+    if CONCAT in planned.names and len(parts) == 2:
         # No validation ever saw the concatenation: start from the mean of its two parts.
-        thresholds[CONCAT] = float(np.mean([sources.model_thresholds[name] for name in image_text]))
+        rules[CONCAT] = SourceRule(float(np.mean([rules[name].threshold for name in parts])))
         origin[CONCAT] = "mean of image and text"
-    if options.thresholds_file:
-        payload = load_thresholds(options.thresholds_file)
-        for name, value in payload["thresholds"].items():
-            thresholds[name], origin[name] = float(value), f"file {options.thresholds_file}"
-        if payload.get("combined"):
-            combination = payload["combined"]
-    for name, value in options.threshold_overrides.items():
-        thresholds[name], origin[name] = float(value), "--threshold"
-    missing = [name for name in sources.neighbours if name not in thresholds]
+    missing = [name for name in planned.names if name not in rules]
     if missing:
         raise UserError(
             f"no threshold for source(s) {', '.join(missing)}: give --threshold NAME=VALUE, a "
             "--thresholds file, or --search-thresholds on a labelled set"
         )
-    min2_source = combination.get("min2_source")
-    if min2_source not in sources.neighbours:
-        min2_source = next(
-            (name for name in (*MIN2_SOURCE_PREFERENCE, *sources.neighbours)
-             if name in sources.neighbours),
-            None,
-        )
-    return MatchPlan(
-        thresholds={name: thresholds[name] for name in sources.neighbours},
-        min2=options.min2 and bool(combination.get("min2", True)),
-        min2_source=min2_source,
-        min2_floor=combination.get("min2_floor"),
-        origin={name: origin[name] for name in sources.neighbours},
-    )
+    model_free = [name for name in planned.names if name in DEFAULT_DECISION.rules]
+    kept = [name for name in model_free if name in DEFAULT_DECISION.sources] or model_free
+    members = [name for name in planned.names if name not in model_free or name in kept]
+    for name in model_free:
+        if name not in kept:
+            origin[name] = "default (left out of the union by the shipped search)"
+    min2_source = DEFAULT_DECISION.min2_source
+    if planned.model_dirs or min2_source not in members:
+        # A model's embeddings are a better judge of a lonely posting's nearest neighbour.
+        min2_source = next(name for name in (*MIN2_SOURCE_PREFERENCE, *members)
+                           if name in members)
+    if min2_source == DEFAULT_DECISION.min2_source:
+        floor = DEFAULT_DECISION.min2_floor  # in that source's (scaled) units
+    else:
+        floor = None if is_phash_source(min2_source) else MODEL_MIN2_FLOOR
+    decision = Decision(
+        sources=tuple(members), rules=rules, min2_source=min2_source, min2_floor=floor,
+        method=DEFAULT_DECISION.method, window=DEFAULT_DECISION.window,
+        search_rows=DEFAULT_DECISION.search_rows,
+    ).checked(where="default thresholds")
+    return decision, origin
+
+
+def resolve_plan(planned: PlannedSources, options: PredictOptions,
+                 searched: "Decision | None" = None, *,  # noqa: F821
+                 allow_absent: bool = False) -> MatchPlan:
+    """The decision of this run: a search's (``searched``), else ``--thresholds FILE``'s, else
+    the defaults; then ``--threshold`` overrides, ``--no-min2`` and ``--inb-iterations``.
+
+    Runs before anything is embedded, so a bad name or value fails fast.
+
+    Args:
+        planned: the sources this run builds.
+        options: the run's options (thresholds file, overrides, min2, blending).
+        searched: a decision just searched on this run's labelled postings.
+        allow_absent: sources of the file or overrides this run lacks are left out (logged)
+            instead of being an error: catalogue queries that lack a title or a photo.
+
+    Raises:
+        UserError: a thresholds file or ``--threshold`` naming a source this run does not
+            build (unless ``allow_absent``), or a bad value.
+    """
+    from dataclasses import replace
+
+    from tf_shopee.thresholds import EMBEDDING_KINDS, load_thresholds, source_kind, with_threshold
+
+    names = planned.names
+    if searched is not None:
+        decision, label = searched, f"search on this set ({options.search_thresholds})"
+        origin = {name: label for name in decision.sources}
+    elif options.thresholds_file:
+        decision = load_thresholds(options.thresholds_file)
+        absent = [name for name in decision.sources if name not in names]
+        if absent and not allow_absent:
+            raise UserError(
+                f"thresholds file {options.thresholds_file} uses source(s) "
+                f"{', '.join(absent)}, which this run does not build (its sources: "
+                f"{', '.join(names)}); run with the flags (--model, --no-tfidf, --no-phash, ...) "
+                "the thresholds were searched with"
+            )
+        decision = _without_absent(decision, names, planned)
+        origin = {name: f"file {options.thresholds_file}" for name in decision.sources}
+    else:
+        decision, origin = default_decision(planned)
+    for name, value in options.threshold_overrides.items():
+        if name not in names:
+            if allow_absent:
+                logger.info("--threshold %s=%s: no %s source here; ignored", name, value, name)
+                continue
+            raise UserError(f"--threshold {name}={value}: this run has no source {name!r} "
+                            f"(its sources: {', '.join(names)})")
+        decision = with_threshold(decision, name, value)
+        origin[name] = "--threshold"
+    if not options.min2:
+        decision = replace(decision, min2_source=None, min2_floor=None)
+    rules = dict(decision.rules)
+    iterations: dict[str, int] = {}
+    for name in decision.sources:
+        if source_kind(name) not in EMBEDDING_KINDS:
+            continue
+        rule = rules[name]
+        if options.inb_iterations == 0:
+            rules[name] = replace(rule, inb=None)
+        elif options.inb_iterations is not None and rule.inb is None:
+            if rule.beta:
+                raise UserError(
+                    f"--inb-iterations {options.inb_iterations}: source {name!r} is matched on "
+                    "locally scaled scores, so its threshold is no blend threshold; let "
+                    "--search-thresholds choose blending, or give --threshold "
+                    f"{name}=VALUE (a plain cosine threshold, also used to blend)"
+                )
+            rules[name] = replace(rule, inb=rule.threshold)
+        if rules[name].inb is not None:
+            iterations[name] = options.inb_iterations or 1
+            if rules[name].inb_phash is not None and PHASH not in names:
+                raise UserError(f"source {name!r} is blended with the photos' phash neighbours, "
+                                "but this run has no phash source (image_phash column, no "
+                                "--no-phash)")
+    decision = replace(decision, rules=rules).checked(where="match plan")
+    return MatchPlan(decision=decision, origin=origin, inb_iterations=iterations)
+
+
+def _without_absent(decision, names: list[str], planned: PlannedSources):
+    """``decision`` restricted to the sources in ``names`` (logged when a member goes); when no
+    member is left, the default decision of these sources."""
+    from dataclasses import replace
+
+    members = tuple(name for name in decision.sources if name in names)
+    if len(members) < len(decision.sources):
+        logger.warning("the thresholds file's union uses %s, which these postings lack: matching "
+                       "with %s only", [name for name in decision.sources if name not in names],
+                       list(members) or "the default decision")
+    if not members:
+        return default_decision(planned)[0]
+    min2_source, min2_floor = decision.min2_source, decision.min2_floor
+    if min2_source is not None and min2_source not in members:
+        min2_source = next(name for name in (*MIN2_SOURCE_PREFERENCE, *members) if name in members)
+        min2_floor = None
+    return replace(decision, sources=members, min2_source=min2_source, min2_floor=min2_floor,
+                   rules={name: rule for name, rule in decision.rules.items() if name in names})
+
+
+def blend_embeddings(embeddings: np.ndarray, neighbours, threshold: float, *,
+                     phash_neighbours=None, phash_bits: float | None = None) -> np.ndarray:
+    """One round of neighbourhood blending: each embedding becomes the normalised sum of itself
+    and its neighbours scoring at least ``threshold``, weighted by their scores, and (with
+    ``phash_bits``) of the postings whose photos are at most that many bits apart (weighted by
+    their phash score), as the model-free TF-IDF source blends titles."""
+    from tf_shopee.neighbours.tfidf import blend_vectors
+
+    graphs = [(neighbours, threshold)]
+    if phash_bits is not None:
+        if phash_neighbours is None:
+            raise UserError("blending with phash neighbours needs image_phash values (and no "
+                            "--no-phash)")
+        graphs.append((phash_neighbours, 1.0 - phash_bits / 64))
+    return np.asarray(blend_vectors(embeddings, graphs).todense(), dtype=np.float32)
+
+
+# Photos at most this many bits apart are blended into an embedding source when the search tries
+# blending with the photo graph (the model-free TF-IDF source's setting).
+BLEND_PHASH_BITS = 4
 
 
 def blend_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) -> None:
-    """Neighbourhood blending of each embedding source, in place (``--inb-iterations``)."""
-    from tf_shopee.matching import neighbourhood_blend, top_k_neighbours
+    """Neighbourhood blending of each embedding source the plan blends, in place: blend at its
+    rule's ``inb`` threshold (with the photos ``inb_phash`` bits apart), search the neighbours
+    again, as many rounds as planned."""
+    from tf_shopee.matching import top_k_neighbours
 
-    if options.inb_iterations <= 0:
-        return
-    for name, embeddings in sources.embeddings.items():
-        blended = neighbourhood_blend(
-            embeddings, sources.neighbours[name], plan.thresholds[name],
-            iterations=options.inb_iterations, max_chunk_mb=options.max_chunk_mb,
-        )
-        sources.embeddings[name] = blended
-        sources.neighbours[name] = _usable_neighbours(
-            sources, name, top_k_neighbours(blended, k=options.k, max_chunk_mb=options.max_chunk_mb)
-        )
+    for name, rounds in plan.inb_iterations.items():
+        started = time.perf_counter()
+        rule = plan.decision.rules[name]
+        for _ in range(rounds):
+            blended = blend_embeddings(
+                sources.embeddings[name], sources.neighbours[name], rule.inb,
+                phash_neighbours=sources.neighbours.get(PHASH), phash_bits=rule.inb_phash,
+            )
+            sources.embeddings[name] = blended
+            sources.neighbours[name] = _usable_neighbours(
+                sources, name,
+                top_k_neighbours(blended, k=options.k, max_chunk_mb=options.max_chunk_mb),
+            )
+        logger.info("%s: blended (%d round(s) at %.3f) in %.1f s", name, rounds, rule.inb,
+                    time.perf_counter() - started)
 
 
 def _usable_neighbours(sources: Sources, name: str, neighbours):
@@ -637,38 +853,70 @@ def _usable_neighbours(sources: Sources, name: str, neighbours):
 
 
 def match_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) -> dict:
-    """Match lists of every source at its threshold, and the combination (union + min2) under
-    the key ``combined``, scored exactly as the threshold search scored them."""
-    from tf_shopee.thresholds import match_sources as threshold_and_combine
+    """Match lists of every source in the union (alone, without min2) and the combination
+    (union + min2) under the key ``combined``, exactly as the threshold search scored them."""
+    from tf_shopee.thresholds import apply_decision
 
-    per_source, combined = threshold_and_combine(
-        sources.neighbours, plan.thresholds, min2=plan.min2, min2_source=plan.min2_source,
-        min2_floor=plan.min2_floor, max_matches=options.max_matches,
-    )
+    per_source, combined = apply_decision(sources.neighbours, plan.decision,
+                                          max_matches=options.max_matches)
     return {**per_source, COMBINED: combined}
 
 
-def search_and_write_thresholds(sources: Sources, labels: np.ndarray, directory: str) -> dict:
-    """Tune every source's threshold and the combination on this labelled set; write
-    ``thresholds.json`` and ``thresholds.png`` into ``directory``; return the payload."""
-    from tf_shopee.thresholds import (
-        phash_grid,
-        plot_thresholds,
-        search_thresholds,
-        write_thresholds,
-    )
+def blend_variants(sources: Sources, options: PredictOptions) -> dict[str, dict]:
+    """Per embedding source, {(blend threshold, phash bits or None) → neighbours after one
+    round of :func:`blend_embeddings`} for every threshold of
+    :data:`~tf_shopee.thresholds.DEFAULT_INB_GRID`, without and (when the postings have
+    phashes) with the photos :data:`BLEND_PHASH_BITS` apart: the blending options the search
+    tries (none with ``--inb-iterations 0``). :func:`blend_sources` reproduces the chosen one
+    exactly."""
+    from tf_shopee.matching import top_k_neighbours
+    from tf_shopee.thresholds import DEFAULT_INB_GRID
 
-    names = list(sources.neighbours)
-    min2_source = next((name for name in MIN2_SOURCE_PREFERENCE if name in names), names[0])
-    grid = {PHASH: phash_grid()} if PHASH in names else None
-    result = search_thresholds(sources.neighbours, labels, grid=grid, min2=True,
-                               min2_source=min2_source, min2_floors=[None, 0.3, 0.4, 0.5])
-    out = Path(directory)
-    payload = write_thresholds(out / "thresholds.json", result,
-                               settings={"searched_on_rows": len(labels)})
+    variants: dict[str, dict] = {}
+    if options.inb_iterations == 0:
+        return variants
+    phash = sources.neighbours.get(PHASH)
+    photo_options = [None] if phash is None else [None, BLEND_PHASH_BITS]
+    for name, embeddings in sources.embeddings.items():
+        started = time.perf_counter()
+        variants[name] = {
+            (blend, bits): _usable_neighbours(sources, name, top_k_neighbours(
+                blend_embeddings(embeddings, sources.neighbours[name], blend,
+                                 phash_neighbours=phash, phash_bits=bits),
+                k=options.k, max_chunk_mb=options.max_chunk_mb,
+            ))
+            for blend in DEFAULT_INB_GRID for bits in photo_options
+        }
+        logger.info("%s: %d blended variants for the search in %.1f s", name,
+                    len(variants[name]), time.perf_counter() - started)
+    return variants
+
+
+def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
+                                options: PredictOptions) -> "Decision":  # noqa: F821
+    """Choose the decision on this labelled set (:func:`tf_shopee.thresholds.search_decision`
+    over every source, with the blending options of :func:`blend_variants`); write
+    ``thresholds.json`` and ``thresholds.png`` into ``options.search_thresholds``; return the
+    decision."""
+    from tf_shopee.thresholds import Decision, plot_thresholds, search_decision, write_thresholds
+
+    inb_variants = blend_variants(sources, options)
+    started = time.perf_counter()
+    result = search_decision(sources.neighbours, labels, method=options.threshold_method,
+                             inb_variants=inb_variants, max_matches=options.max_matches)
+    out = Path(options.search_thresholds)
+    write_thresholds(out / "thresholds.json", result, settings={
+        "searched_on_rows": len(labels), "k": options.k, "models": list(options.models),
+        "use_tfidf": options.use_tfidf, "use_phash": options.use_phash,
+        "use_concat": options.use_concat,
+    })
     plot_thresholds(out / "thresholds.png", result)
-    logger.info("thresholds searched on %d labelled postings → %s", len(labels), out)
-    return payload
+    decision = Decision.from_dict(result["decision"], where="search result")
+    logger.info("thresholds searched on %d labelled postings in %.1f s (F1 %.4f on them; best "
+                "single source %s %.4f): %s → %s", len(labels), time.perf_counter() - started,
+                result["f1"], result["best_single"]["source"], result["best_single"]["f1"],
+                decision.describe(), out)
+    return decision
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,22 +926,26 @@ def search_and_write_thresholds(sources: Sources, labels: np.ndarray, directory:
 def run_prediction(options: PredictOptions) -> dict:
     """Read postings, match them with every source, write the submission (and the F1 report).
 
+    Every name and value of ``--thresholds`` / ``--threshold`` is checked against the sources
+    this run builds before anything is embedded.
+
     Returns:
-        The report: ``{"rows", "sources", "thresholds", "threshold_origin", "min2", "f1" and
-        "recall_at_1" (per embedding source, before blending; both when labels are present and
-        ``options.evaluate``), "seconds", "submission"}``.
+        The report: ``{"rows", "sources", "used_sources", "decision", "thresholds" (of the
+        sources in the union, in their units, for this pool's size), "threshold_origin", "min2",
+        "inb", "options", "f1" (when labels are present and ``options.evaluate``: each source in
+        the union alone, and ``combined``), "recall_at_1" (per embedding source, before
+        blending; with ``f1``), "seconds", "submission"}``.
     """
     from tf_shopee.metrics import mean_f1_from_matches, recall_at_1
 
+    if not options.cache_dir:
+        options.cache_dir = str(Path(options.out).absolute().parent / ".embedding_cache")
     if options.catalog:  # queries against a catalogue index: tf_shopee.catalog.query
         from tf_shopee.catalog.query import run_catalog_prediction
 
         return run_catalog_prediction(options)
     started = time.perf_counter()
-    if options.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if not 1 <= options.max_matches <= options.k:
-        raise UserError(f"--max-matches must be between 1 and k={options.k}")
+    check_options(options)
     check_outputs(options)
     from tf_shopee import import_tensorflow
 
@@ -707,11 +959,12 @@ def run_prediction(options: PredictOptions) -> dict:
             "(or a labelled TFRecord folder)"
         )
     logger.info("%d postings", len(postings))
+    planned = plan_sources(postings, options)
+    plan = resolve_plan(planned, options)  # fails on bad names or values before any embedding
     sources = compute_sources(postings, options)
     if options.search_thresholds:
-        search_and_write_thresholds(sources, postings.label_groups, options.search_thresholds)
-        options.thresholds_file = str(Path(options.search_thresholds) / "thresholds.json")
-    plan = resolve_plan(sources, options)
+        searched = search_and_write_thresholds(sources, postings.label_groups, options)
+        plan = resolve_plan(planned, options, searched=searched)
     recall = None
     if options.evaluate:
         # Before blending: recall@1 measures the embeddings themselves.
@@ -721,13 +974,21 @@ def run_prediction(options: PredictOptions) -> dict:
     matches = match_sources(sources, plan, options)
     write_submission(options.out, postings.posting_ids, matches[COMBINED])
     bad_images = _report_bad_images(postings, sources)
+    decision = plan.decision
     report = {
         "rows": len(postings),
         "sources": list(sources.neighbours),
-        "thresholds": plan.thresholds,
+        "used_sources": list(decision.sources),
+        "decision": decision.to_dict(),
+        "thresholds": decision.thresholds_for(len(postings)),
         "threshold_origin": plan.origin,
-        "min2": {"enabled": plan.min2, "source": plan.min2_source, "floor": plan.min2_floor},
+        "min2": {"enabled": decision.min2, "source": decision.min2_source,
+                 "floor": decision.min2_floor},
+        "inb": {name: {"threshold": decision.rules[name].inb, "iterations": rounds,
+                       "photos_within_bits": decision.rules[name].inb_phash}
+                for name, rounds in plan.inb_iterations.items()},
         "inb_iterations": options.inb_iterations,
+        "options": describe_options(options),
         "models": list(options.models),
         "submission": str(options.out),
         "bad_images": bad_images,
@@ -806,21 +1067,68 @@ def _report_bad_images(postings: Postings, sources: Sources) -> list[dict]:
     return listed
 
 
+def check_options(options: PredictOptions) -> None:
+    """Reject bad numeric options and threshold overrides before any work (UserError)."""
+    from tf_shopee.thresholds import METHODS, check_source_name, check_threshold
+
+    if options.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.k < 2:
+        raise UserError(f"--k must be at least 2 (the posting and a neighbour), got {options.k}")
+    if not 1 <= options.max_matches <= options.k:
+        raise UserError(f"--max-matches must be between 1 and k={options.k}")
+    if options.inb_iterations is not None and options.inb_iterations < 0:
+        raise UserError(f"--inb-iterations must be 0 or more, got {options.inb_iterations}")
+    if options.threshold_method not in METHODS:
+        raise UserError(f"--threshold-method must be one of {', '.join(METHODS)}, got "
+                        f"{options.threshold_method!r}")
+    for name, value in options.threshold_overrides.items():
+        check_source_name(name, where="--threshold")
+        check_threshold(name, value, where="--threshold")
+
+
+def describe_options(options: PredictOptions) -> dict:
+    """The settings that decide the matches, JSON-ready (what the demo prints and reports keep)."""
+    return {
+        "thresholds_file": options.thresholds_file or None,
+        "threshold_overrides": dict(options.threshold_overrides),
+        "search_thresholds": options.search_thresholds or None,
+        "threshold_method": options.threshold_method,
+        "use_tfidf": options.use_tfidf,
+        "use_phash": options.use_phash,
+        "use_concat": options.use_concat,
+        "min2": options.min2,
+        "inb_iterations": options.inb_iterations,
+        "k": options.k,
+        "max_matches": options.max_matches,
+    }
+
+
 def _parse_threshold_overrides(values: list[str]) -> dict[str, float]:
+    """``SOURCE=VALUE`` strings → {source: value}, each checked (phash values in bits)."""
+    from tf_shopee.thresholds import check_source_name, check_threshold
+
     overrides = {}
     for value in values:
         name, separator, number = value.partition("=")
+        name = name.strip()
+        if not separator or not name or not number.strip():
+            raise UserError(f"--threshold expects SOURCE=VALUE (e.g. tfidf=0.6 or phash=8), got "
+                            f"{value!r}")
+        check_source_name(name, where=f"--threshold {value}")
         try:
-            overrides[name.strip()] = float(number)
+            parsed = float(number)
         except ValueError:
-            separator = ""
-        if not separator or not name.strip():
-            raise UserError(f"--threshold expects SOURCE=VALUE (e.g. tfidf=0.6), got {value!r}")
+            raise UserError(f"--threshold {value}: {number!r} is not a number") from None
+        overrides[name] = check_threshold(name, parsed, where=f"--threshold {value}")
     return overrides
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    """The command line of ``predict.py``."""
+    """The command line of ``predict.py``; every default is :class:`PredictOptions`' own."""
+    from tf_shopee.thresholds import METHODS
+
+    defaults = PredictOptions()
     parser = argparse.ArgumentParser(
         prog="predict.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -830,75 +1138,95 @@ def build_argument_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Sources: one per --model (named by its kind: image, text, multimodal), 'concat' (image"
-            " + text embeddings) when both kinds are given, 'tfidf' (titles) and 'phash' (when the "
-            "CSV has image_phash). Without --model only TF-IDF and phash are used.\n\n"
-            "Thresholds, later wins: shipped defaults (chosen on the real Shopee train.csv by "
-            "benchmarks/quality_real.py) < each model's validation threshold < --thresholds FILE "
-            "< --threshold SOURCE=VALUE. --search-thresholds DIR tunes them on this labelled set "
-            "and writes DIR/thresholds.json and DIR/thresholds.png.\n\n"
+            " + text embeddings) when both kinds are given, 'tfidf' (titles), 'phash' and "
+            "'phash_text' (photos a few bits apart whose titles agree; when the CSV has "
+            "image_phash). Without --model only the model-free sources are used.\n\n"
+            "Units: phash and phash_text thresholds are Hamming distances in bits (phash=8 "
+            "matches photos at most 8 of 64 bits apart); every other threshold is a similarity "
+            "in [0, 1].\n\n"
+            "Decision, later wins: shipped defaults (chosen on the real Shopee train.csv by "
+            "benchmarks/quality_real.py; every source in the union) with each model's "
+            "validation threshold < --thresholds FILE (which sources enter the union, their "
+            "thresholds, local scaling, blending and min2, applied exactly as searched) < "
+            "--threshold SOURCE=VALUE (a plain threshold; adds the source to the union). "
+            "--search-thresholds DIR chooses all of it on this labelled set and writes "
+            "DIR/thresholds.json and DIR/thresholds.png.\n\n"
             "examples:\n"
             "  python predict.py --csv test.csv --images test_images --model saved_models/image "
             "--model saved_models/text --out submission.csv\n"
             "  python predict.py --csv train.csv --out train_matches.csv --evaluate "
             "--report report.json\n"
+            "  python predict.py --tfrecords tfrecords/train --fold 1 --model saved_models/text "
+            "--out fold1.csv --search-thresholds thresholds/\n"
             "  python predict.py --tfrecords tfrecords/train --fold 0 --model saved_models/text "
-            "--out fold0.csv --evaluate\n"
+            "--thresholds thresholds/thresholds.json --out fold0.csv --evaluate\n"
             "  python predict.py --catalog index/ --csv new_listings.csv --images photos "
             "--out matches.csv\n\n"
             "Exit status: 0 done; 2 for bad input (message on stderr)."
         ),
     )
     data = parser.add_argument_group("postings")
-    data.add_argument("--csv", default="", help="Shopee-style CSV (posting_id, title; image, "
-                      "image_phash, label_group when present), or a .zip holding one")
-    data.add_argument("--images", default="", metavar="DIR",
+    data.add_argument("--csv", default=defaults.csv, help="Shopee-style CSV (posting_id, title; "
+                      "image, image_phash, label_group when present), or a .zip holding one")
+    data.add_argument("--images", default=defaults.images, metavar="DIR",
                       help="folder the CSV's image column is relative to")
-    data.add_argument("--tfrecords", default="", metavar="DIR",
+    data.add_argument("--tfrecords", default=defaults.tfrecords, metavar="DIR",
                       help="a folder written by convert_tfrecords.py (instead of --images; with "
                       "--csv only the CSV's postings are matched)")
-    data.add_argument("--fold", type=int, default=None,
+    data.add_argument("--fold", type=int, default=defaults.fold,
                       help="with --tfrecords: match only the postings of this fold")
-    data.add_argument("--catalog", default="", metavar="INDEX",
+    data.add_argument("--catalog", default=defaults.catalog, metavar="INDEX",
                       help="match the postings against this catalogue index (built by python -m "
                       "tf_shopee.catalog build) instead of against each other; matches are "
                       "catalogue posting ids; --model defaults to the index's models")
-    data.add_argument("--search", default="auto", choices=("exact", "ann", "auto"),
+    data.add_argument("--search", default=defaults.search, choices=("exact", "ann", "auto"),
                       help="with --catalog: exact search, approximate (FAISS IVF), or auto "
                       "(approximate from 200,000 catalogue rows on; default)")
-    data.add_argument("--nprobe", type=int, default=0,
+    data.add_argument("--nprobe", type=int, default=defaults.nprobe,
                       help="with --search ann: IVF cells probed per query (default 16)")
     model = parser.add_argument_group("models and thresholds")
     model.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                        help="exported SavedModel folder (repeatable)")
-    model.add_argument("--thresholds", default="", metavar="FILE",
-                       help="thresholds.json from a threshold search")
+    model.add_argument("--thresholds", default=defaults.thresholds_file, metavar="FILE",
+                       help="thresholds.json from a threshold search: applied exactly")
     model.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
-                       help="override one source's threshold (repeatable)")
-    model.add_argument("--search-thresholds", default="", metavar="DIR",
-                       help="tune thresholds on this labelled set; write DIR/thresholds.json+png")
+                       help="match SOURCE at a plain threshold (bits for phash sources; "
+                       "repeatable)")
+    model.add_argument("--search-thresholds", default=defaults.search_thresholds, metavar="DIR",
+                       help="choose the decision on this labelled set; write "
+                       "DIR/thresholds.json+png")
+    model.add_argument("--threshold-method", default=defaults.threshold_method, choices=METHODS,
+                       help="how the search makes thresholds hold on a bigger pool: local "
+                       "scaling, refitting on sub-pools (size), both, a background shift, or "
+                       f"plain fixed thresholds (default {defaults.threshold_method})")
     model.add_argument("--no-tfidf", action="store_true", help="do not use TF-IDF title matches")
     model.add_argument("--no-phash", action="store_true", help="do not use image_phash matches")
     model.add_argument("--no-concat", action="store_true",
                        help="do not add the concatenated image+text source")
     model.add_argument("--no-min2", action="store_true",
                        help="do not give lonely postings their nearest neighbour")
-    model.add_argument("--inb-iterations", type=int, default=0,
-                       help="neighbourhood blending iterations on embedding sources (default 0)")
-    model.add_argument("--k", type=int, default=51, help="neighbours per posting (default 51)")
-    model.add_argument("--max-matches", type=int, default=50,
-                       help="matches per posting, itself included (default 50)")
-    model.add_argument("--max-chunk-mb", type=int, default=256,
-                       help="memory budget of one similarity chunk in MiB (default 256)")
+    model.add_argument("--inb-iterations", type=int, default=defaults.inb_iterations,
+                       help="neighbourhood blending rounds of embedding sources (default: as "
+                       "the thresholds file or search decides, off without one; 0: off)")
+    model.add_argument("--k", type=int, default=defaults.k,
+                       help=f"neighbours per posting (default {defaults.k})")
+    model.add_argument("--max-matches", type=int, default=defaults.max_matches,
+                       help=f"matches per posting, itself included (default "
+                       f"{defaults.max_matches})")
+    model.add_argument("--max-chunk-mb", type=int, default=defaults.max_chunk_mb,
+                       help=f"memory budget of one similarity chunk in MiB (default "
+                       f"{defaults.max_chunk_mb})")
     output = parser.add_argument_group("output")
-    output.add_argument("--out", default="submission.csv", help="submission CSV to write")
+    output.add_argument("--out", default=defaults.out, help="submission CSV to write")
     output.add_argument("--evaluate", action="store_true",
                         help="print mean F1 per source and combined, and recall@1 (the nearest "
                         "other posting is the same product) per embedding source (needs "
                         "label_group)")
-    output.add_argument("--report", default="", metavar="JSON", help="write a JSON report")
-    output.add_argument("--batch-size", type=int, default=64,
-                        help="postings per model call (default 64)")
-    output.add_argument("--cache-dir", default="", metavar="DIR",
+    output.add_argument("--report", default=defaults.report, metavar="JSON",
+                        help="write a JSON report")
+    output.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"postings per model call (default {defaults.batch_size})")
+    output.add_argument("--cache-dir", default=defaults.cache_dir, metavar="DIR",
                         help="embedding cache (default: .embedding_cache beside --out)")
     data.add_argument("--encoding", default=None, metavar="NAME",
                       help="the CSV's text encoding, e.g. cp1252 (default: detected, as "
@@ -908,13 +1236,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exit_on_user_error
-def main(argv=None) -> dict:
-    """Entry point of ``predict.py``."""
-    arguments = build_argument_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if arguments.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    options = PredictOptions(
+def options_from_arguments(arguments: argparse.Namespace) -> PredictOptions:
+    """The :class:`PredictOptions` of parsed ``predict.py`` arguments."""
+    return PredictOptions(
         csv=arguments.csv,
         images=arguments.images,
         tfrecords=arguments.tfrecords,
@@ -927,13 +1251,13 @@ def main(argv=None) -> dict:
         report=arguments.report,
         search_thresholds=arguments.search_thresholds,
         batch_size=arguments.batch_size,
-        cache_dir=arguments.cache_dir
-        or str(Path(arguments.out).absolute().parent / ".embedding_cache"),
+        cache_dir=arguments.cache_dir,
         use_tfidf=not arguments.no_tfidf,
         use_phash=not arguments.no_phash,
         use_concat=not arguments.no_concat,
         min2=not arguments.no_min2,
         inb_iterations=arguments.inb_iterations,
+        threshold_method=arguments.threshold_method,
         k=arguments.k,
         max_matches=arguments.max_matches,
         max_chunk_mb=arguments.max_chunk_mb,
@@ -943,6 +1267,15 @@ def main(argv=None) -> dict:
         nprobe=arguments.nprobe,
         encoding=arguments.encoding,
     )
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    """Entry point of ``predict.py``."""
+    arguments = build_argument_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if arguments.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    options = options_from_arguments(arguments)
     report = run_prediction(options)
     print(f"wrote {report['rows']} rows to {options.out}")
     if "top1_accuracy" in report:
@@ -950,5 +1283,5 @@ def main(argv=None) -> dict:
 
         print(format_catalog_table(report))
     elif "f1" in report:
-        print(format_f1_table(report["f1"], report["thresholds"], report.get("recall_at_1")))
+        print(format_f1_table(report))
     return report

@@ -1,30 +1,60 @@
-"""Threshold search: pick each source's similarity threshold, and the combination's, by mean F1.
+"""Matching decisions: per-source thresholds, which sources enter the union, min2, blending.
 
-On a labelled set every neighbour source (embeddings, TF-IDF, phash, ...) is swept over a grid of
-thresholds; a posting's matches at threshold ``t`` are its neighbours scoring ``>= t`` (self
-always included, at most 50), made by :func:`tf_shopee.matching.matches_from_neighbours`. The best
-threshold of each source alone is reported, then the *combination* is tuned: the union
-(:func:`tf_shopee.matching.union_matches`) of every source's thresholded matches, optionally with
-"at least one neighbour" (min2: a posting left with no match but itself gets its nearest
-candidate of one chosen source, unless that scores below a floor).
+A *decision* (:class:`Decision`) says how neighbour lists become a submission:
 
-The combined thresholds are found by coordinate ascent: start from each source's own best, then
-sweep one source's threshold at a time with the others held, keep the best, and repeat until a
-round changes nothing. Thresholds that are best alone are usually too loose in a union (each
-source then adds its false positives), which is why the combination is tuned separately.
+* which sources enter the union (one source alone is a decision too);
+* per source a :class:`SourceRule`: its threshold, the weight ``beta`` of local scaling (scores
+  judged against each posting's background, :mod:`tf_shopee.neighbours.scaling`; 0 = a plain
+  threshold) and, for embedding sources, whether one round of neighbourhood blending (INB) runs
+  first and at which blend threshold;
+* min2 ("at least one neighbour"): off, or a lonely posting gets the nearest candidate of one
+  member source when that candidate reaches a floor.
 
-:func:`write_thresholds` saves the result as ``thresholds.json`` (the file ``predict.py
---thresholds`` reads back with :func:`load_thresholds`) and :func:`plot_thresholds` draws F1
-against the threshold per source.
+Units. phash sources (``phash``, ``phash_text``) are given in **bits**: a threshold of 8 matches
+photos whose hashes differ in at most 8 of 64 bits. Every other source is a similarity: a pair
+matches when its (scaled) score is at least the threshold, a number in [0, 1]. Thresholds files,
+``predict.py --threshold``, reports and tables all use these units; the neighbour lists carry
+phash as the score ``1 - bits / 64``, converted only where thresholds meet scores
+(:func:`score_threshold`).
 
-:data:`DEFAULT_THRESHOLDS` are the thresholds ``predict.py`` uses for the model-free sources when
-nothing else is given; they were chosen once, on real Shopee data, by
-``benchmarks/quality_real.py`` (see the comment on them), never per run.
+:func:`search_decision` chooses a decision on labelled data and can say no: it scores every
+single source (with and without min2) and the union found by coordinate ascent from two starting
+points, and keeps the best, so the chosen decision is never worse on the search data than the
+best single source. It is fast because it scores candidates on a table of candidate pairs
+(:class:`PairTable`), not through match lists; :func:`apply_decision` then applies the chosen
+decision to neighbour lists and reproduces the searched F1 exactly.
+
+Ways of making thresholds survive a bigger catalogue (``method``), compared on the real Shopee
+titles by ``benchmarks/quality_transfer.py`` (thresholds chosen on one pool, applied to a bigger
+one):
+
+``local``
+    local scaling with ``beta`` chosen per source by the search (``beta = 0`` is among the
+    choices, so a source may keep a plain threshold).
+``size``
+    plain thresholds that follow the pool's size: after the search, each member's threshold is
+    searched again on random sub-pools (a quarter and half of the label groups) of the search
+    data, and the change per doubling of the pool (``slope``) is fitted; at prediction time the
+    threshold is moved by ``slope * log2(pool size / search rows)``.
+``local+size``
+    both.
+``shift``
+    plain thresholds, shifted at prediction time by how much the mean background of the pool
+    being matched differs from the search data's.
+``fixed``
+    plain thresholds, applied as they are.
+
+:func:`write_thresholds` saves a search as ``thresholds.json``; :func:`load_thresholds` reads it
+back (checking every name and value) for ``predict.py --thresholds``.
+
+:data:`DEFAULT_DECISION` is what ``predict.py`` uses for the model-free sources when nothing else
+is given; it was chosen once, on real Shopee data, by ``benchmarks/quality_real.py``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -32,326 +62,1172 @@ import numpy as np
 
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import atomic_path, write_json_atomic
-from tf_shopee.metrics import mean_f1_from_matches
 from tf_shopee.neighbours import Neighbours
+from tf_shopee.neighbours.scaling import (
+    DEFAULT_WINDOW,
+    background_scores,
+    local_scaling,
+    other_slots,
+)
 
 THRESHOLDS_FORMAT = "tf_shopee.thresholds"
-THRESHOLDS_FORMAT_VERSION = 1
-COMBINED = "combined"
+THRESHOLDS_FORMAT_VERSION = 2
 MAX_MATCHES = 50
+HASH_BITS = 64
 
-# A threshold no score reaches (cosines and phash scores are at most 1): the source adds nothing.
-SOURCE_OFF = 2.0
-# Cosine-like scores (embeddings, TF-IDF): 0.30, 0.325, ..., 0.975.
-DEFAULT_GRID = tuple(round(0.3 + 0.025 * step, 3) for step in range(28))
+METHODS = ("local+size", "local", "size", "shift", "fixed")
+DEFAULT_METHOD = "local+size"
+# Sub-pools of the search data the "size" methods refit thresholds on: fractions of its label
+# groups, and random draws of each.
+SIZE_FRACTIONS = (0.25, 0.5)
+SIZE_REPEATS = 3
+
+# Every source predict.py can build: one per model kind, their concatenation, the model-free ones.
+# Two models of one kind are told apart as "<kind>:<folder name>".
+SOURCE_KINDS = ("image", "text", "multimodal", "concat", "tfidf", "phash", "phash_text")
+EMBEDDING_KINDS = ("image", "text", "multimodal", "concat")
+
+# Similarity thresholds tried by the search: 0.0, 0.025, ..., 0.975 (scaled scores sit lower than
+# raw ones, hence the start at 0).
+SIMILARITY_GRID = tuple(round(0.025 * step, 3) for step in range(40))
+# phash thresholds tried: every distance from 0 to 20 bits.
+PHASH_GRID_BITS = tuple(range(21))
+# Local scaling weights tried by the "local" method.
+DEFAULT_BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Blend thresholds tried for one round of neighbourhood blending of an embedding source.
+DEFAULT_INB_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+# min2 floors tried (None: any nearest candidate), in the min2 source's units.
+SIMILARITY_MIN2_FLOORS = (None, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+PHASH_MIN2_FLOORS_BITS = (None, 4, 8, 12, 16, 20)
+# The search only moves to a candidate that beats the current one by more than this.
+_IMPROVEMENT = 1e-9
+# A union is chosen over the best single source only when it is better on the search data by
+# more than this mean F1: a gain smaller than that is within the noise of a pool of a few
+# thousand postings, and the simpler decision transfers at least as well.
+DEFAULT_UNION_MARGIN = 0.001
 
 
-def default_grid(name: str) -> tuple[float, ...]:
-    """The grid a source is swept over when none is given: every phash distance up to 20 for
-    sources named ``phash...``, :data:`DEFAULT_GRID` for the rest."""
-    return phash_grid() if name.startswith("phash") else DEFAULT_GRID
+# --------------------------------------------------------------------------------------------
+# Names and units
 
 
-def phash_grid(max_distance: int = 20) -> tuple[float, ...]:
-    """phash thresholds ``1 - d / 64`` for Hamming distances ``d = 0 .. max_distance``.
-
-    phash scores only take the values ``1 - d / 64``, so this grid visits every distinct one.
-    """
-    return tuple(1.0 - distance / 64 for distance in range(max_distance + 1))
+def source_kind(name: str) -> str:
+    """The kind of a source name: ``"text"`` for ``"text"`` and ``"text:bert"``."""
+    return name.split(":", 1)[0]
 
 
-def search_thresholds(
-    sources: Mapping[str, Neighbours],
-    labels: np.ndarray,
-    *,
-    grid: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
-    min2: bool = True,
-    min2_source: str | None = None,
-    min2_floors: Sequence[float] | None = None,
-    combine: bool | Sequence[str] = True,
-    allow_off: bool = True,
-    max_matches: int = MAX_MATCHES,
-    max_rounds: int = 4,
-) -> dict:
-    """Sweep each source's threshold and the combined ones; pick the best by mean F1.
+def is_phash_source(name: str) -> bool:
+    """Whether a source's thresholds are phash Hamming distances in bits."""
+    return source_kind(name) in ("phash", "phash_text")
 
-    Args:
-        sources: name → self-matching :class:`Neighbours` of the same labelled postings.
-        labels: label (e.g. ``label_group``) of each posting.
-        grid: thresholds to try, one sequence for every source or name → sequence (names
-            missing from the mapping, or every name when ``None``, get :func:`default_grid`).
-        min2: apply "at least one neighbour" to the combination.
-        min2_source: the source whose nearest candidate min2 adds (default: the first source).
-        min2_floors: floors to try for min2 (the nearest candidate must score at least this);
-            default ``[None]``, i.e. no floor.
-        combine: ``True`` to tune the union of all sources, ``False`` to skip it, or the names of
-            the sources to combine.
-        allow_off: let the combination switch a source off (threshold :data:`SOURCE_OFF`) when
-            the union is better without it.
-        max_matches: cap on each posting's matches, self included.
-        max_rounds: coordinate-ascent rounds at most.
 
-    Returns:
-        A JSON-ready dict: ``{"rows", "max_matches", "sources": {name: {"grid", "f1",
-        "best_threshold", "best_f1"}}, "combined": {"sources", "thresholds", "f1", "min2",
-        "min2_source", "min2_floor", "rounds", "history"} or None}``.
+def check_source_name(name, *, where: str) -> str:
+    """``name`` when it names a kind of source predict.py builds; UserError otherwise."""
+    if not isinstance(name, str) or source_kind(name) not in SOURCE_KINDS:
+        raise UserError(
+            f"{where}: unknown source {name!r}; sources are {', '.join(SOURCE_KINDS)} "
+            "(two models of one kind: '<kind>:<model folder name>')"
+        )
+    return name
+
+
+def check_threshold(name: str, value, *, where: str, what: str = "threshold") -> float:
+    """A threshold in the source's units, checked: phash sources a whole number of bits in
+    0..64, other sources a similarity in [0, 1]. Returns it as a float (bits as whole floats).
 
     Raises:
-        UserError: on empty sources, mismatched row counts or unknown names.
+        UserError: naming ``where`` for a non-number, NaN, infinity or a value out of range.
     """
-    if not sources:
-        raise UserError("search_thresholds needs at least one source")
-    labels = np.asarray(labels)
-    num_rows = labels.shape[0]
-    for name, neighbours in sources.items():
-        if neighbours.num_queries != num_rows:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise UserError(f"{where}: {what} of {name!r} is not a number: {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise UserError(f"{where}: {what} of {name!r} is {number}; give a finite number")
+    if is_phash_source(name):
+        if number != round(number) or not 0 <= number <= HASH_BITS:
             raise UserError(
-                f"source {name!r} has {neighbours.num_queries} rows but there are {num_rows} labels"
+                f"{where}: {what} of {name!r} is {value!r}; phash thresholds are Hamming "
+                f"distances in bits, a whole number from 0 to {HASH_BITS} (e.g. {name}=8)"
             )
-    grids = _grids(sources, grid)
-    cache = _MatchCache(sources, max_matches=max_matches)
-
-    result: dict = {"rows": int(num_rows), "max_matches": int(max_matches), "sources": {}}
-    for name in sources:
-        scores = [mean_f1_from_matches(cache.get(name, value), labels) for value in grids[name]]
-        best = int(np.argmax(scores))
-        result["sources"][name] = {
-            "grid": [float(value) for value in grids[name]],
-            "f1": [float(score) for score in scores],
-            "best_threshold": float(grids[name][best]),
-            "best_f1": float(scores[best]),
-        }
-
-    if combine is False:
-        result["combined"] = None
-        return result
-    names = list(sources) if combine is True else list(combine)
-    min2_source = _check_combination(sources, names, min2=min2, min2_source=min2_source)
-    floors = [None] if min2_floors is None else list(min2_floors)
-    if not min2:
-        floors = [None]
-    fallbacks = (
-        {
-            floor: _min2_fallback(sources[min2_source], floor, max_matches=max_matches)
-            for floor in floors
-        }
-        if min2
-        else {}
-    )
-
-    def evaluate(thresholds: dict[str, float], floor) -> float:
-        match_lists = [cache.get(name, thresholds[name]) for name in names]
-        combined = combine_matches(
-            match_lists, fallback=fallbacks.get(floor), max_matches=max_matches
+        return float(round(number))
+    if not 0.0 <= number <= 1.0:
+        raise UserError(
+            f"{where}: {what} of {name!r} is {value!r}; similarity thresholds are between 0 "
+            "and 1 (a pair matches when its score is at least the threshold)"
         )
-        return mean_f1_from_matches(combined, labels)
-
-    thresholds = {name: result["sources"][name]["best_threshold"] for name in names}
-    floor = floors[0]
-    best_f1 = evaluate(thresholds, floor)
-    history = [{"thresholds": dict(thresholds), "min2_floor": floor, "f1": best_f1}]
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):
-        changed = False
-        for name in names:
-            for value in grids[name] + ([SOURCE_OFF] if allow_off else []):
-                trial = {**thresholds, name: float(value)}
-                score = evaluate(trial, floor)
-                if score > best_f1 + 1e-12:
-                    best_f1, thresholds, changed = score, trial, True
-            history.append({"thresholds": dict(thresholds), "min2_floor": floor, "f1": best_f1})
-        for value in floors:
-            score = evaluate(thresholds, value)
-            if score > best_f1 + 1e-12:
-                best_f1, floor, changed = score, value, True
-        if not changed:
-            break
-    result["combined"] = {
-        "sources": names,
-        "thresholds": thresholds,
-        "f1": float(best_f1),
-        "min2": bool(min2),
-        "min2_source": min2_source if min2 else None,
-        "min2_floor": floor,
-        "rounds": rounds,
-        "history": history,
-    }
-    return result
+    return number
 
 
-def combine_matches(
-    match_lists: Sequence[Sequence[np.ndarray]],
+def score_threshold(name: str, value: float) -> float:
+    """A threshold in the source's units (bits for phash) as a score threshold."""
+    return 1.0 - float(value) / HASH_BITS if is_phash_source(name) else float(value)
+
+
+def user_threshold(name: str, score: float) -> float:
+    """A score threshold in the source's units (whole bits for phash)."""
+    if is_phash_source(name):
+        return float(round((1.0 - float(score)) * HASH_BITS))
+    return float(score)
+
+
+def format_threshold(name: str, value: float) -> str:
+    """A threshold for people: ``<= 8 bits`` for phash sources, ``0.650`` otherwise."""
+    if is_phash_source(name):
+        return f"<= {int(value)} bits"
+    return f"{value:.3f}"
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """How one source's neighbours become matches.
+
+    Attributes:
+        threshold: bits for phash sources (match at <= threshold), otherwise a similarity in
+            [0, 1] (match at >= threshold, on the scaled score when ``beta > 0``), for a pool of
+            the search data's size.
+        beta: local scaling weight (:mod:`tf_shopee.neighbours.scaling`); 0 = plain threshold.
+        inb: blend threshold of one round of neighbourhood blending before matching (embedding
+            sources only); ``None`` = no blending.
+        inb_phash: when blending, also blend in the postings whose photos are at most this many
+            bits apart (phash neighbours, as the model-free TF-IDF source does); ``None`` = only
+            the source's own neighbours.
+        slope: change of the threshold per doubling of the pool (``size`` methods), in the
+            source's units; 0 = the same threshold for every pool size.
+    """
+
+    threshold: float
+    beta: float = 0.0
+    inb: float | None = None
+    slope: float = 0.0
+    inb_phash: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the thresholds file's ``rules`` entries)."""
+        return {"threshold": self.threshold, "beta": self.beta, "inb": self.inb,
+                "inb_phash": self.inb_phash, "slope": self.slope}
+
+    @classmethod
+    def from_dict(cls, name: str, data, *, where: str) -> "SourceRule":
+        """Read and check a rule (a dict, or a bare number meaning a plain threshold)."""
+        if not isinstance(data, Mapping):
+            data = {"threshold": data}
+        unknown = sorted(set(data) - {"threshold", "beta", "inb", "inb_phash", "slope"})
+        if unknown:
+            raise UserError(f"{where}: rule of {name!r} has unknown key(s) {unknown}")
+        if "threshold" not in data:
+            raise UserError(f"{where}: rule of {name!r} has no threshold")
+        values = {}
+        for key in ("beta", "slope", "inb", "inb_phash"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise UserError(f"{where}: {key} of {name!r} is not a number: {value!r}")
+            values[key] = value
+        return cls(
+            threshold=check_threshold(name, data["threshold"], where=where),
+            beta=float(values["beta"] or 0.0),
+            inb=None if values["inb"] is None else float(values["inb"]),
+            slope=float(values["slope"] or 0.0),
+            inb_phash=None if values["inb_phash"] is None else float(values["inb_phash"]),
+        ).checked(name, where=where)
+
+    def checked(self, name: str, *, where: str) -> "SourceRule":
+        """This rule, after checking every value; UserError naming ``where`` otherwise."""
+        check_threshold(name, self.threshold, where=where)
+        if not (math.isfinite(self.beta) and 0.0 <= self.beta <= 4.0):
+            raise UserError(f"{where}: local scaling beta of {name!r} must be in [0, 4], got "
+                            f"{self.beta!r}")
+        if self.beta and is_phash_source(name):
+            raise UserError(f"{where}: {name!r} is a phash source (bits); it takes no scaling")
+        limit = HASH_BITS if is_phash_source(name) else 1.0
+        if not (math.isfinite(self.slope) and abs(self.slope) <= limit):
+            raise UserError(f"{where}: slope of {name!r} must be a number within +-{limit:g} "
+                            f"per doubling, got {self.slope!r}")
+        if self.inb is not None:
+            check_threshold(name, self.inb, where=where, what="blend (INB) threshold")
+            if source_kind(name) not in EMBEDDING_KINDS:
+                raise UserError(f"{where}: neighbourhood blending applies to embedding sources "
+                                f"({', '.join(EMBEDDING_KINDS)}), not {name!r}")
+        if self.inb_phash is not None:
+            if self.inb is None:
+                raise UserError(f"{where}: inb_phash of {name!r} needs blending (inb)")
+            check_threshold("phash", self.inb_phash, where=where, what=f"inb_phash of {name!r}")
+        return self
+
+    def threshold_for(self, name: str, pool_ratio: float) -> float:
+        """The threshold for a pool ``pool_ratio`` times the search data's size (clipped to the
+        valid range; whole bits for phash)."""
+        value = self.threshold
+        if self.slope and pool_ratio > 0:
+            value += self.slope * math.log2(pool_ratio)
+        if is_phash_source(name):
+            return float(min(max(round(value), 0), HASH_BITS))
+        return float(min(max(value, 0.0), 1.0))
+
+    def describe(self, name: str, threshold: float | None = None) -> str:
+        """One line for tables: threshold (``threshold`` when given, e.g. moved with the pool
+        size), scaling and blending."""
+        text = format_threshold(name, self.threshold if threshold is None else threshold)
+        if self.beta:
+            text += f" + {self.beta:g}*bg"
+        if self.inb is not None:
+            text += f", INB {self.inb:g}"
+            if self.inb_phash is not None:
+                text += f" + photos <= {int(self.inb_phash)} bits"
+        return text
+
+
+@dataclass
+class Decision:
+    """Which sources enter the union and how each is thresholded; min2; the method.
+
+    Attributes:
+        sources: the union's members, in union order (a posting's matches beyond 50 are cut in
+            this order).
+        rules: a :class:`SourceRule` for every member (other sources may have one too: their
+            best rule alone, for reports).
+        min2_source: the member whose nearest candidate a lonely posting gets; ``None`` = off.
+        min2_floor: lowest score of that candidate, in the min2 source's units (bits for phash,
+            the scaled score for a scaled source); ``None`` = any.
+        method: how the thresholds were chosen and adapt to the pool (:data:`METHODS`).
+        window: background window of local scaling and of the ``shift`` method.
+        search_rows: postings of the search data (the pool size the thresholds are for).
+        shift_background: ``shift`` method: mean background of each member on the search data.
+    """
+
+    sources: tuple[str, ...]
+    rules: dict[str, SourceRule]
+    min2_source: str | None = None
+    min2_floor: float | None = None
+    method: str = DEFAULT_METHOD
+    window: tuple[int, int] = DEFAULT_WINDOW
+    search_rows: int | None = None
+    shift_background: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def min2(self) -> bool:
+        """Whether min2 is on."""
+        return self.min2_source is not None
+
+    def thresholds_for(self, pool_size: int | None) -> dict[str, float]:
+        """Each member's threshold (its units) for a pool of ``pool_size`` postings."""
+        ratio = 1.0
+        if pool_size and self.search_rows:
+            ratio = pool_size / self.search_rows
+        return {name: self.rules[name].threshold_for(name, ratio) for name in self.sources}
+
+    def checked(self, *, where: str) -> "Decision":
+        """This decision after checking names, values and consistency; UserError otherwise."""
+        if not self.sources:
+            raise UserError(f"{where}: the decision has no source")
+        if len(set(self.sources)) != len(self.sources):
+            raise UserError(f"{where}: a source is listed twice in {list(self.sources)}")
+        for name in [*self.sources, *self.rules]:
+            check_source_name(name, where=where)
+        missing = [name for name in self.sources if name not in self.rules]
+        if missing:
+            raise UserError(f"{where}: no rule for source(s) {missing}")
+        for name, rule in self.rules.items():
+            rule.checked(name, where=where)
+        if self.method not in METHODS:
+            raise UserError(f"{where}: method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.search_rows is not None and not (
+            isinstance(self.search_rows, int) and self.search_rows > 0
+        ):
+            raise UserError(f"{where}: search_rows must be a positive integer")
+        if self.min2_source is not None:
+            if self.min2_source not in self.sources:
+                raise UserError(f"{where}: min2 source {self.min2_source!r} is not in the union "
+                                f"{list(self.sources)}")
+            if self.min2_floor is not None:
+                name = self.min2_source
+                if self.rules[name].beta:  # scaled scores may sit a little below 0
+                    floor = self.min2_floor
+                    if not (isinstance(floor, (int, float)) and math.isfinite(floor)
+                            and -1.0 <= floor <= 1.0):
+                        raise UserError(f"{where}: min2 floor of {name!r} must be in [-1, 1]")
+                else:
+                    check_threshold(name, self.min2_floor, where=where, what="min2 floor")
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the thresholds file's ``decision``)."""
+        return {
+            "method": self.method,
+            "sources": list(self.sources),
+            "rules": {name: rule.to_dict() for name, rule in self.rules.items()},
+            "min2": None if self.min2_source is None
+            else {"source": self.min2_source, "floor": self.min2_floor},
+            "background_window": list(self.window),
+            "search_rows": self.search_rows,
+            "shift_background": dict(self.shift_background),
+        }
+
+    @classmethod
+    def from_dict(cls, data, *, where: str) -> "Decision":
+        """Read and check a decision written by :meth:`to_dict`."""
+        if not isinstance(data, Mapping):
+            raise UserError(f"{where}: 'decision' is not an object")
+        rules_data = data.get("rules")
+        if not isinstance(rules_data, Mapping):
+            raise UserError(f"{where}: the decision has no 'rules' object")
+        sources = data.get("sources")
+        if not isinstance(sources, list) or not all(isinstance(name, str) for name in sources):
+            raise UserError(f"{where}: the decision's 'sources' is not a list of names")
+        for name in [*sources, *rules_data]:
+            check_source_name(name, where=where)
+        rules = {name: SourceRule.from_dict(name, rule, where=where)
+                 for name, rule in rules_data.items()}
+        min2 = data.get("min2")
+        if min2 is not None and not (isinstance(min2, Mapping) and "source" in min2):
+            raise UserError(f"{where}: 'min2' must be null or {{'source': ..., 'floor': ...}}")
+        floor = None if min2 is None else min2.get("floor")
+        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float))):
+            raise UserError(f"{where}: min2 floor is not a number: {floor!r}")
+        try:
+            window = data.get("background_window", list(DEFAULT_WINDOW))
+            window = (int(window[0]), int(window[1]))
+            shift = {str(name): float(value)
+                     for name, value in (data.get("shift_background") or {}).items()}
+            search_rows = data.get("search_rows")
+            search_rows = None if search_rows is None else int(search_rows)
+        except (TypeError, ValueError, IndexError, AttributeError):
+            raise UserError(
+                f"{where}: bad background_window, search_rows or shift_background") from None
+        return cls(
+            sources=tuple(sources),
+            rules=rules,
+            min2_source=None if min2 is None else min2["source"],
+            min2_floor=None if floor is None else float(floor),
+            method=data.get("method", DEFAULT_METHOD),
+            window=window,
+            search_rows=search_rows,
+            shift_background=shift,
+        ).checked(where=where)
+
+    def describe(self, pool_size: int | None = None) -> str:
+        """One line: the union, each member's rule (thresholds for ``pool_size``), min2."""
+        thresholds = self.thresholds_for(pool_size)
+        parts = [f"{name} {self.rules[name].describe(name, thresholds[name])}"
+                 for name in self.sources]
+        return f"union of {' + '.join(parts)}; min2 {describe_min2(self)}; method {self.method}"
+
+
+def describe_min2(decision: Decision) -> str:
+    """min2 for people: ``off``, ``tfidf`` or ``tfidf, floor 0.300``."""
+    if not decision.min2:
+        return "off"
+    if decision.min2_floor is None:
+        return decision.min2_source
+    floor = format_threshold(decision.min2_source, decision.min2_floor)
+    return f"{decision.min2_source}, floor {floor}"
+
+
+# The model-free decision predict.py ships for the sources built by
+# tf_shopee.neighbours.model_free.model_free_sources(titles, image_phashes) with its
+# DEFAULT_SETTINGS. Chosen once by
+#     python benchmarks/quality_real.py --json benchmarks/results/quality_real.json
+# with search_decision (method local+size) on the "select" protocol of the real Shopee train.csv
+# (GroupKFold(3) folds 1+2, 22,832 postings; benchmarks/results/quality_real_thresholds.json), NOT
+# on the sets reported (fold 0 and the full set; see the README table). The search kept TF-IDF
+# alone: phash and phash_text add nothing once the titles are blended over near-identical photos
+# (their rules below are their best alone, used only when TF-IDF is switched off). TF-IDF matches
+# when its cosine reaches 0.35 + 0.5 x the mean background of the two postings, for a pool of
+# 22,832 postings, and 0.052 higher per doubling of the pool.
+DEFAULT_DECISION = Decision(
+    sources=("tfidf",),
+    rules={
+        "tfidf": SourceRule(threshold=0.35, beta=0.5, slope=0.052278),
+        "phash": SourceRule(threshold=9.0),
+        "phash_text": SourceRule(threshold=19.0),
+    },
+    min2_source="tfidf",
+    min2_floor=0.1,
+    method="local+size",
+    window=DEFAULT_WINDOW,
+    search_rows=22832,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Applying a decision to neighbour lists
+
+
+def source_backgrounds(
+    sources: Mapping[str, Neighbours],
     *,
-    fallback: Sequence[np.ndarray] | None = None,
-    max_matches: int = MAX_MATCHES,
-) -> list[np.ndarray]:
-    """Union of several sources' self-matching match lists, then min2 from ``fallback``.
+    self_matching: bool = True,
+    window: tuple[int, int] = DEFAULT_WINDOW,
+) -> dict[str, np.ndarray]:
+    """Background (:func:`~tf_shopee.neighbours.scaling.background_scores`) of every source."""
+    return {name: background_scores(neighbours, self_matching=self_matching, window=window)
+            for name, neighbours in sources.items()}
+
+
+def pool_size_of(sources: Mapping[str, Neighbours], *, self_matching: bool,
+                 catalog_backgrounds: Mapping[str, np.ndarray] | None) -> int:
+    """Postings in the pool being matched: the rows when self-matching, else the catalogue."""
+    if self_matching:
+        return next(iter(sources.values())).num_queries
+    if catalog_backgrounds:
+        return int(next(iter(catalog_backgrounds.values())).shape[0])
+    return int(max(int(neighbours.indices.max(initial=-1)) for neighbours in sources.values()) + 1)
+
+
+def decision_neighbours(
+    sources: Mapping[str, Neighbours],
+    decision: Decision,
+    *,
+    self_matching: bool = True,
+    catalog_backgrounds: Mapping[str, np.ndarray] | None = None,
+    pool_size: int | None = None,
+) -> dict[str, tuple[Neighbours, float]]:
+    """Each member's neighbours as its rule matches them, with its score threshold.
+
+    Thresholds follow the pool size (rules with a ``slope``); scaled members are rescored
+    (:func:`~tf_shopee.neighbours.scaling.local_scaling`); with the ``shift`` method similarity
+    thresholds move by the change of mean background from the search data to this pool.
+    Blending (``rule.inb``) needs embeddings and must already have been applied by the caller
+    (``predict.blend_sources``).
 
     Args:
-        match_lists: per source, one index array per posting (self first), e.g. from
-            :func:`tf_shopee.matching.matches_from_neighbours`.
-        fallback: per posting, self plus its nearest candidate (``matches_from_neighbours`` with
-            ``min2=True`` and an unreachable threshold); used for postings whose union holds
-            nothing but themselves. ``None`` disables min2.
-        max_matches: cap on each list, self included.
+        sources: name → neighbours of the queries (self-matching, or against a catalogue).
+        decision: what to apply; every member must be in ``sources``.
+        self_matching: the neighbours are of a set against itself.
+        catalog_backgrounds: query-vs-catalogue: each member's background of the *catalogue*
+            rows (from the catalogue's own self-matching neighbours); the pool's background is
+            the catalogue's.
+        pool_size: postings in the pool (default: the rows when self-matching, the catalogue's
+            size otherwise).
+
+    Returns:
+        name → (neighbours to threshold, score threshold).
     """
-    from tf_shopee.matching import union_matches
+    missing = [name for name in decision.sources if name not in sources]
+    if missing:
+        raise UserError(f"the decision uses source(s) {missing} but only {list(sources)} exist")
+    shifted = decision.method == "shift"
+    if not self_matching and catalog_backgrounds is None and any(
+        decision.rules[name].beta or (shifted and name in decision.shift_background)
+        for name in decision.sources
+    ):
+        raise UserError("local scaling against a catalogue needs the catalogue's backgrounds")
+    if pool_size is None:
+        pool_size = pool_size_of(sources, self_matching=self_matching,
+                                 catalog_backgrounds=catalog_backgrounds)
+    thresholds = decision.thresholds_for(pool_size)
+    prepared = {}
+    for name in decision.sources:
+        rule = decision.rules[name]
+        neighbours = sources[name]
+        threshold = score_threshold(name, thresholds[name])
+        shift = shifted and name in decision.shift_background
+        if rule.beta > 0 or shift:
+            background = background_scores(neighbours, self_matching=self_matching,
+                                           window=decision.window)
+            catalog = None if catalog_backgrounds is None else catalog_backgrounds[name]
+            if rule.beta > 0:
+                neighbours = local_scaling(neighbours, rule.beta, background, catalog)
+            if shift:
+                pool = background if catalog is None else catalog
+                threshold += float(np.mean(pool)) - decision.shift_background[name]
+        prepared[name] = (neighbours, threshold)
+    return prepared
 
-    combined = union_matches(*match_lists, max_matches=max_matches)
-    if fallback is not None:
-        for row, matches in enumerate(combined):
-            if len(matches) <= 1 and len(fallback[row]) > 1:
-                combined[row] = np.asarray(fallback[row], dtype=np.int32)
-    return combined
 
-
-def match_sources(
+def apply_decision(
     sources: Mapping[str, Neighbours],
-    thresholds: Mapping[str, float],
+    decision: Decision,
     *,
-    combine: Sequence[str] | None = None,
-    min2: bool = True,
-    min2_source: str | None = None,
-    min2_floor: float | None = None,
+    self_matching: bool = True,
+    catalog_backgrounds: Mapping[str, np.ndarray] | None = None,
+    pool_size: int | None = None,
     max_matches: int = MAX_MATCHES,
 ) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
-    """Threshold every source and combine them the way :func:`search_thresholds` scored it.
+    """Apply a decision: threshold each member, take their union, then min2.
 
-    Args:
-        sources: name → self-matching :class:`Neighbours` of the same postings.
-        thresholds: name → threshold; every source needs one.
-        combine: the sources whose union is the combined result (default: all).
-        min2: postings whose union holds only themselves get their nearest ``min2_source``
-            candidate (scoring at least ``min2_floor``).
-        min2_source: default: the first combined source.
-        min2_floor: see above; ``None`` accepts any score.
-        max_matches: cap on each posting's matches, self included.
+    Works on neighbour lists only, so it serves self-matching (``predict.py``) and queries
+    against a catalogue alike (``self_matching=False``: indices point into the catalogue, and no
+    posting is put first in its own list). :func:`search_decision`'s F1 is reproduced exactly
+    on its search data. ``catalog_backgrounds`` and ``pool_size``: see
+    :func:`decision_neighbours`.
 
     Returns:
-        ``(per_source, combined)``: each source's match lists (without min2) and the combined
-        lists; every list has the posting itself first.
-
-    Raises:
-        UserError: for a source without a threshold or an unknown name.
+        ``(per_source, combined)``: each member's match lists alone (no min2) and the combined
+        lists (with self first when self-matching).
     """
-    from tf_shopee.matching import matches_from_neighbours
+    from tf_shopee.matching import matches_from_neighbours, union_matches
 
-    missing = [name for name in sources if name not in thresholds]
-    if missing:
-        raise UserError(f"no threshold for source(s) {missing}; thresholds: {dict(thresholds)}")
-    names = list(sources) if combine is None else list(combine)
-    min2_source = _check_combination(sources, names, min2=min2, min2_source=min2_source)
+    prepared = decision_neighbours(sources, decision, self_matching=self_matching,
+                                   catalog_backgrounds=catalog_backgrounds, pool_size=pool_size)
     per_source = {
-        name: matches_from_neighbours(
-            neighbours, float(thresholds[name]), max_matches=max_matches
-        )
-        for name, neighbours in sources.items()
+        name: matches_from_neighbours(neighbours, threshold, max_matches=max_matches,
+                                      include_self=self_matching)
+        for name, (neighbours, threshold) in prepared.items()
     }
-    fallback = None
-    if min2:
-        fallback = _min2_fallback(sources[min2_source], min2_floor, max_matches=max_matches)
-    combined = combine_matches(
-        [per_source[name] for name in names], fallback=fallback, max_matches=max_matches
-    )
+    combined = union_matches(*per_source.values(), max_matches=max_matches,
+                             include_self=self_matching)
+    if decision.min2:
+        neighbours, _ = prepared[decision.min2_source]
+        floor = decision.min2_floor
+        if floor is not None and is_phash_source(decision.min2_source):
+            floor = score_threshold(decision.min2_source, floor)
+        # Threshold +inf selects nothing, so min2 leaves exactly (self +) the nearest candidate.
+        fallback = matches_from_neighbours(neighbours, math.inf, max_matches=max_matches,
+                                           include_self=self_matching, min2=True,
+                                           min2_floor=floor)
+        alone = 1 if self_matching else 0
+        for row, matches in enumerate(combined):
+            if len(matches) <= alone and len(fallback[row]) > alone:
+                combined[row] = np.asarray(fallback[row], dtype=np.int32)
     return per_source, combined
 
 
-def _check_combination(
-    sources: Mapping[str, Neighbours], names: list[str], *, min2: bool, min2_source: str | None
-) -> str:
-    """Validate the combined source names; return the min2 source (default: the first name)."""
-    unknown = [name for name in names if name not in sources]
-    if unknown or not names:
-        raise UserError(f"combine names unknown source(s) {unknown}; sources are {list(sources)}")
-    min2_source = names[0] if min2_source is None else min2_source
-    if min2 and min2_source not in sources:
-        raise UserError(f"min2_source {min2_source!r} is not a source ({list(sources)})")
-    return min2_source
+# --------------------------------------------------------------------------------------------
+# Fast scoring of candidate decisions
 
 
-def _min2_fallback(
-    neighbours: Neighbours, floor: float | None, *, max_matches: int
-) -> list[np.ndarray]:
-    """Per posting, itself plus its nearest candidate scoring at least ``floor`` (min2)."""
-    from tf_shopee.matching import matches_from_neighbours
+@dataclass
+class _Column:
+    """One source variant's candidate pairs (self excluded) in the pair table."""
 
-    # Threshold +inf selects nothing, so min2 leaves exactly self + the nearest candidate.
-    return matches_from_neighbours(
-        neighbours, math.inf, max_matches=max_matches, min2=True, min2_floor=floor
+    pairs: np.ndarray  # pair id of each entry
+    scores: np.ndarray  # float32 score of each entry
+    within_cap: np.ndarray  # bool: rank among the row's others < max_matches - 1
+    slots: np.ndarray  # rank among the row's others (union order)
+    nearest_score: np.ndarray  # (N,) score of each row's nearest other (-inf: none)
+    nearest_correct: np.ndarray  # (N,) whether that nearest other shares the row's label
+
+
+class PairTable:
+    """Candidate pairs of labelled self-matching postings, for scoring decisions fast.
+
+    Every (posting, other posting) pair that any added source lists is one entry; each source
+    variant (a :class:`Neighbours` as it will be thresholded, i.e. after blending and scaling) is
+    a column of scores over its pairs. The mean F1 of a decision is then counted with
+    ``bincount`` over selected pairs, without building match lists: thousands of candidate
+    decisions per minute on 34,250 postings. :meth:`f1` is exact, including the cap of
+    ``max_matches`` per source and per union (cut in union order, as
+    :func:`tf_shopee.matching.union_matches` does), and min2.
+    """
+
+    def __init__(self, columns: Mapping[str, Neighbours], labels, *,
+                 max_matches: int = MAX_MATCHES):
+        labels = np.asarray(labels)
+        self.num_rows = labels.shape[0]
+        self.max_matches = int(max_matches)
+        _, self.label_ids, group_sizes = np.unique(labels, return_inverse=True,
+                                                   return_counts=True)
+        self.true_sizes = group_sizes[self.label_ids]
+        codes = []
+        for name, neighbours in columns.items():
+            if neighbours.num_queries != self.num_rows:
+                raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there "
+                                f"are {self.num_rows} labels")
+            rows, slots = np.nonzero(other_slots(neighbours, self_matching=True))
+            codes.append(rows.astype(np.int64) * self.num_rows + neighbours.indices[rows, slots])
+        self.codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+        self.pair_rows = (self.codes // max(self.num_rows, 1)).astype(np.int64)
+        pair_columns = self.codes % max(self.num_rows, 1)
+        self.correct = self.label_ids[self.pair_rows] == self.label_ids[pair_columns]
+        self.columns = {name: self._column(neighbours) for name, neighbours in columns.items()}
+
+    def _column(self, neighbours: Neighbours) -> _Column:
+        others = other_slots(neighbours, self_matching=True)
+        rank = np.cumsum(others, axis=1) - 1
+        rows, slots = np.nonzero(others)
+        codes = rows.astype(np.int64) * self.num_rows + neighbours.indices[rows, slots]
+        first = np.argmax(others, axis=1)
+        has_other = others.any(axis=1)
+        every_row = np.arange(self.num_rows)
+        nearest = neighbours.indices[every_row, first]
+        return _Column(
+            pairs=np.searchsorted(self.codes, codes).astype(np.int32),
+            scores=neighbours.scores[rows, slots],
+            within_cap=rank[rows, slots] < self.max_matches - 1,
+            slots=rank[rows, slots].astype(np.int16),
+            nearest_score=np.where(has_other, neighbours.scores[every_row, first], -np.inf),
+            nearest_correct=has_other
+            & (self.label_ids[np.clip(nearest, 0, None)] == self.label_ids),
+        )
+
+    def selection(self, members: Sequence[tuple[str, float]]) -> np.ndarray:
+        """Boolean mask over pairs: selected by any (column, score threshold) member."""
+        selected = np.zeros(self.codes.shape[0], dtype=bool)
+        for name, threshold in members:
+            column = self.columns[name]
+            selected[column.pairs[(column.scores >= threshold) & column.within_cap]] = True
+        return selected
+
+    def f1(self, members: Sequence[tuple[str, float]],
+           min2: tuple[str, float | None] | None = None) -> float:
+        """Exact mean F1 of the union of ``members`` ((column, score threshold), in union order)
+        with min2 from ``(column, floor or None)``."""
+        selected = self.selection(members)
+        counts = np.bincount(self.pair_rows[selected], minlength=self.num_rows)
+        hits = np.bincount(self.pair_rows[selected & self.correct], minlength=self.num_rows)
+        if counts.max(initial=0) > self.max_matches - 1:
+            self._cap_union(members, counts, hits)
+        return self._mean_f1(counts, hits, min2)
+
+    def _cap_union(self, members, counts: np.ndarray, hits: np.ndarray) -> None:
+        """Recount rows over the cap with only their first ``max_matches - 1`` others in union
+        order (member by member, each in its own order), in place."""
+        over = counts > self.max_matches - 1
+        parts = []
+        for position, (name, threshold) in enumerate(members):
+            column = self.columns[name]
+            keep = (column.scores >= threshold) & column.within_cap
+            keep &= over[self.pair_rows[column.pairs]]
+            pairs = column.pairs[keep]
+            parts.append((pairs, np.full(pairs.shape, position), column.slots[keep]))
+        pairs = np.concatenate([part[0] for part in parts])
+        positions = np.concatenate([part[1] for part in parts])
+        slots = np.concatenate([part[2] for part in parts])
+        rows = self.pair_rows[pairs]
+        order = np.lexsort((slots, positions, rows))
+        pairs, rows = pairs[order], rows[order]
+        _, first = np.unique(pairs, return_index=True)  # a pair counts where it first appears
+        first.sort()
+        pairs, rows = pairs[first], rows[first]
+        starts = np.searchsorted(rows, rows, side="left")
+        kept = (np.arange(rows.shape[0]) - starts) < self.max_matches - 1
+        over_rows = np.flatnonzero(over)
+        counts[over_rows] = np.bincount(rows[kept], minlength=self.num_rows)[over_rows]
+        hits[over_rows] = np.bincount(rows[kept & self.correct[pairs]],
+                                      minlength=self.num_rows)[over_rows]
+
+    def _mean_f1(self, counts, hits, min2) -> float:
+        if min2 is not None:
+            counts, hits = self._with_min2(counts, hits, *min2)
+        return float(np.mean(2.0 * (hits + 1) / (counts + 1 + self.true_sizes)))
+
+    def _with_min2(self, counts, hits, name: str, floor: float | None):
+        column = self.columns[name]
+        lonely = (counts == 0) & np.isfinite(column.nearest_score)
+        if floor is not None:
+            lonely &= column.nearest_score >= floor
+        return counts + lonely, hits + (lonely & column.nearest_correct)
+
+    def sweep(self, name: str, thresholds: Sequence[float],
+              others: Sequence[tuple[str, float]] = (),
+              min2: tuple[str, float | None] | None = None) -> np.ndarray:
+        """Mean F1 of the union of ``others`` and column ``name`` at each of ``thresholds``,
+        all at once (one pass over the column). The union cap is applied as a count limit only
+        (rows with that many matches are rare); :meth:`f1` is exact."""
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        order = np.argsort(thresholds)
+        sorted_thresholds = thresholds[order]
+        base = self.selection(others)
+        base_counts = np.bincount(self.pair_rows[base], minlength=self.num_rows)
+        base_hits = np.bincount(self.pair_rows[base & self.correct], minlength=self.num_rows)
+        column = self.columns[name]
+        new = column.within_cap & ~base[column.pairs]
+        pairs, scores = column.pairs[new], column.scores[new]
+        # Entry e is selected at every threshold index below its bucket.
+        buckets = np.searchsorted(sorted_thresholds, scores, side="right")
+        num = len(sorted_thresholds)
+        rows = self.pair_rows[pairs]
+        codes = rows * (num + 1) + buckets
+        added = np.bincount(codes, minlength=self.num_rows * (num + 1)).reshape(-1, num + 1)
+        added_hits = np.bincount(codes[self.correct[pairs]],
+                                 minlength=self.num_rows * (num + 1)).reshape(-1, num + 1)
+        # Count of entries selected at threshold index g: buckets > g.
+        added = np.cumsum(added[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        added_hits = np.cumsum(added_hits[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        counts = base_counts[:, np.newaxis] + added
+        hits = base_hits[:, np.newaxis] + added_hits
+        cap = self.max_matches - 1
+        hits = np.minimum(hits, cap)
+        counts = np.minimum(counts, cap)
+        if min2 is not None:
+            min2_column = self.columns[min2[0]]
+            lonely = (counts == 0) & np.isfinite(min2_column.nearest_score)[:, np.newaxis]
+            if min2[1] is not None:
+                lonely &= (min2_column.nearest_score >= min2[1])[:, np.newaxis]
+            counts = counts + lonely
+            hits = hits + (lonely & min2_column.nearest_correct[:, np.newaxis])
+        f1 = np.mean(2.0 * (hits + 1) / (counts + 1 + self.true_sizes[:, np.newaxis]), axis=0)
+        result = np.empty(num)
+        result[order] = f1
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One way of using a source: blending, scaling; the pair-table column it scores in."""
+
+    source: str
+    inb: float | None
+    inb_phash: float | None
+    beta: float
+    column: str
+    grid: tuple[float, ...]  # score thresholds
+    floors: tuple[float | None, ...]  # min2 floors, score units
+
+
+@dataclass
+class _State:
+    """A candidate decision during the search: member → (option, score threshold); min2."""
+
+    members: dict[str, tuple[_Option, float]]
+    min2: tuple[str, float | None] | None
+    f1: float = -1.0
+
+    def key_members(self, order: Sequence[str]) -> list[tuple[str, float]]:
+        return [(self.members[name][0].column, self.members[name][1]) for name in order
+                if name in self.members]
+
+    def key_min2(self) -> tuple[str, float | None] | None:
+        if self.min2 is None:
+            return None
+        return self.members[self.min2[0]][0].column, self.min2[1]
+
+
+def search_decision(
+    sources: Mapping[str, Neighbours],
+    labels,
+    *,
+    method: str = DEFAULT_METHOD,
+    inb_variants: Mapping[str, Mapping] | None = None,
+    betas: Sequence[float] | None = None,
+    grids: Mapping[str, Sequence[float]] | None = None,
+    min2_floors: Mapping[str, Sequence[float | None]] | None = None,
+    window: tuple[int, int] = DEFAULT_WINDOW,
+    max_matches: int = MAX_MATCHES,
+    max_rounds: int = 4,
+    allow_union: bool = True,
+    allow_min2: bool = True,
+    union_margin: float = DEFAULT_UNION_MARGIN,
+    size_fractions: Sequence[float] = SIZE_FRACTIONS,
+    size_repeats: int = SIZE_REPEATS,
+    seed: int = 0,
+) -> dict:
+    """Choose a :class:`Decision` on labelled postings by mean F1; it may say no to anything.
+
+    Candidates: every single source (its best blending, scaling and threshold, min2 off or on
+    with its best floor), and the union found by coordinate ascent (each round re-chooses every
+    source's option and threshold, or drops it, with the others held; then min2's source and
+    floor, or no min2) from two starts: the best single source, and every source at its own best.
+    The best candidate wins; a union must beat the best single source by more than
+    ``union_margin`` to be chosen, so the decision is never worse on the search data than the
+    best source alone.
+
+    Args:
+        sources: name → self-matching :class:`Neighbours` of the same labelled postings.
+        labels: each posting's label (e.g. ``label_group``).
+        method: one of :data:`METHODS` (see the module docstring): ``local`` and
+            ``local+size`` search beta per similarity source, the others use beta 0; the
+            ``size`` methods fit each member's slope on sub-pools, ``shift`` records the mean
+            backgrounds.
+        inb_variants: embedding source name → {blend threshold, or (blend threshold, phash bits
+            or None) → the neighbours after one round of neighbourhood blending at it (with the
+            photos that many bits apart)}; each is tried as an option of that source.
+        betas: local scaling weights tried (``local`` only; default :data:`DEFAULT_BETAS`).
+        grids: name → thresholds tried, in the source's units (bits for phash); default
+            :data:`SIMILARITY_GRID` / :data:`PHASH_GRID_BITS`.
+        min2_floors: name → floors tried when that source gives min2, in its units (``None`` =
+            any); default :data:`SIMILARITY_MIN2_FLOORS` / :data:`PHASH_MIN2_FLOORS_BITS`.
+        window: background window (local scaling, ``shift``).
+        max_matches: cap on each posting's matches, self included.
+        max_rounds: coordinate-ascent rounds at most.
+        allow_union: consider unions (``False``: the best single source only).
+        allow_min2: consider min2 (``False``: never).
+        union_margin: how much better than the best single source (mean F1 on the search
+            data) a union must be to be chosen.
+        size_fractions: ``size`` methods: sub-pool sizes, as fractions of the label groups.
+        size_repeats: ``size`` methods: random sub-pools drawn per fraction.
+        seed: seed of those draws.
+
+    Returns:
+        A JSON-ready dict: ``rows``, ``method``, ``decision`` (:meth:`Decision.to_dict`), ``f1``
+        (the decision's F1 on these postings), ``best_single`` ({source, f1}), ``candidates``
+        (description and F1 of each single source and union tried), ``sources`` (per source: the
+        sweep of its plain threshold, and its best rule alone with its F1), ``rounds``,
+        ``size_points`` (``size`` methods: per member, the (postings, threshold) pairs its
+        slope was fitted to).
+
+    Raises:
+        UserError: on no sources, unknown names, mismatched rows or a bad method.
+    """
+    if not sources:
+        raise UserError("search_decision needs at least one source")
+    if method not in METHODS:
+        raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    for name in sources:
+        check_source_name(name, where="search_decision")
+    labels = np.asarray(labels)
+    for name, neighbours in sources.items():
+        if neighbours.num_queries != labels.shape[0]:
+            raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there are "
+                            f"{labels.shape[0]} labels")
+    inb_variants = {name: {_blend_key(key): neighbours for key, neighbours in variants.items()}
+                    for name, variants in (inb_variants or {}).items()}
+    unknown = sorted(set(inb_variants) - set(sources))
+    if unknown:
+        raise UserError(f"inb_variants names unknown source(s) {unknown}")
+    if method in ("local", "local+size"):
+        betas = tuple(DEFAULT_BETAS if betas is None else betas)
+    else:
+        betas = (0.0,)
+    options, columns = _build_options(sources, inb_variants, betas, grids, min2_floors, window)
+    table = PairTable(columns, labels, max_matches=max_matches)
+    order = list(sources)
+
+    # Each source alone: its best option and threshold without min2, then with min2.
+    singles: dict[str, _State] = {}
+    best_alone: dict[str, dict] = {}
+    plain_sweeps: dict[str, dict] = {}
+    candidates: list[dict] = []
+    for name in order:
+        best = None
+        for option in options[name]:
+            scores = table.sweep(option.column, option.grid)
+            if option.inb is None and option.beta == 0:
+                plain_sweeps[name] = {
+                    "grid": [user_threshold(name, value) for value in option.grid],
+                    "f1": [round(float(score), 6) for score in scores],
+                }
+            index = int(np.argmax(scores))
+            if best is None or scores[index] > best.f1 + _IMPROVEMENT:
+                best = _State({name: (option, option.grid[index])}, None, float(scores[index]))
+        best.f1 = table.f1(best.key_members(order))
+        best_alone[name] = {"rule": _rule(name, *best.members[name]).to_dict(), "f1": best.f1}
+        single = best
+        if allow_min2:
+            with_min2 = _best_single_with_min2(table, name, options[name])
+            if with_min2.f1 > single.f1 + _IMPROVEMENT:
+                single = with_min2
+        singles[name] = single
+
+    fitted: dict[int, tuple[dict, dict]] = {}
+
+    def fit(state: _State) -> tuple[dict, dict]:
+        """The state's slopes and the points they were fitted to (``size`` methods only)."""
+        if method not in ("size", "local+size"):
+            return {}, {}
+        if id(state) not in fitted:
+            fitted[id(state)] = _fit_size_slopes(
+                sources, inb_variants, state, [name for name in order if name in state.members],
+                labels, window=window, max_matches=max_matches, fractions=size_fractions,
+                repeats=size_repeats, seed=seed,
+            )
+        return fitted[id(state)]
+
+    for name in order:
+        candidates.append(_candidate("single", singles[name], order, method, window, labels,
+                                     fit(singles[name])[0]))
+    best_single_name = max(order, key=lambda name: singles[name].f1)
+    chosen = singles[best_single_name]
+    rounds_used = 0
+    if allow_union and len(order) > 1:
+        starts = [
+            _State(dict(chosen.members), chosen.min2),
+            _State({name: singles[name].members[name] for name in order}, chosen.min2),
+        ]
+        for start in starts:
+            start.f1 = table.f1(start.key_members(order), start.key_min2())
+            state, rounds = _ascend(table, start, options, order, max_rounds=max_rounds,
+                                    allow_min2=allow_min2)
+            rounds_used = max(rounds_used, rounds)
+            candidates.append(_candidate("union", state, order, method, window, labels,
+                                         fit(state)[0]))
+            if len(state.members) > 1 and state.f1 > max(
+                chosen.f1, singles[best_single_name].f1 + union_margin
+            ) + _IMPROVEMENT:
+                chosen = state
+
+    members = [name for name in order if name in chosen.members]
+    decision = _state_decision(chosen, order, method, window, labels)
+    rules = dict(decision.rules)
+    for name in order:  # non-members keep their best rule alone, for reports
+        rules.setdefault(name, SourceRule.from_dict(name, best_alone[name]["rule"],
+                                                    where="search"))
+    slopes, size_points = fit(chosen)
+    for name, slope in slopes.items():
+        rules[name] = replace(rules[name], slope=slope)
+    shift_background = {}
+    if method == "shift":
+        for name in members:
+            if not is_phash_source(name):
+                option = chosen.members[name][0]
+                shift_background[name] = float(np.mean(
+                    background_scores(_option_neighbours(sources, inb_variants, option),
+                                      window=window)))
+    decision = replace(decision, rules=rules, shift_background=shift_background).checked(
+        where="search_decision")
+    return {
+        "rows": int(labels.shape[0]),
+        "max_matches": int(max_matches),
+        "method": method,
+        "decision": decision.to_dict(),
+        "f1": chosen.f1,
+        "best_single": {"source": best_single_name, "f1": singles[best_single_name].f1},
+        "candidates": candidates,
+        "sources": {name: {"sweep": plain_sweeps.get(name), "best_alone": best_alone[name]}
+                    for name in order},
+        "rounds": rounds_used,
+        "size_points": size_points,
+    }
+
+
+def _fit_size_slopes(sources, inb_variants, chosen: _State, members, labels, *, window,
+                     max_matches, fractions, repeats, seed):
+    """Each member's threshold change per doubling of the pool (the ``size`` methods).
+
+    The decision's structure is kept (members, blending, scaling, min2); only the similarity
+    members' thresholds are searched again on random sub-pools of whole label groups, on a grid
+    twice as fine. A line through (log2 postings, threshold) of every sub-pool and of the whole
+    search data gives the slope, in the source's units. phash members keep slope 0: the Hamming
+    distance of two photos does not depend on the pool (their best thresholds were the same on
+    11,416 and 34,250 real Shopee postings), and their F1 curves are flat enough that refitted
+    thresholds would be noise.
+    """
+    from tf_shopee.neighbours import subset_neighbours
+
+    rng = np.random.default_rng(seed)
+    groups = np.unique(labels)
+    fitted = [name for name in members if not is_phash_source(name)]
+    points = {name: [(int(labels.shape[0]), user_threshold(name, chosen.members[name][1]))]
+              for name in fitted}
+    if not fitted:
+        return {}, {}
+    for fraction in fractions:
+        for _ in range(repeats):
+            chosen_groups = rng.choice(groups, max(1, int(round(len(groups) * fraction))),
+                                       replace=False)
+            keep = np.isin(labels, chosen_groups)
+            columns = {}
+            for name in members:
+                option = chosen.members[name][0]
+                restricted = subset_neighbours(
+                    _option_neighbours(sources, inb_variants, option), keep)
+                if option.beta:
+                    restricted = local_scaling(restricted, option.beta,
+                                               background_scores(restricted, window=window))
+                columns[option.column] = restricted
+            table = PairTable(columns, labels[keep], max_matches=max_matches)
+            state = _State(dict(chosen.members), chosen.min2)
+            state.f1 = table.f1(state.key_members(members), state.key_min2())
+            fine = {name: _finer_grid(chosen.members[name][0].grid) for name in fitted}
+            for _ in range(3):
+                changed = False
+                for name in fitted:
+                    option = state.members[name][0]
+                    others = [(state.members[other][0].column, state.members[other][1])
+                              for other in members if other != name]
+                    scores = table.sweep(option.column, fine[name], others, state.key_min2())
+                    index = int(np.argmax(scores))
+                    if scores[index] > state.f1 + _IMPROVEMENT:
+                        state.members[name] = (option, fine[name][index])
+                        state.f1 = float(scores[index])
+                        changed = True
+                if not changed:
+                    break
+            for name in fitted:
+                points[name].append((int(keep.sum()),
+                                     user_threshold(name, state.members[name][1])))
+    slopes = {}
+    for name, values in points.items():
+        sizes = np.log2([size for size, _ in values])
+        thresholds = np.array([threshold for _, threshold in values], dtype=np.float64)
+        slope = float(np.polyfit(sizes, thresholds, 1)[0]) if np.ptp(sizes) > 0 else 0.0
+        slopes[name] = round(float(np.clip(slope, -1.0, 1.0)), 6)
+    return slopes, {name: [list(point) for point in values] for name, values in points.items()}
+
+
+def _finer_grid(grid: Sequence[float]) -> tuple[float, ...]:
+    """The grid with the midpoint of every step added (phash steps of one bit stay whole)."""
+    values = sorted(grid)
+    if len(values) < 2:
+        return tuple(values)
+    step = min(b - a for a, b in zip(values, values[1:]))
+    if abs(step - 1 / HASH_BITS) < 1e-9:  # phash: one bit is the finest step
+        return tuple(values)
+    middles = [(a + b) / 2 for a, b in zip(values, values[1:])]
+    return tuple(sorted(values + middles))
+
+
+def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
+    """Every option of every source, and the pair-table columns they score in."""
+    grids = dict(grids or {})
+    min2_floors = dict(min2_floors or {})
+    unknown = sorted((set(grids) | set(min2_floors)) - set(sources))
+    if unknown:
+        raise UserError(f"grids / min2_floors name unknown source(s) {unknown}")
+    options: dict[str, list[_Option]] = {}
+    columns: dict[str, Neighbours] = {}
+    for name, neighbours in sources.items():
+        phash = is_phash_source(name)
+        grid = grids.get(name, PHASH_GRID_BITS if phash else SIMILARITY_GRID)
+        grid = [check_threshold(name, value, where="search grid") for value in grid]
+        if not grid:
+            raise UserError(f"the threshold grid of source {name!r} is empty")
+        score_grid = tuple(sorted(score_threshold(name, value) for value in grid))
+        floors = min2_floors.get(name, PHASH_MIN2_FLOORS_BITS if phash
+                                 else SIMILARITY_MIN2_FLOORS)
+        score_floors = tuple(None if value is None else score_threshold(name, value)
+                             for value in floors)
+        variants = {(None, None): neighbours, **dict(inb_variants.get(name, {}))}
+        options[name] = []
+        for (inb, inb_phash), variant in variants.items():
+            source_betas = (0.0,) if phash else betas
+            background = None
+            for beta in source_betas:
+                if beta:
+                    if background is None:
+                        background = background_scores(variant, window=window)
+                    scored = local_scaling(variant, beta, background)
+                else:
+                    scored = variant
+                column = f"{name}|inb={inb}|phash={inb_phash}|beta={beta}"
+                columns[column] = scored
+                options[name].append(_Option(name, inb, inb_phash, float(beta), column,
+                                             score_grid, score_floors))
+    return options, columns
+
+
+def _option_neighbours(sources, inb_variants, option: _Option) -> Neighbours:
+    if option.inb is None:
+        return sources[option.source]
+    return inb_variants[option.source][(option.inb, option.inb_phash)]
+
+
+def _blend_key(key) -> tuple[float, float | None]:
+    """An ``inb_variants`` key as (blend threshold, phash bits or None)."""
+    if isinstance(key, tuple):
+        threshold, bits = key
+        return float(threshold), None if bits is None else float(bits)
+    return float(key), None
+
+
+def _rule(name: str, option: _Option, threshold: float) -> SourceRule:
+    return SourceRule(threshold=user_threshold(name, threshold), beta=option.beta,
+                      inb=option.inb, inb_phash=option.inb_phash)
+
+
+def _best_single_with_min2(table: PairTable, name: str, options: list[_Option]) -> _State:
+    """The best (option, threshold, floor) of one source alone with min2 on itself."""
+    best = None
+    for option in options:
+        for floor in option.floors:
+            scores = table.sweep(option.column, option.grid, min2=(option.column, floor))
+            index = int(np.argmax(scores))
+            if best is None or scores[index] > best.f1 + _IMPROVEMENT:
+                best = _State({name: (option, option.grid[index])}, (name, floor),
+                              float(scores[index]))
+    best.f1 = table.f1(best.key_members([name]), best.key_min2())
+    return best
+
+
+def _ascend(table: PairTable, state: _State, options, order, *, max_rounds: int,
+            allow_min2: bool):
+    """Coordinate ascent over each source's (option, threshold) or absence, then min2."""
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        changed = False
+        for name in order:
+            others = [member for member in order if member != name and member in state.members]
+            others_key = [(state.members[member][0].column, state.members[member][1])
+                          for member in others]
+            # Try every option of this source (its min2 follows it when it gives min2).
+            for option in options[name]:
+                min2 = state.min2
+                min2_key = None
+                if min2 is not None:
+                    column = option.column if min2[0] == name else state.members[min2[0]][0].column
+                    floor = min2[1]
+                    if min2[0] == name and floor is not None and floor not in option.floors:
+                        floor = None
+                    min2_key = (column, floor)
+                scores = table.sweep(option.column, option.grid, others_key, min2_key)
+                index = int(np.argmax(scores))
+                if scores[index] <= state.f1 + _IMPROVEMENT:
+                    continue
+                trial = _State({**state.members, name: (option, option.grid[index])},
+                               None if min2 is None else (min2[0], min2_key[1]))
+                trial.f1 = table.f1(trial.key_members(order), trial.key_min2())
+                if trial.f1 > state.f1 + _IMPROVEMENT:
+                    state, changed = trial, True
+            # Or drop it.
+            if name in state.members and len(state.members) > 1:
+                members = {member: value for member, value in state.members.items()
+                           if member != name}
+                min2 = state.min2 if state.min2 is None or state.min2[0] != name else None
+                trial = _State(members, min2)
+                trial.f1 = table.f1(trial.key_members(order), trial.key_min2())
+                if trial.f1 > state.f1 + _IMPROVEMENT:
+                    state, changed = trial, True
+        if allow_min2:
+            for min2 in [None, *((name, floor) for name in order if name in state.members
+                                 for floor in state.members[name][0].floors)]:
+                trial = _State(state.members, min2)
+                trial.f1 = table.f1(trial.key_members(order), trial.key_min2())
+                if trial.f1 > state.f1 + _IMPROVEMENT:
+                    state, changed = trial, True
+        if not changed:
+            break
+    return state, rounds
+
+
+def _state_decision(state: _State, order, method: str, window, labels) -> Decision:
+    """The :class:`Decision` of a search state (no slopes, no shift: those come after)."""
+    members = [name for name in order if name in state.members]
+    min2_source = min2_floor = None
+    if state.min2 is not None:
+        min2_source, min2_floor = state.min2
+        if min2_floor is not None and is_phash_source(min2_source):
+            min2_floor = user_threshold(min2_source, min2_floor)
+    return Decision(
+        sources=tuple(members),
+        rules={name: _rule(name, *state.members[name]) for name in members},
+        min2_source=min2_source, min2_floor=min2_floor, method=method, window=tuple(window),
+        search_rows=int(labels.shape[0]),
     )
 
 
-class _MatchCache:
-    """Match lists per (source, threshold), computed once: the sweeps revisit them often."""
-
-    def __init__(self, sources: Mapping[str, Neighbours], *, max_matches: int):
-        self.sources = sources
-        self.max_matches = max_matches
-        self.lists: dict[tuple[str, float], list[np.ndarray]] = {}
-
-    def get(self, name: str, threshold: float) -> list[np.ndarray]:
-        from tf_shopee.matching import matches_from_neighbours
-
-        key = (name, float(threshold))
-        if key not in self.lists:
-            self.lists[key] = matches_from_neighbours(
-                self.sources[name], float(threshold), max_matches=self.max_matches
-            )
-        return self.lists[key]
+def _candidate(kind: str, state: _State, order, method, window, labels, slopes) -> dict:
+    """A candidate of the search, for the record: its decision (with its slopes) and F1 on the
+    search data."""
+    decision = _state_decision(state, order, method, window, labels)
+    decision.rules = {name: replace(rule, slope=slopes.get(name, 0.0))
+                      for name, rule in decision.rules.items()}
+    return {"kind": kind, "sources": list(decision.sources), "f1": state.f1,
+            "description": decision.describe(), "decision": decision.to_dict()}
 
 
-def _grids(sources: Mapping[str, Neighbours], grid) -> dict[str, list[float]]:
-    if grid is None:
-        grids = {name: list(default_grid(name)) for name in sources}
-    elif isinstance(grid, Mapping):
-        unknown = sorted(set(grid) - set(sources))
-        if unknown:
-            raise UserError(f"grid names unknown source(s) {unknown}; sources are {list(sources)}")
-        grids = {name: list(grid.get(name, default_grid(name))) for name in sources}
-    else:
-        grids = {name: list(grid) for name in sources}
-    for name, values in grids.items():
-        if not values:
-            raise UserError(f"the threshold grid of source {name!r} is empty")
-        if not all(math.isfinite(float(value)) for value in values):
-            raise UserError(f"the threshold grid of source {name!r} has a non-finite value")
-        grids[name] = sorted(float(value) for value in values)
-    return grids
+# --------------------------------------------------------------------------------------------
+# Thresholds files
 
 
 def thresholds_payload(result: dict, *, settings: Mapping | None = None) -> dict:
-    """The ``thresholds.json`` content for a :func:`search_thresholds` result.
-
-    ``thresholds`` holds the thresholds to use: the combined ones for the combined sources and
-    each other source's own best; ``best_alone`` keeps every source's own best as well.
-    """
-    alone = {name: sweep["best_threshold"] for name, sweep in result["sources"].items()}
-    f1 = {name: sweep["best_f1"] for name, sweep in result["sources"].items()}
-    combined = result.get("combined")
-    thresholds = dict(alone)
-    payload = {
+    """The ``thresholds.json`` content for a :func:`search_decision` result."""
+    decision = result["decision"]
+    return {
         "format": THRESHOLDS_FORMAT,
         "format_version": THRESHOLDS_FORMAT_VERSION,
+        "units": "phash sources (phash, phash_text): Hamming distance in bits, a pair matches at "
+                 "<= threshold; other sources: similarity, a pair matches at >= threshold (on "
+                 "the locally scaled score score - beta * mean background when beta > 0)",
         "rows": result["rows"],
         "max_matches": result["max_matches"],
-        "thresholds": thresholds,
-        "best_alone": alone,
-        "f1": f1,
-        "combined": None,
-        "sweeps": {
-            name: {"grid": sweep["grid"], "f1": sweep["f1"]}
-            for name, sweep in result["sources"].items()
-        },
+        "decision": decision,
+        "f1": result["f1"],
+        "thresholds": {name: decision["rules"][name]["threshold"]
+                       for name in decision["sources"]},
+        "best_single": result["best_single"],
+        "candidates": result["candidates"],
+        "sources": result["sources"],
         "settings": dict(settings or {}),
     }
-    if combined is not None:
-        thresholds.update(combined["thresholds"])
-        f1[COMBINED] = combined["f1"]
-        payload["combined"] = {
-            key: combined[key]
-            for key in ("sources", "thresholds", "f1", "min2", "min2_source", "min2_floor")
-        }
-    return payload
 
 
 def write_thresholds(path: str | Path, result: dict, *, settings: Mapping | None = None) -> dict:
@@ -361,15 +1237,15 @@ def write_thresholds(path: str | Path, result: dict, *, settings: Mapping | None
     return payload
 
 
-def load_thresholds(path: str | Path) -> dict:
-    """Read a ``thresholds.json`` written by :func:`write_thresholds`.
+def load_thresholds(path: str | Path) -> Decision:
+    """Read the decision of a ``thresholds.json`` written by :func:`write_thresholds`.
 
-    Returns:
-        The payload; ``payload["thresholds"]`` maps source name → threshold.
+    Files of format version 1 (per-source thresholds with phash as similarities, a source
+    switched off at 2.0) are converted.
 
     Raises:
-        UserError: when the file is missing, not JSON, not a tf_shopee thresholds file, or holds
-            a non-numeric threshold.
+        UserError: when the file is missing, not JSON, not a tf_shopee thresholds file, or names
+            an unknown source or holds a bad value (NaN, out of range, ...).
     """
     import json
 
@@ -384,68 +1260,82 @@ def load_thresholds(path: str | Path) -> dict:
         raise UserError(
             f"{path} is not a tf_shopee thresholds file (no format {THRESHOLDS_FORMAT!r})"
         )
-    if payload.get("format_version") != THRESHOLDS_FORMAT_VERSION:
-        raise UserError(
-            f"{path} has thresholds format version {payload.get('format_version')!r}; "
-            f"this version reads {THRESHOLDS_FORMAT_VERSION}"
-        )
+    version = payload.get("format_version")
+    where = f"thresholds file {path}"
+    if version == 1:
+        return _decision_from_version_1(payload, where=where)
+    if version != THRESHOLDS_FORMAT_VERSION:
+        raise UserError(f"{path} has thresholds format version {version!r}; this version reads "
+                        f"1 and {THRESHOLDS_FORMAT_VERSION}")
+    return Decision.from_dict(payload.get("decision"), where=where)
+
+
+def _decision_from_version_1(payload: dict, *, where: str) -> Decision:
+    """A version-1 file: thresholds by name (phash as ``1 - bits/64``, 2.0 = off), combination."""
     thresholds = payload.get("thresholds")
     if not isinstance(thresholds, dict):
-        raise UserError(f"{path} has no 'thresholds' object")
+        raise UserError(f"{where} has no 'thresholds' object")
+    rules = {}
     for name, value in thresholds.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{path}: threshold of source {name!r} is not a number: {value!r}")
-    return payload
+        check_source_name(name, where=where)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise UserError(f"{where}: threshold of {name!r} is not a finite number: {value!r}")
+        if value > 1.0:  # version 1 switched a source off with an unreachable threshold
+            continue
+        rules[name] = SourceRule(check_threshold(name, user_threshold(name, value), where=where))
+    combined = payload.get("combined") or {}
+    members = [name for name in combined.get("sources", list(thresholds)) if name in rules]
+    min2_source = combined.get("min2_source") if combined.get("min2", False) else None
+    floor = combined.get("min2_floor") if min2_source else None
+    if min2_source not in members:
+        min2_source = floor = None
+    if floor is not None and is_phash_source(min2_source):
+        floor = user_threshold(min2_source, floor)
+    return Decision(sources=tuple(members), rules=rules, min2_source=min2_source,
+                    min2_floor=floor, method="fixed").checked(where=where)
 
 
 def plot_thresholds(path_png: str | Path, result: dict, *, title: str | None = None) -> None:
-    """Plot mean F1 against the threshold for each source (best points marked) to a PNG.
-
-    The combined F1, when present, is drawn as a horizontal line. Written atomically with the
-    non-interactive Agg backend, so it works on machines without a display.
-    """
+    """Plot mean F1 against each source's plain threshold (no scaling, blending or min2) and
+    mark the chosen decision's F1, to a PNG (Agg backend, written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5), dpi=100)
-    axes = figure.add_subplot()
-    for name, sweep in result["sources"].items():
-        (line,) = axes.plot(sweep["grid"], sweep["f1"], marker=".", label=name)
-        axes.plot(
-            [sweep["best_threshold"]], [sweep["best_f1"]], marker="o", markersize=9,
-            color=line.get_color(), fillstyle="none",
-        )
-    combined = result.get("combined")
-    if combined is not None:
-        axes.axhline(
-            combined["f1"], color="black", linestyle="--",
-            label=f"combined {combined['f1']:.4f}",
-        )
-    axes.set_xlabel("threshold (score >= threshold matches)")
-    axes.set_ylabel("mean F1")
-    axes.set_title(title or f"F1 vs threshold ({result['rows']} postings)")
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="best", fontsize="small")
+    figure = Figure(figsize=(9, 4.5), dpi=100)
+    similarity_axes = figure.add_subplot(1, 2, 1)
+    phash_axes = figure.add_subplot(1, 2, 2)
+    for name, entry in result["sources"].items():
+        sweep = entry.get("sweep")
+        if not sweep:
+            continue
+        axes = phash_axes if is_phash_source(name) else similarity_axes
+        axes.plot(sweep["grid"], sweep["f1"], marker=".", label=f"{name} (plain)")
+    for axes, label in ((similarity_axes, "similarity threshold (match at >=)"),
+                        (phash_axes, "phash threshold in bits (match at <=)")):
+        axes.axhline(result["f1"], color="black", linestyle="--",
+                     label=f"chosen decision {result['f1']:.4f}")
+        axes.set_xlabel(label)
+        axes.set_ylabel("mean F1")
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="best", fontsize="small")
+    figure.suptitle(title or f"F1 vs threshold ({result['rows']} postings)")
     figure.tight_layout()
     path_png = Path(path_png)
     with atomic_path(path_png) as temporary:
         figure.savefig(temporary, format="png")
 
-# The model-free defaults predict.py ships: thresholds of the sources built by
-# tf_shopee.neighbours.model_free.model_free_sources(titles, image_phashes) with its
-# DEFAULT_SETTINGS, their union, and min2 on "tfidf" with a floor. Chosen once by
-#     python benchmarks/quality_real.py --json benchmarks/results/quality_real.json
-# with search_thresholds on the "select" protocol of the real Shopee train.csv (GroupKFold(3) folds
-# 1+2, 22,832 postings; benchmarks/results/quality_real_thresholds.json), NOT on the sets reported:
-# there they give mean F1 0.809 on the held-out fold 0 and 0.740 on the full 34,250 postings.
-# phash thresholds are 1 - hamming / 64: "phash" is hamming <= 1, "phash_text" hamming <= 9 with
-# titles agreeing (TF-IDF cosine >= 0.25).
-DEFAULT_THRESHOLDS = {"tfidf": 0.8, "phash": 1 - 1 / 64, "phash_text": 1 - 9 / 64}
-DEFAULT_COMBINATION = {
-    "sources": ("tfidf", "phash", "phash_text"),
-    "min2": True,
-    "min2_source": "tfidf",
-    "min2_floor": 0.3,
-}
+
+def with_threshold(decision: Decision, name: str, value: float) -> Decision:
+    """The decision with ``name`` matched at a plain threshold ``value`` (no scaling; blending
+    kept): what ``predict.py --threshold NAME=VALUE`` means. A source not in the union joins it."""
+    value = check_threshold(name, value, where="--threshold")
+    rule = decision.rules.get(name, SourceRule(value))
+    rules = {**decision.rules, name: replace(rule, threshold=value, beta=0.0)}
+    min2_floor = decision.min2_floor
+    if decision.min2_source == name and rule.beta:
+        min2_floor = None  # the floor was in scaled units
+    sources = decision.sources if name in decision.sources else (*decision.sources, name)
+    return replace(decision, sources=tuple(sources), rules=rules, min2_floor=min2_floor)

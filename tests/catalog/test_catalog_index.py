@@ -172,7 +172,9 @@ def test_predict_catalog_writes_catalogue_ids_and_scores_them(built, catalogue_s
     predicted = [matches.split() for matches in written["matches"]]
     assert all(ids and set(ids) <= set(label_of) for ids in predicted)  # min2: never empty
     report = json.loads(report_path.read_text())
-    assert set(report["f1"]) == set(report["sources"]) | {COMBINED}
+    # F1 per source of the decision's union (a source left out of it has none), and combined.
+    assert set(report["decision"]["sources"]) <= set(report["sources"])
+    assert set(report["f1"]) == set(report["decision"]["sources"]) | {COMBINED}
     # The report's combined F1 and top-1 are those of the file written.
     f1, top1, counted = [], [], 0
     for query_label, ids in zip(queries["label_group"], predicted):

@@ -73,9 +73,13 @@ def test_search_modes():
 
 def _plan(thresholds, *, min2=True, min2_source=None, min2_floor=None):
     from tf_shopee.predict import MatchPlan
+    from tf_shopee.thresholds import Decision, SourceRule
 
-    return MatchPlan(thresholds=thresholds, min2=min2, min2_source=min2_source,
-                     min2_floor=min2_floor, origin={name: "test" for name in thresholds})
+    decision = Decision(tuple(thresholds), {name: SourceRule(value)
+                                            for name, value in thresholds.items()},
+                        min2_source=(min2_source or next(iter(thresholds))) if min2 else None,
+                        min2_floor=min2_floor, method="fixed")
+    return MatchPlan(decision=decision, origin={name: "test" for name in thresholds})
 
 
 def test_decisions_on_catalogue_rows_never_take_a_row_for_the_query_itself():

@@ -7,7 +7,7 @@ from tf_shopee.errors import UserError
 from tf_shopee.neighbours.model_free import ModelFreeSettings, model_free_sources
 from tf_shopee.neighbours.phash import phash_neighbours
 from tf_shopee.neighbours.tfidf import filter_by_cosine, tfidf_neighbours, tfidf_vectors
-from tf_shopee.thresholds import match_sources
+from tf_shopee.thresholds import Decision, SourceRule, apply_decision
 
 TITLES = [
     "sepatu sneakers wanita putih",  # 0 ┐ same product, same photo, different words
@@ -71,14 +71,15 @@ def test_blending_with_the_photo_graph_pulls_same_photo_titles_together():
 
 def test_union_of_sources_finds_both_products():
     sources = model_free_sources(TITLES, HASHES, settings=ModelFreeSettings(k=5))
-    thresholds = {"tfidf": 0.8, "phash": 1.0, "phash_text": 1 - 14 / 64}
-    per_source, combined = match_sources(sources, thresholds, min2=False)
+    rules = {"tfidf": SourceRule(0.8), "phash": SourceRule(0), "phash_text": SourceRule(14)}
+    decision = Decision(sources=tuple(rules), rules=rules, method="fixed")
+    per_source, combined = apply_decision(sources, decision)
     assert sorted(combined[0].tolist()) == [0, 1]
     assert sorted(combined[3].tolist()) == [3, 4]
     assert combined[6].tolist() == [6]
     assert per_source["phash"][3].tolist() == [3], "8 bits apart is not an identical photo"
-    with pytest.raises(UserError, match="no threshold"):
-        match_sources(sources, {"tfidf": 0.8})
+    with pytest.raises(UserError, match="only"):
+        apply_decision({"tfidf": sources["tfidf"]}, decision)
 
 
 def test_bad_input_is_a_user_error():

@@ -16,12 +16,14 @@ For each query posting every source finds its nearest *catalogue* rows:
 Sources whose input a query lacks are left out (a photo-only query has no ``tfidf``, a title-only
 one no ``image``/``phash``/``concat``).
 
-The thresholds come as in predict.py (defaults < each model's validation threshold < thresholds
-file < ``--threshold``; the index contributes the file and overrides it was built with) and the
-match lists are made by predict.py's own decision functions. Those work on self-matching lists,
-where row ``i`` is the posting itself; here queries are numbered ``0 .. Q-1`` and catalogue rows
-``Q .. Q+M-1`` in one index space, so no catalogue row is ever taken for the query itself. Each
-list then holds the query first, which is dropped, and catalogue rows, shifted back.
+The decision comes as in predict.py (defaults < each model's validation threshold < thresholds
+file < ``--threshold``; the index contributes the file and overrides it was built with; sources
+a query lacks are left out of the union) and the match lists are made by the same decision
+function, :func:`tf_shopee.thresholds.apply_decision`, on query-vs-catalogue lists: thresholds
+follow the catalogue's size, and a locally scaled source judges each pair against the query's
+background (from its catalogue neighbours) and the catalogue posting's (from the catalogue's own
+neighbours, computed once per matcher). Blending (INB) is not available: the catalogue side is
+not re-blended per query.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class QueryResult:
         neighbours: source → :class:`Neighbours` of the queries (catalogue rows, best first).
         matches: source → one int array of catalogue rows per query, and ``combined`` (union +
             min2), best first within each source.
-        thresholds: the threshold of every source used.
-        plan: predict.py's MatchPlan (thresholds, min2 source and floor, origins).
+        thresholds: the threshold of every source in the union (its units, for this catalogue's
+            size).
+        plan: predict.py's MatchPlan (the decision and where its rules came from).
         search: source → "exact" or "ann".
     """
 
@@ -91,6 +94,7 @@ class CatalogMatcher:
         self.models = models
         self.options = options
         self.searchers = {}
+        self._catalog_backgrounds: dict[str, np.ndarray] = {}
         mode = resolve_mode(search, len(index))
         stored = index.manifest.get("ann") or {}
         for name, matrix in index.embeddings.items():
@@ -122,6 +126,47 @@ class CatalogMatcher:
         """Neighbours, per-source matches and the combined matches of ``postings`` (a
         :class:`tf_shopee.predict.Postings`) against the catalogue; ``embeddings`` (source →
         query embeddings) skips the models."""
+        neighbours, search, embeddings = self.neighbours(postings, embeddings=embeddings)
+        plan = self._plan(neighbours, embeddings)
+        matches = decide(neighbours, plan, self.options,
+                         catalog_backgrounds=self.catalog_backgrounds(plan),
+                         pool_size=len(self.index))
+        return QueryResult(neighbours, matches, plan.decision.thresholds_for(len(self.index)),
+                           plan, search)
+
+    def catalog_backgrounds(self, plan) -> dict[str, np.ndarray]:
+        """Each locally scaled (or shifted) member's background of every catalogue row, from
+        the catalogue's own neighbours; computed once per source and kept."""
+        from tf_shopee.neighbours.scaling import background_scores
+
+        decision = plan.decision
+        needed = [name for name in decision.sources
+                  if decision.rules[name].beta or (decision.method == "shift"
+                                                   and name in decision.shift_background)]
+        missing = [name for name in needed if name not in self._catalog_backgrounds]
+        if missing:
+            started = time.perf_counter()
+            found, _, _ = self.neighbours(self._catalog_postings(), embeddings={
+                name: matrix for name, matrix in self.index.embeddings.items()
+                if name in missing})
+            for name in missing:
+                self._catalog_backgrounds[name] = background_scores(
+                    found[name], self_matching=True, window=decision.window)
+            logger.info("catalogue backgrounds of %s (local scaling) in %.1f s, once", missing,
+                        time.perf_counter() - started)
+        return {name: self._catalog_backgrounds[name] for name in needed}
+
+    def _catalog_postings(self):
+        from tf_shopee.predict import Postings
+
+        index = self.index
+        return Postings(posting_ids=list(index.posting_ids), titles=list(index.titles),
+                        image_phashes=None if index.image_phashes is None
+                        else list(index.image_phashes))
+
+    def neighbours(self, postings, *, embeddings: dict | None = None):
+        """``(neighbours, search mode, embeddings)`` of ``postings`` against the catalogue, per
+        source (no decision)."""
         from tf_shopee.catalog.index import fill_missing_phashes
 
         if postings.has_images and postings.image_phashes is None:
@@ -147,9 +192,7 @@ class CatalogMatcher:
         if not neighbours:
             raise UserError("nothing to match with: the queries have neither a title nor a photo "
                             "that this catalogue's sources can use")
-        plan = self._plan(neighbours, embeddings)
-        matches = decide(neighbours, plan, self.options)
-        return QueryResult(neighbours, matches, plan.thresholds, plan, search)
+        return neighbours, search, embeddings
 
     def match_rows(self, rows: list[int]) -> QueryResult:
         """:meth:`match` for catalogue rows themselves (their stored titles, hashes and
@@ -234,14 +277,16 @@ class CatalogMatcher:
         return sources
 
     def _plan(self, neighbours: dict, embeddings: dict):
-        """predict.py's thresholds for these sources, with the index's file and overrides under
+        """predict.py's decision for these sources, with the index's file and overrides under
         the user's."""
-        from tf_shopee.predict import Sources, resolve_plan
+        from tf_shopee.predict import PlannedSources, resolve_plan
 
         manifest = self.index.manifest
         model_thresholds = {entry["source"]: float(entry["threshold"])
                             for entry in manifest["models"]
                             if entry.get("threshold") is not None and entry["source"] in neighbours}
+        model_dirs = {entry["source"]: entry.get("path", entry["source"])
+                      for entry in manifest["models"] if entry["source"] in neighbours}
         options = dataclasses.replace(
             self.options,
             thresholds_file=self.options.thresholds_file or (
@@ -250,32 +295,41 @@ class CatalogMatcher:
             threshold_overrides={**manifest["thresholds"].get("overrides", {}),
                                  **self.options.threshold_overrides},
         )
-        sources = Sources(neighbours=dict(neighbours), embeddings=dict(embeddings),
-                          model_thresholds=model_thresholds)
-        return resolve_plan(sources, options)
+        planned = PlannedSources(names=list(neighbours), model_dirs=model_dirs,
+                                 model_thresholds=model_thresholds)
+        plan = resolve_plan(planned, options, allow_absent=True)
+        if plan.inb_iterations:
+            raise UserError(
+                f"the decision blends {', '.join(plan.inb_iterations)} with its neighbours "
+                "(INB), which a catalogue cannot do per query: search the thresholds with "
+                "--inb-iterations 0 for catalogue use")
+        return plan
 
 
-def decide(neighbours: dict[str, Neighbours], plan, options) -> dict[str, list[np.ndarray]]:
-    """Per-source and combined match lists of query-vs-catalogue neighbours, made by predict.py's
-    self-matching decision functions (see the module docstring for the shared index space).
+def decide(neighbours: dict[str, Neighbours], plan, options, *,
+           catalog_backgrounds: dict | None = None,
+           pool_size: int | None = None) -> dict[str, list[np.ndarray]]:
+    """Per-source and combined match lists of query-vs-catalogue neighbours under the plan's
+    decision (:func:`tf_shopee.thresholds.apply_decision`, ``self_matching=False``).
+
+    Args:
+        neighbours: source → the queries' catalogue neighbours.
+        plan: predict.py's MatchPlan.
+        options: PredictOptions (``max_matches``: catalogue rows per query at most).
+        catalog_backgrounds: source → background of every catalogue row, for locally scaled
+            members (:meth:`CatalogMatcher.catalog_backgrounds`).
+        pool_size: catalogue rows (thresholds follow it).
 
     Returns:
-        source → one int array of catalogue rows per query (best first), plus ``combined``.
+        source → one int array of catalogue rows per query (best first) for every source in the
+        union, plus ``combined``.
     """
-    from tf_shopee.predict import Sources, match_sources
+    from tf_shopee.thresholds import apply_decision
 
-    num_queries = next(iter(neighbours.values())).num_queries
-    shifted = {name: Neighbours(np.where(found.indices >= 0, found.indices + num_queries, -1),
-                                found.scores)
-               for name, found in neighbours.items()}
-    # One more place per list: the query itself, dropped below.
-    decided = match_sources(Sources(neighbours=shifted), plan,
-                            dataclasses.replace(options, max_matches=options.max_matches + 1))
-    result = {}
-    for name, lists in decided.items():
-        result[name] = [row_matches[row_matches >= num_queries] - num_queries
-                        for row_matches in lists]
-    return result
+    per_source, combined = apply_decision(
+        neighbours, plan.decision, self_matching=False, catalog_backgrounds=catalog_backgrounds,
+        pool_size=pool_size, max_matches=options.max_matches)
+    return {**per_source, COMBINED: combined}
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,8 +433,10 @@ def run_catalog_prediction(options) -> dict:
         "search": result.search,
         "thresholds": result.thresholds,
         "threshold_origin": result.plan.origin,
-        "min2": {"enabled": result.plan.min2, "source": result.plan.min2_source,
-                 "floor": result.plan.min2_floor},
+        "decision": result.plan.decision.to_dict(),
+        "min2": {"enabled": result.plan.decision.min2,
+                 "source": result.plan.decision.min2_source,
+                 "floor": result.plan.decision.min2_floor},
         "submission": str(options.out),
     }
     if options.evaluate:

@@ -77,3 +77,27 @@ class Neighbours:
         return Neighbours(
             np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
         )
+
+def subset_neighbours(neighbours: Neighbours, keep: np.ndarray) -> Neighbours:
+    """Self-matching neighbours of the rows where ``keep`` is true, among those rows only.
+
+    Rows and indices are renumbered to the kept rows (in order); neighbours outside the subset
+    are dropped and the survivors move forward, padding the row end. Used to simulate a smaller
+    pool from the neighbours of a bigger one: exact for neighbours that depend only on the two
+    postings (cosines of embeddings, phash distances), as long as the lists are long enough.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (neighbours.num_queries,):
+        raise ValueError(f"keep has shape {keep.shape}, expected ({neighbours.num_queries},)")
+    kept_rows = np.flatnonzero(keep)
+    renumbered = np.full(keep.shape[0], -1, dtype=np.int64)
+    renumbered[kept_rows] = np.arange(kept_rows.shape[0])
+    indices = neighbours.indices[kept_rows]
+    scores = neighbours.scores[kept_rows]
+    inside = (indices >= 0) & keep[np.clip(indices, 0, None)]
+    order = np.argsort(~inside, axis=1, kind="stable")
+    new_indices = np.where(inside, renumbered[np.clip(indices, 0, None)], -1)
+    return Neighbours(
+        np.take_along_axis(new_indices, order, axis=1),
+        np.take_along_axis(np.where(inside, scores, -np.inf), order, axis=1),
+    )

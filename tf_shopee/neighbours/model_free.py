@@ -17,11 +17,11 @@ Three sources come out, each a :class:`~tf_shopee.neighbours.Neighbours` over th
     ``agreement_min_cosine``: a dozen bits apart two photos are mostly different products, but
     not when their titles share words too.
 
-On the real Shopee titles (``benchmarks/quality_real.py``) the union of the three at the
-thresholds of :data:`tf_shopee.thresholds.DEFAULT_THRESHOLDS`, with min2 on ``tfidf``, scores
-0.740 mean F1 on the full train set and 0.809 on the held-out fold 0, against 0.713 and 0.772
-for the plain TF-IDF (>= 0.65, min2) + phash (<= 8) union; settings and thresholds were chosen
-on GroupKFold folds 1+2 only.
+On the real Shopee titles (``benchmarks/quality_real.py``) the shipped decision
+:data:`tf_shopee.thresholds.DEFAULT_DECISION` (TF-IDF alone, locally scaled, thresholds following
+the pool size, min2) scores 0.819 mean F1 on the held-out fold 0 and 0.747 on the full train set,
+against 0.780 and 0.697 for the plain TF-IDF (>= 0.55, min2) + phash (<= 8 bits) union; settings
+and decision were chosen on GroupKFold folds 1+2 only.
 """
 
 from __future__ import annotations
