@@ -232,7 +232,7 @@ def test_a_search_with_models_is_reproduced_by_its_thresholds_file(synthetic_set
                  "--evaluate"]
     searched = tmp_path / "searched.json"
     run_predict(*arguments, "--search-thresholds", tmp_path / "search", "--report", searched,
-                "--out", tmp_path / "a.csv")
+                "--out", tmp_path / "a.csv", "--inb-neighbours", "3,all")
     payload = json.loads((tmp_path / "search" / "thresholds.json").read_text())
     assert {"text", "image", "concat", "tfidf", "phash", "phash_text"} <= set(payload["sources"])
     report = json.loads(searched.read_text())
@@ -243,6 +243,39 @@ def test_a_search_with_models_is_reproduced_by_its_thresholds_file(synthetic_set
                 "--report", applied, "--out", tmp_path / "b.csv")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert json.loads(applied.read_text())["inb"] == report["inb"]
+    assert report["options"]["inb_neighbours"] == [3, None]
+
+
+def test_blending_can_be_bounded_to_the_nearest_neighbours():
+    from tf_shopee.neighbours import Neighbours
+    from tf_shopee.predict import blend_embeddings
+
+    embeddings = np.eye(3, dtype=np.float32)
+    # Row 0's neighbours: itself, row 1 (0.9), row 2 (0.8).
+    neighbours = Neighbours(np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]]),
+                            np.array([[1.0, 0.9, 0.8], [1.0, 0.9, 0.7], [1.0, 0.8, 0.7]],
+                                     dtype=np.float32))
+    every = blend_embeddings(embeddings, neighbours, 0.5)
+    nearest = blend_embeddings(embeddings, neighbours, 0.5, max_neighbours=2)
+    expected_every = np.array([1.0, 0.9, 0.8]) / np.linalg.norm([1.0, 0.9, 0.8])
+    expected_nearest = np.array([1.0, 0.9, 0.0]) / np.linalg.norm([1.0, 0.9])
+    np.testing.assert_allclose(every[0], expected_every, rtol=1e-5)
+    np.testing.assert_allclose(nearest[0], expected_nearest, rtol=1e-5)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--inb-neighbours", "1", "from 2 to k"),
+    ("--inb-neighbours", "ten", "not a neighbour count"),
+    ("--inb-grid", "0.2,1.5", "in [0, 1]"),
+])
+def test_bad_blending_options_are_refused(tmp_path, capsys, flag, value, message):
+    from tf_shopee.predict import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--csv", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "o.csv"), flag,
+              value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_exported_models_from_images_and_tfrecords_agree(synthetic_set, exported_models,
@@ -637,3 +670,24 @@ def test_bad_thresholds_fail_before_anything_is_embedded(synthetic_set, exported
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
     assert not (tmp_path / "cache").exists(), "nothing may be embedded before the error"
+
+
+def test_a_model_without_a_threshold_gets_one_from_the_search(synthetic_set, exported_models,
+                                                              tmp_path, capsys):
+    # An export of an untrained model (train.py --epochs 0) has no validation threshold.
+    import shutil
+
+    model = tmp_path / "zero_shot"
+    shutil.copytree(exported_models["image"], model)
+    metadata = json.loads((model / "tf_shopee_export.json").read_text())
+    metadata["threshold"] = None
+    (model / "tf_shopee_export.json").write_text(json.dumps(metadata))
+    arguments = ["--tfrecords", synthetic_set / "tfrecords", "--model", model, "--no-tfidf",
+                 "--no-phash", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o.csv"]
+    status, _, error = predict_main(capsys, *arguments)
+    assert status == 2 and "no threshold for source(s) image" in error
+    report = tmp_path / "report.json"
+    status, _, error = predict_main(capsys, *arguments, "--evaluate", "--report", report,
+                                    "--search-thresholds", tmp_path / "search")
+    assert status == 0, error
+    assert json.loads(report.read_text())["used_sources"] == ["image"]

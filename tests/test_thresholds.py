@@ -238,6 +238,33 @@ def test_blending_with_the_photo_graph_is_an_option_of_its_own():
         SourceRule(0.5, inb_phash=4).checked("text", where="x")
 
 
+def test_blending_over_a_bounded_neighbourhood_is_an_option_of_its_own():
+    labels = np.array([1, 1, 1, 4])
+    raw = neighbours_from_pairs(4, {(0, 1): 0.8, (1, 2): 0.8, (0, 2): 0.3, (2, 3): 0.5})
+    # Blending over every neighbour drags posting 3 in; over the 2 nearest it does not.
+    every = neighbours_from_pairs(4, {(0, 1): 0.9, (1, 2): 0.9, (0, 2): 0.8, (2, 3): 0.95})
+    nearest = neighbours_from_pairs(4, {(0, 1): 0.9, (1, 2): 0.9, (0, 2): 0.85, (2, 3): 0.4})
+    result = search_decision({"text": raw}, labels, method="fixed", allow_min2=False,
+                             inb_variants={"text": {(0.5, None, None): every,
+                                                    (0.5, None, 2): nearest}})
+    rule = Decision.from_dict(result["decision"], where="test").rules["text"]
+    assert (rule.inb, rule.inb_neighbours) == (0.5, 2)
+    assert result["f1"] == pytest.approx(1.0)
+    assert "over 2 nearest" in rule.describe("text")
+    assert SourceRule.from_dict("text", rule.to_dict(), where="test") == rule
+    # A rule without the key (thresholds files written before it existed) blends over all.
+    assert "inb_neighbours" not in SourceRule(0.5, inb=0.6).to_dict()
+    assert SourceRule.from_dict("text", {"threshold": 0.5, "inb": 0.6},
+                                where="x").inb_neighbours is None
+    with pytest.raises(UserError, match="needs blending"):
+        SourceRule(0.5, inb_neighbours=20).checked("text", where="x")
+    with pytest.raises(UserError, match="at least 2"):
+        SourceRule(0.5, inb=0.6, inb_neighbours=1).checked("text", where="x")
+    with pytest.raises(UserError, match="whole number"):
+        SourceRule.from_dict("text", {"threshold": 0.5, "inb": 0.6, "inb_neighbours": 2.5},
+                             where="x")
+
+
 def test_size_method_fits_a_slope_and_moves_the_threshold_with_the_pool():
     embeddings, labels = random_pool(7, groups=200)
     sources = {"text": brute_force_neighbours(embeddings, 16)}

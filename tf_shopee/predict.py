@@ -66,6 +66,11 @@ class PredictOptions:
     # Neighbourhood blending rounds of embedding sources: None = as the thresholds file (or the
     # search) decides, off without one; 0 = off; N = N rounds.
     inb_iterations: int | None = None
+    # Neighbours blended per posting that --search-thresholds tries (None = every neighbour of
+    # the list, i.e. k): each value is a blending option of its own.
+    inb_neighbours: tuple[int | None, ...] = (None,)
+    # Blend thresholds --search-thresholds tries (empty = tf_shopee.thresholds.DEFAULT_INB_GRID).
+    inb_grid: tuple[float, ...] = ()
     # How --search-thresholds makes thresholds survive a bigger pool (tf_shopee.thresholds).
     threshold_method: str = "local+size"
     k: int = 51
@@ -491,6 +496,8 @@ def format_f1_table(report: dict) -> str:
     if report.get("inb"):
         blended = ", ".join(
             f"{name} at {entry['threshold']:g}"
+            + ("" if entry.get("neighbours") is None
+               else f" over the {entry['neighbours']} nearest")
             + ("" if entry.get("photos_within_bits") is None
                else f" with photos <= {int(entry['photos_within_bits'])} bits")
             + f" ({entry['iterations']} round(s))" for name, entry in report["inb"].items())
@@ -647,10 +654,15 @@ class MatchPlan:
     inb_iterations: dict[str, int] = field(default_factory=dict)
 
 
-def default_decision(planned: PlannedSources) -> tuple["Decision", dict[str, str]]:  # noqa: F821
+def default_decision(planned: PlannedSources, *, placeholder: float | None = None
+                     ) -> tuple["Decision", dict[str, str]]:  # noqa: F821
     """The decision without a thresholds file: every model source at its validation threshold,
     with the model-free sources :data:`tf_shopee.thresholds.DEFAULT_DECISION` keeps (the others
-    only when none of those is built), min2 on the richest source."""
+    only when none of those is built), min2 on the richest source.
+
+    ``placeholder``: the threshold of a model source that has none (an export of an untrained
+    model, ``train.py --epochs 0``) when a search will choose it anyway; without it such a
+    source is an error."""
     from tf_shopee.thresholds import (
         DEFAULT_DECISION,
         Decision,
@@ -673,6 +685,10 @@ def default_decision(planned: PlannedSources) -> tuple["Decision", dict[str, str
         rules[CONCAT] = SourceRule(float(np.mean([rules[name].threshold for name in parts])))
         origin[CONCAT] = "mean of image and text"
     missing = [name for name in planned.names if name not in rules]
+    if missing and placeholder is not None:
+        for name in missing:
+            rules[name], origin[name] = SourceRule(placeholder), "to be searched"
+        missing = []
     if missing:
         raise UserError(
             f"no threshold for source(s) {', '.join(missing)}: give --threshold NAME=VALUE, a "
@@ -741,7 +757,9 @@ def resolve_plan(planned: PlannedSources, options: PredictOptions,
         decision = _without_absent(decision, names, planned)
         origin = {name: f"file {options.thresholds_file}" for name in decision.sources}
     else:
-        decision, origin = default_decision(planned)
+        # Before a search, a model without a threshold of its own is fine: the search gives it.
+        decision, origin = default_decision(
+            planned, placeholder=0.5 if options.search_thresholds else None)
     for name, value in options.threshold_overrides.items():
         if name not in names:
             if allow_absent:
@@ -801,13 +819,19 @@ def _without_absent(decision, names: list[str], planned: PlannedSources):
 
 
 def blend_embeddings(embeddings: np.ndarray, neighbours, threshold: float, *,
-                     phash_neighbours=None, phash_bits: float | None = None) -> np.ndarray:
+                     phash_neighbours=None, phash_bits: float | None = None,
+                     max_neighbours: int | None = None) -> np.ndarray:
     """One round of neighbourhood blending: each embedding becomes the normalised sum of itself
-    and its neighbours scoring at least ``threshold``, weighted by their scores, and (with
-    ``phash_bits``) of the postings whose photos are at most that many bits apart (weighted by
-    their phash score), as the model-free TF-IDF source blends titles."""
+    and its neighbours scoring at least ``threshold`` (among its ``max_neighbours`` nearest,
+    itself included, when given), weighted by their scores, and (with ``phash_bits``) of the
+    postings whose photos are at most that many bits apart (weighted by their phash score), as
+    the model-free TF-IDF source blends titles."""
+    from tf_shopee.neighbours import Neighbours
     from tf_shopee.neighbours.tfidf import blend_vectors
 
+    if max_neighbours is not None:
+        neighbours = Neighbours(neighbours.indices[:, :max_neighbours],
+                                neighbours.scores[:, :max_neighbours])
     graphs = [(neighbours, threshold)]
     if phash_bits is not None:
         if phash_neighbours is None:
@@ -835,6 +859,7 @@ def blend_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) ->
             blended = blend_embeddings(
                 sources.embeddings[name], sources.neighbours[name], rule.inb,
                 phash_neighbours=sources.neighbours.get(PHASH), phash_bits=rule.inb_phash,
+                max_neighbours=rule.inb_neighbours,
             )
             sources.embeddings[name] = blended
             sources.neighbours[name] = _usable_neighbours(
@@ -863,12 +888,12 @@ def match_sources(sources: Sources, plan: MatchPlan, options: PredictOptions) ->
 
 
 def blend_variants(sources: Sources, options: PredictOptions) -> dict[str, dict]:
-    """Per embedding source, {(blend threshold, phash bits or None) → neighbours after one
-    round of :func:`blend_embeddings`} for every threshold of
-    :data:`~tf_shopee.thresholds.DEFAULT_INB_GRID`, without and (when the postings have
-    phashes) with the photos :data:`BLEND_PHASH_BITS` apart: the blending options the search
-    tries (none with ``--inb-iterations 0``). :func:`blend_sources` reproduces the chosen one
-    exactly."""
+    """Per embedding source, {(blend threshold, phash bits or None, neighbours blended or None)
+    → neighbours after one round of :func:`blend_embeddings`} for every threshold of
+    ``options.inb_grid`` (default :data:`~tf_shopee.thresholds.DEFAULT_INB_GRID`) and every
+    count of ``options.inb_neighbours``, without and (when the postings have phashes) with the
+    photos :data:`BLEND_PHASH_BITS` apart: the blending options the search tries (none with
+    ``--inb-iterations 0``). :func:`blend_sources` reproduces the chosen one exactly."""
     from tf_shopee.matching import top_k_neighbours
     from tf_shopee.thresholds import DEFAULT_INB_GRID
 
@@ -877,15 +902,17 @@ def blend_variants(sources: Sources, options: PredictOptions) -> dict[str, dict]
         return variants
     phash = sources.neighbours.get(PHASH)
     photo_options = [None] if phash is None else [None, BLEND_PHASH_BITS]
+    grid = tuple(options.inb_grid) or DEFAULT_INB_GRID
     for name, embeddings in sources.embeddings.items():
         started = time.perf_counter()
         variants[name] = {
-            (blend, bits): _usable_neighbours(sources, name, top_k_neighbours(
+            (blend, bits, count): _usable_neighbours(sources, name, top_k_neighbours(
                 blend_embeddings(embeddings, sources.neighbours[name], blend,
-                                 phash_neighbours=phash, phash_bits=bits),
+                                 phash_neighbours=phash, phash_bits=bits,
+                                 max_neighbours=count),
                 k=options.k, max_chunk_mb=options.max_chunk_mb,
             ))
-            for blend in DEFAULT_INB_GRID for bits in photo_options
+            for blend in grid for bits in photo_options for count in options.inb_neighbours
         }
         logger.info("%s: %d blended variants for the search in %.1f s", name,
                     len(variants[name]), time.perf_counter() - started)
@@ -985,7 +1012,8 @@ def run_prediction(options: PredictOptions) -> dict:
         "min2": {"enabled": decision.min2, "source": decision.min2_source,
                  "floor": decision.min2_floor},
         "inb": {name: {"threshold": decision.rules[name].inb, "iterations": rounds,
-                       "photos_within_bits": decision.rules[name].inb_phash}
+                       "photos_within_bits": decision.rules[name].inb_phash,
+                       "neighbours": decision.rules[name].inb_neighbours}
                 for name, rounds in plan.inb_iterations.items()},
         "inb_iterations": options.inb_iterations,
         "options": describe_options(options),
@@ -1079,6 +1107,14 @@ def check_options(options: PredictOptions) -> None:
         raise UserError(f"--max-matches must be between 1 and k={options.k}")
     if options.inb_iterations is not None and options.inb_iterations < 0:
         raise UserError(f"--inb-iterations must be 0 or more, got {options.inb_iterations}")
+    for count in options.inb_neighbours:
+        if count is not None and not 2 <= count <= options.k:
+            raise UserError(f"--inb-neighbours: each count must be from 2 to k={options.k} (or "
+                            f"'all'), got {count}")
+    for value in options.inb_grid:
+        if not (isinstance(value, float) and 0.0 <= value <= 1.0):
+            raise UserError(f"--inb-grid: blend thresholds are similarities in [0, 1], got "
+                            f"{value!r}")
     if options.threshold_method not in METHODS:
         raise UserError(f"--threshold-method must be one of {', '.join(METHODS)}, got "
                         f"{options.threshold_method!r}")
@@ -1099,9 +1135,38 @@ def describe_options(options: PredictOptions) -> dict:
         "use_concat": options.use_concat,
         "min2": options.min2,
         "inb_iterations": options.inb_iterations,
+        "inb_neighbours": list(options.inb_neighbours),
+        "inb_grid": list(options.inb_grid),
         "k": options.k,
         "max_matches": options.max_matches,
     }
+
+
+def _parse_neighbour_counts(text: str) -> tuple[int | None, ...]:
+    """``--inb-neighbours``: '10,20,all' → (10, 20, None)."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            counts.append(None)
+        elif part.isdigit():
+            counts.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(f"not a neighbour count or 'all': {part!r}")
+    if not counts:
+        raise argparse.ArgumentTypeError("give at least one count")
+    return tuple(dict.fromkeys(counts))
+
+
+def _parse_float_list(text: str) -> tuple[float, ...]:
+    """``--inb-grid``: '0.2,0.3' → (0.2, 0.3)."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from error
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
 
 
 def _parse_threshold_overrides(values: list[str]) -> dict[str, float]:
@@ -1208,6 +1273,15 @@ def build_argument_parser() -> argparse.ArgumentParser:
     model.add_argument("--inb-iterations", type=int, default=defaults.inb_iterations,
                        help="neighbourhood blending rounds of embedding sources (default: as "
                        "the thresholds file or search decides, off without one; 0: off)")
+    model.add_argument("--inb-neighbours", type=_parse_neighbour_counts, default=None,
+                       metavar="LIST",
+                       help="with --search-thresholds: how many nearest neighbours (itself "
+                       "included) blending may pull in, comma-separated counts or 'all', each "
+                       "tried, e.g. 10,20,all (default: all, i.e. --k); big product groups "
+                       "blend best over a bounded neighbourhood")
+    model.add_argument("--inb-grid", type=_parse_float_list, default=None, metavar="LIST",
+                       help="with --search-thresholds: the blend thresholds tried, e.g. "
+                       "0.2,0.3,0.4 (default 0.5 to 0.8 by 0.05)")
     model.add_argument("--k", type=int, default=defaults.k,
                        help=f"neighbours per posting (default {defaults.k})")
     model.add_argument("--max-matches", type=int, default=defaults.max_matches,
@@ -1257,6 +1331,9 @@ def options_from_arguments(arguments: argparse.Namespace) -> PredictOptions:
         use_concat=not arguments.no_concat,
         min2=not arguments.no_min2,
         inb_iterations=arguments.inb_iterations,
+        inb_neighbours=(arguments.inb_neighbours if arguments.inb_neighbours is not None
+                        else PredictOptions.inb_neighbours),
+        inb_grid=arguments.inb_grid or PredictOptions.inb_grid,
         threshold_method=arguments.threshold_method,
         k=arguments.k,
         max_matches=arguments.max_matches,

@@ -197,6 +197,10 @@ class SourceRule:
             the source's own neighbours.
         slope: change of the threshold per doubling of the pool (``size`` methods), in the
             source's units; 0 = the same threshold for every pool size.
+        inb_neighbours: when blending, only each posting's this many nearest neighbours (itself
+            included) are blended in; ``None`` = every neighbour of its list (``--k``). Large
+            product groups blend best over a bounded neighbourhood: on the grocery photos (about
+            36 photos a product) 20 neighbours beat 51.
     """
 
     threshold: float
@@ -204,18 +208,23 @@ class SourceRule:
     inb: float | None = None
     slope: float = 0.0
     inb_phash: float | None = None
+    inb_neighbours: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (the thresholds file's ``rules`` entries)."""
-        return {"threshold": self.threshold, "beta": self.beta, "inb": self.inb,
+        data = {"threshold": self.threshold, "beta": self.beta, "inb": self.inb,
                 "inb_phash": self.inb_phash, "slope": self.slope}
+        if self.inb_neighbours is not None:  # files without it read as "every neighbour"
+            data["inb_neighbours"] = self.inb_neighbours
+        return data
 
     @classmethod
     def from_dict(cls, name: str, data, *, where: str) -> "SourceRule":
         """Read and check a rule (a dict, or a bare number meaning a plain threshold)."""
         if not isinstance(data, Mapping):
             data = {"threshold": data}
-        unknown = sorted(set(data) - {"threshold", "beta", "inb", "inb_phash", "slope"})
+        unknown = sorted(set(data) - {"threshold", "beta", "inb", "inb_phash", "slope",
+                                      "inb_neighbours"})
         if unknown:
             raise UserError(f"{where}: rule of {name!r} has unknown key(s) {unknown}")
         if "threshold" not in data:
@@ -227,12 +236,18 @@ class SourceRule:
                                       or not isinstance(value, (int, float))):
                 raise UserError(f"{where}: {key} of {name!r} is not a number: {value!r}")
             values[key] = value
+        neighbours = data.get("inb_neighbours")
+        if neighbours is not None and (isinstance(neighbours, bool)
+                                       or not isinstance(neighbours, int)):
+            raise UserError(f"{where}: inb_neighbours of {name!r} must be a whole number, got "
+                            f"{neighbours!r}")
         return cls(
             threshold=check_threshold(name, data["threshold"], where=where),
             beta=float(values["beta"] or 0.0),
             inb=None if values["inb"] is None else float(values["inb"]),
             slope=float(values["slope"] or 0.0),
             inb_phash=None if values["inb_phash"] is None else float(values["inb_phash"]),
+            inb_neighbours=neighbours,
         ).checked(name, where=where)
 
     def checked(self, name: str, *, where: str) -> "SourceRule":
@@ -256,6 +271,12 @@ class SourceRule:
             if self.inb is None:
                 raise UserError(f"{where}: inb_phash of {name!r} needs blending (inb)")
             check_threshold("phash", self.inb_phash, where=where, what=f"inb_phash of {name!r}")
+        if self.inb_neighbours is not None:
+            if self.inb is None:
+                raise UserError(f"{where}: inb_neighbours of {name!r} needs blending (inb)")
+            if self.inb_neighbours < 2:
+                raise UserError(f"{where}: inb_neighbours of {name!r} must be at least 2 (the "
+                                f"posting and one neighbour), got {self.inb_neighbours}")
         return self
 
     def threshold_for(self, name: str, pool_ratio: float) -> float:
@@ -276,6 +297,8 @@ class SourceRule:
             text += f" + {self.beta:g}*bg"
         if self.inb is not None:
             text += f", INB {self.inb:g}"
+            if self.inb_neighbours is not None:
+                text += f" over {self.inb_neighbours} nearest"
             if self.inb_phash is not None:
                 text += f" + photos <= {int(self.inb_phash)} bits"
         return text
@@ -770,6 +793,7 @@ class _Option:
     inb_phash: float | None
     beta: float
     column: str
+    inb_neighbours: int | None
     grid: tuple[float, ...]  # score thresholds
     floors: tuple[float | None, ...]  # min2 floors, score units
 
@@ -829,8 +853,9 @@ def search_decision(
             ``size`` methods fit each member's slope on sub-pools, ``shift`` records the mean
             backgrounds.
         inb_variants: embedding source name → {blend threshold, or (blend threshold, phash bits
-            or None) → the neighbours after one round of neighbourhood blending at it (with the
-            photos that many bits apart)}; each is tried as an option of that source.
+            or None[, neighbours blended or None]) → the neighbours after one round of
+            neighbourhood blending at it (with the photos that many bits apart, over that many
+            nearest neighbours)}; each is tried as an option of that source.
         betas: local scaling weights tried (``local`` only; default :data:`DEFAULT_BETAS`).
         grids: name → thresholds tried, in the source's units (bits for phash); default
             :data:`SIMILARITY_GRID` / :data:`PHASH_GRID_BITS`.
@@ -1076,9 +1101,9 @@ def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
                                  else SIMILARITY_MIN2_FLOORS)
         score_floors = tuple(None if value is None else score_threshold(name, value)
                              for value in floors)
-        variants = {(None, None): neighbours, **dict(inb_variants.get(name, {}))}
+        variants = {(None, None, None): neighbours, **dict(inb_variants.get(name, {}))}
         options[name] = []
-        for (inb, inb_phash), variant in variants.items():
+        for (inb, inb_phash, inb_neighbours), variant in variants.items():
             source_betas = (0.0,) if phash else betas
             background = None
             for beta in source_betas:
@@ -1088,30 +1113,34 @@ def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
                     scored = local_scaling(variant, beta, background)
                 else:
                     scored = variant
-                column = f"{name}|inb={inb}|phash={inb_phash}|beta={beta}"
+                column = (f"{name}|inb={inb}|phash={inb_phash}|n={inb_neighbours}"
+                          f"|beta={beta}")
                 columns[column] = scored
                 options[name].append(_Option(name, inb, inb_phash, float(beta), column,
-                                             score_grid, score_floors))
+                                             inb_neighbours, score_grid, score_floors))
     return options, columns
 
 
 def _option_neighbours(sources, inb_variants, option: _Option) -> Neighbours:
     if option.inb is None:
         return sources[option.source]
-    return inb_variants[option.source][(option.inb, option.inb_phash)]
+    return inb_variants[option.source][(option.inb, option.inb_phash, option.inb_neighbours)]
 
 
-def _blend_key(key) -> tuple[float, float | None]:
-    """An ``inb_variants`` key as (blend threshold, phash bits or None)."""
+def _blend_key(key) -> tuple[float, float | None, int | None]:
+    """An ``inb_variants`` key as (blend threshold, phash bits or None, neighbours or None)."""
     if isinstance(key, tuple):
-        threshold, bits = key
-        return float(threshold), None if bits is None else float(bits)
-    return float(key), None
+        threshold, bits, *rest = key
+        neighbours = rest[0] if rest else None
+        return (float(threshold), None if bits is None else float(bits),
+                None if neighbours is None else int(neighbours))
+    return float(key), None, None
 
 
 def _rule(name: str, option: _Option, threshold: float) -> SourceRule:
     return SourceRule(threshold=user_threshold(name, threshold), beta=option.beta,
-                      inb=option.inb, inb_phash=option.inb_phash)
+                      inb=option.inb, inb_phash=option.inb_phash,
+                      inb_neighbours=option.inb_neighbours)
 
 
 def _best_single_with_min2(table: PairTable, name: str, options: list[_Option]) -> _State:
