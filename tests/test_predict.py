@@ -686,6 +686,8 @@ def test_a_model_without_a_threshold_gets_one_from_the_search(synthetic_set, exp
                  "--no-phash", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o.csv"]
     status, _, error = predict_main(capsys, *arguments)
     assert status == 2 and "no threshold for source(s) image" in error
+    status, _, error = predict_main(capsys, *arguments, "--threshold", "image=0.6")
+    assert status == 0, error
     report = tmp_path / "report.json"
     status, _, error = predict_main(capsys, *arguments, "--evaluate", "--report", report,
                                     "--search-thresholds", tmp_path / "search")

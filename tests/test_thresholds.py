@@ -336,6 +336,11 @@ def test_override_means_a_plain_threshold_and_joins_the_union():
     assert changed.min2_floor is None  # the floor was on scaled scores
     joined = with_threshold(decision, "phash", 8)
     assert joined.sources == ("text", "phash") and joined.rules["phash"].threshold == 8
+    # Plain also means "the same for any pool": a rule's size slope does not move it.
+    sloped = Decision(("tfidf",), {"tfidf": SourceRule(0.35, beta=0.5, slope=0.05)},
+                      method="local+size", search_rows=20000)
+    overridden = with_threshold(sloped, "tfidf", 0.5)
+    assert overridden.thresholds_for(600) == {"tfidf": 0.5}
 
 
 def test_json_and_png_are_written_and_read_back(tmp_path):

@@ -956,3 +956,28 @@ def test_a_damaged_shard_is_named_when_training(tfrecords, tmp_path, capsys):
     error = run_main(tiny_arguments(data, tmp_path / "run", "image", "--strategy", "one_device",
                                     "--epochs", "1", "--set", "train.steps_per_epoch=4"), capsys)
     assert shard.name in error and "sha256" in error
+
+
+def test_holdout_folds_are_neither_trained_nor_validated_on(tfrecords):
+    from tf_shopee.config import RunConfig
+    from tf_shopee.data.pipeline import dataset_size
+    from tf_shopee.errors import UserError
+    from tf_shopee.training.data import read_data_facts
+
+    manifest = json.loads((tfrecords / "manifest.json").read_text())
+    config = RunConfig().override([f"data.tfrecords={tfrecords}", "data.validation_fold=0",
+                                   "data.holdout_folds=1"]).validate()
+    facts = read_data_facts(config)
+    assert facts.train_folds_excluded == [0, 1] and facts.validation_folds == [0]
+    assert facts.train_examples == dataset_size(manifest, exclude_folds=[0, 1])
+    assert facts.train_examples < dataset_size(manifest, exclude_folds=[0])
+    everything = RunConfig().override([f"data.tfrecords={tfrecords}", "data.validation_fold=-1",
+                                       "data.holdout_folds=1"]).validate()
+    assert read_data_facts(everything).train_folds_excluded == [1]
+    with pytest.raises(UserError, match="includes the validation fold"):
+        RunConfig().override(["data.validation_fold=1", "data.holdout_folds=1"]).validate()
+    with pytest.raises(UserError, match="fold numbers"):
+        RunConfig().override(["data.holdout_folds=one"]).validate()
+    with pytest.raises(UserError, match="has folds"):
+        read_data_facts(RunConfig().override([f"data.tfrecords={tfrecords}",
+                                              "data.holdout_folds=7"]))

@@ -27,11 +27,28 @@ class DataConfig:
     tfrecords: str = ""  # folder written by convert_tfrecords.py (holds manifest.json)
     image_size: int = 256
     validation_fold: int = 0  # train on folds != k, validate on fold k; -1 trains on everything
+    # Folds kept out of training and validation, comma-separated (e.g. "1"): data the model never
+    # saw, to choose thresholds on (predict.py --fold 1 --search-thresholds) without touching the
+    # validation fold; a training fold would give thresholds tuned to the model's own data.
+    holdout_folds: str = ""
     shuffle_buffer: int = 2048
     augment: bool = True
     class_balanced: bool = False  # sample rare label groups as often as large ones
     deterministic: bool = False
     cache: bool = False  # cache decoded records in memory (small datasets only)
+
+    def holdout_fold_list(self) -> list[int]:
+        """``holdout_folds`` as sorted fold numbers (UserError for anything else)."""
+        folds = []
+        for part in self.holdout_folds.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit():
+                raise UserError(f"data.holdout_folds must be comma-separated fold numbers, got "
+                                f"{self.holdout_folds!r}")
+            folds.append(int(part))
+        return sorted(set(folds))
 
 
 @dataclass
@@ -196,6 +213,10 @@ class RunConfig:
             raise UserError("train.log_every_seconds must be 0 (every call) or positive")
         if self.train.batch_norm_recalibration_batches < 0:
             raise UserError("train.batch_norm_recalibration_batches must be 0 (off) or positive")
+        holdout = self.data.holdout_fold_list()
+        if self.data.validation_fold in holdout:
+            raise UserError(f"data.holdout_folds {self.data.holdout_folds!r} includes the "
+                            f"validation fold {self.data.validation_fold}")
         if self.data.image_size < 16:
             raise UserError("data.image_size must be at least 16 pixels")
         if self.model.image.pooling not in ("avg", "gem"):

@@ -654,15 +654,16 @@ class MatchPlan:
     inb_iterations: dict[str, int] = field(default_factory=dict)
 
 
-def default_decision(planned: PlannedSources, *, placeholder: float | None = None
+def default_decision(planned: PlannedSources, *, searching: bool = False,
+                     given: frozenset[str] = frozenset()
                      ) -> tuple["Decision", dict[str, str]]:  # noqa: F821
     """The decision without a thresholds file: every model source at its validation threshold,
     with the model-free sources :data:`tf_shopee.thresholds.DEFAULT_DECISION` keeps (the others
     only when none of those is built), min2 on the richest source.
 
-    ``placeholder``: the threshold of a model source that has none (an export of an untrained
-    model, ``train.py --epochs 0``) when a search will choose it anyway; without it such a
-    source is an error."""
+    A model source without a threshold of its own (an export of an untrained model,
+    ``train.py --epochs 0``) is an error, unless a search will choose one (``searching``) or
+    ``--threshold`` gives it (its name in ``given``): then it holds a placeholder until then."""
     from tf_shopee.thresholds import (
         DEFAULT_DECISION,
         Decision,
@@ -685,10 +686,10 @@ def default_decision(planned: PlannedSources, *, placeholder: float | None = Non
         rules[CONCAT] = SourceRule(float(np.mean([rules[name].threshold for name in parts])))
         origin[CONCAT] = "mean of image and text"
     missing = [name for name in planned.names if name not in rules]
-    if missing and placeholder is not None:
-        for name in missing:
-            rules[name], origin[name] = SourceRule(placeholder), "to be searched"
-        missing = []
+    for name in list(missing):
+        if searching or name in given:
+            rules[name], origin[name] = SourceRule(0.5), "placeholder (searched or given later)"
+            missing.remove(name)
     if missing:
         raise UserError(
             f"no threshold for source(s) {', '.join(missing)}: give --threshold NAME=VALUE, a "
@@ -759,7 +760,8 @@ def resolve_plan(planned: PlannedSources, options: PredictOptions,
     else:
         # Before a search, a model without a threshold of its own is fine: the search gives it.
         decision, origin = default_decision(
-            planned, placeholder=0.5 if options.search_thresholds else None)
+            planned, searching=bool(options.search_thresholds),
+            given=frozenset(options.threshold_overrides))
     for name, value in options.threshold_overrides.items():
         if name not in names:
             if allow_absent:

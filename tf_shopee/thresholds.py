@@ -1362,7 +1362,7 @@ def with_threshold(decision: Decision, name: str, value: float) -> Decision:
     kept): what ``predict.py --threshold NAME=VALUE`` means. A source not in the union joins it."""
     value = check_threshold(name, value, where="--threshold")
     rule = decision.rules.get(name, SourceRule(value))
-    rules = {**decision.rules, name: replace(rule, threshold=value, beta=0.0)}
+    rules = {**decision.rules, name: replace(rule, threshold=value, beta=0.0, slope=0.0)}
     min2_floor = decision.min2_floor
     if decision.min2_source == name and rule.beta:
         min2_floor = None  # the floor was in scaled units

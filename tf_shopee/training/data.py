@@ -42,6 +42,11 @@ def read_data_facts(config: RunConfig) -> DataFacts:
     num_classes = int(manifest["num_labels"])
     num_folds = int(manifest.get("num_folds", 0))
     fold = config.data.validation_fold
+    holdout = config.data.holdout_fold_list()
+    outside = [value for value in holdout if value >= num_folds]
+    if outside:
+        raise UserError(f"data.holdout_folds {config.data.holdout_folds!r}: {directory} has folds "
+                        f"0..{num_folds - 1}")
     if fold >= 0:
         if num_folds < 2:
             raise UserError(
@@ -53,12 +58,12 @@ def read_data_facts(config: RunConfig) -> DataFacts:
                 f"--validation-fold {fold} is out of range: {directory} has folds "
                 f"0..{num_folds - 1}"
             )
-        excluded, validation = [fold], [fold]
+        excluded, validation = sorted({fold, *holdout}), [fold]
         train_examples = dataset_size(manifest, exclude_folds=excluded)
         validation_examples = dataset_size(manifest, folds=validation)
     else:
-        excluded, validation = None, None
-        train_examples = dataset_size(manifest)
+        excluded, validation = (holdout or None), None
+        train_examples = dataset_size(manifest, exclude_folds=excluded)
         validation_examples = 0
     return DataFacts(
         directory=directory,

@@ -47,6 +47,7 @@ STRUCTURAL_KEYS = (
     "model.text.intermediate_dim",
     "data.image_size",
     "data.validation_fold",
+    "data.holdout_folds",
 )
 
 CONFIG_FILE = "config.json"
