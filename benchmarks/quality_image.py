@@ -62,6 +62,7 @@ NUM_FOLDS = 3
 TARGET_F1 = 0.75
 TARGET_RECALL_AT_1 = 0.99
 ZERO_SHOT_REFERENCE = {"f1": 0.5566, "recall_at_1": 0.9765}
+SEARCH_FLAGS = ("--inb-neighbours", "10,20,all", "--inb-grid", "0.2,0.3,0.4,0.5,0.6,0.7")
 
 # Models exported as initialised (--epochs 0): the reference setting of the grocery README
 # (ImageNet weights, 224 px, average pooling, the 1280 pooled features themselves).
@@ -109,6 +110,11 @@ class QualityImage:
         self.tfrecords = self.workdir / "tfrecords"
         self.cache_dir = self.workdir / "embedding_cache"
         self.predictions = self.workdir / "predictions"
+        # The decision searches (fold 1, and fold 0 for the oracle) also try blending over a
+        # bounded neighbourhood and at lower blend thresholds than the defaults (which were set
+        # for Shopee titles): products here have about 36 photos each, and image cosines between
+        # photos of one product are lower than between titles of one product.
+        self.search_flags: list[str] = list(SEARCH_FLAGS)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -202,19 +208,29 @@ class QualityImage:
         return report
 
     def evaluate(self, method: str, description: str, flags: list[str], source: str) -> dict:
-        """Thresholds and post-processing searched on fold 1, applied to fold 0; oracle beside."""
+        """The decision (thresholds and post-processing) searched on fold 1, applied to fold 0;
+        the source's best plain threshold from fold 1 (no blending, no min2) beside it, and the
+        oracle (fold 0's own search)."""
         search_dir = self.predictions / f"{method}_search_fold{SELECTION_FOLD}"
-        search = self._predict(f"{method}_search_fold{SELECTION_FOLD}", SELECTION_FOLD, flags,
+        search = self._predict(f"{method}_search_fold{SELECTION_FOLD}", SELECTION_FOLD,
+                               flags + self.search_flags,
                                ["--search-thresholds", str(search_dir)])
         thresholds_file = search_dir / "thresholds.json"
         chosen = _read_json(thresholds_file)
-        alone_threshold = chosen["best_alone"][source]
-        alone = self._predict(f"{method}_alone_fold0", EVALUATION_FOLD, flags + ["--no-min2"],
+        # The source alone with its best plain threshold on fold 1: what the embeddings give
+        # before any post-processing.
+        plain = [point for point in zip(chosen["sources"][source]["sweep"]["grid"],
+                                        chosen["sources"][source]["sweep"]["f1"])]
+        alone_threshold = max(plain, key=lambda point: point[1])[0]
+        alone = self._predict(f"{method}_alone_fold0", EVALUATION_FOLD,
+                              flags + ["--no-min2", "--inb-iterations", "0",
+                                       "--threshold-method", "fixed"],
                               ["--threshold", f"{source}={alone_threshold}"])
         searched = self._predict(f"{method}_fold0", EVALUATION_FOLD, flags,
                                  ["--thresholds", str(thresholds_file)])
         oracle_dir = self.predictions / f"{method}_oracle_fold0"
-        oracle = self._predict(f"{method}_oracle_fold0", EVALUATION_FOLD, flags,
+        oracle = self._predict(f"{method}_oracle_fold0", EVALUATION_FOLD,
+                               flags + self.search_flags,
                                ["--search-thresholds", str(oracle_dir)])
         entry = {
             "description": description,
@@ -223,12 +239,13 @@ class QualityImage:
             "threshold_alone": alone_threshold,
             "f1": round(searched["f1"]["combined"], 4),
             "recall_at_1": _rounded((searched.get("recall_at_1") or {}).get(source)),
+            "decision": searched.get("decision"),
             "post_processing": {key: searched.get(key) for key in
-                                ("thresholds", "min2", "inb_iterations")},
+                                ("thresholds", "min2", "inb")},
             "thresholds_chosen_on": f"predict.py --search-thresholds on fold {SELECTION_FOLD} "
                                     "(a training fold of the fine-tuned models)",
             "oracle_f1": round(oracle["f1"]["combined"], 4),
-            "oracle_note": "thresholds searched on fold 0 itself: a bound, not a result",
+            "oracle_note": "decision searched on fold 0 itself: a bound, not a result",
             "commands": {"search": search["command"],
                          "alone": alone["command"], "evaluate": searched["command"],
                          "oracle": oracle["command"]},
@@ -241,53 +258,24 @@ class QualityImage:
     # -- query vs catalogue ----------------------------------------------------------------------
 
     def catalogue(self, method: str, export_dir: Path) -> dict:
-        """Top-1 accuracy of fold-0 shelf photos against the fold-0 and against all catalogue
-        images (embedded by the exported model)."""
-        path = self.workdir / "catalogue" / f"{method}.json"
-        if path.is_file():
-            result = _read_json(path)
-        else:
-            result = catalogue_top1(export_dir, self.data, self.tfrecords)
-            write_json_atomic(path, result)
+        """Fold-0 shelf photos against the 27 fold-0 catalogue images and against all 81,
+        through ``catalog build`` and ``predict.py --catalog`` (benchmarks/quality_catalog.py):
+        top-1 accuracy, i.e. the first catalogue id listed for a photo is its product."""
+        workdir = self.workdir / "catalogue" / method
+        result_path = self.workdir / "catalogue" / f"{method}.json"
+        step = self.runner.run(
+            f"catalogue_{method}", "benchmarks/quality_catalog.py",
+            ["--image-model", str(export_dir), "--grocery", str(self.data),
+             "--workdir", str(workdir), "--json", str(result_path)],
+            [result_path])
+        raw = _read_json(result_path)
+        result = {"top1_fold0_catalogue": raw["catalogues"]["27"]["top1_accuracy"],
+                  "top1_all_catalogue": raw["catalogues"]["81"]["top1_accuracy"],
+                  "command": _relative_command(step)}
         self.report["methods"][method]["catalogue"] = result
         print(f"  {method:<20} catalogue top-1: {result['top1_fold0_catalogue']:.4f} of 27, "
               f"{result['top1_all_catalogue']:.4f} of 81", flush=True)
         return result
-
-
-def catalogue_top1(export_dir: Path, data: Path, tfrecords: Path) -> dict:
-    """Embed fold-0 shelf photos and the catalogue images; top-1 accuracy against both sets."""
-    import numpy as np
-    import pandas as pd
-    from sklearn.model_selection import GroupKFold
-
-    from tf_shopee.export import load_exported
-
-    postings = pd.read_csv(data / "postings.csv")
-    folds = np.full(len(postings), -1)
-    for fold, (_, rows) in enumerate(GroupKFold(n_splits=NUM_FOLDS).split(
-            postings, groups=postings["label_group"])):
-        folds[rows] = fold
-    shelf = postings[folds == EVALUATION_FOLD]
-    catalogue = pd.read_csv(data / "catalog.csv")
-    model = load_exported(str(export_dir), expected_kind="image")
-
-    def embed(paths) -> np.ndarray:
-        return model.embed(images=[(data / path).read_bytes() for path in paths])
-
-    queries = embed(shelf["image"])
-    catalogue_embeddings = embed(catalogue["image"])
-    query_labels = shelf["label_group"].to_numpy()
-    catalogue_labels = catalogue["label_group"].to_numpy()
-    in_fold = np.isin(catalogue_labels, np.unique(query_labels))
-
-    def top1(mask) -> float:
-        scores = queries @ catalogue_embeddings[mask].T
-        return float((catalogue_labels[mask][scores.argmax(axis=1)] == query_labels).mean())
-
-    return {"queries": int(len(shelf)), "fold0_catalogue_images": int(in_fold.sum()),
-            "top1_fold0_catalogue": round(top1(in_fold), 4),
-            "top1_all_catalogue": round(top1(np.ones(len(catalogue), bool)), 4)}
 
 
 def _relative_command(step: dict) -> str:
