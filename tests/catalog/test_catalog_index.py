@@ -318,3 +318,18 @@ def test_the_stored_approximate_index_answers_like_the_exact_search(built, catal
         assert untied.sum() >= len(untied) // 2
         np.testing.assert_array_equal(approximate.neighbours[name].indices[untied, :-1],
                                       exact.neighbours[name].indices[untied, :-1])
+
+
+def test_the_catalogue_table_shows_rules_in_their_units():
+    from tf_shopee.catalog.query import format_catalog_table
+    from tf_shopee.thresholds import Decision, SourceRule
+
+    decision = Decision(("tfidf", "phash"), {"tfidf": SourceRule(0.35, beta=0.5),
+                                             "phash": SourceRule(8.0)})
+    report = {"decision": decision.to_dict(), "thresholds": {"tfidf": 0.3, "phash": 8.0},
+              "f1": {"tfidf": 0.5, "phash": 0.4, "combined": 0.6},
+              "recall_at_1": {"tfidf": 0.7}, "top1_accuracy": 0.8,
+              "queries_with_product_in_catalogue": 5, "queries": 6}
+    rows = {line.split()[0]: line for line in format_catalog_table(report).splitlines()}
+    assert "<= 8 bits" in rows["phash"] and "0.300 + 0.5*bg" in rows["tfidf"]
+    assert "0.6000" in rows["combined"]

@@ -3,7 +3,7 @@ catalogue matches with their photos, scores and the sources that matched; browse
 posting's matches.
 
     python -m tf_shopee.catalog.app --index INDEX [--model DIR ...] [--port 8000]
-    make app                       # the demo's catalogue (built from demo_run/ when missing)
+    make app                       # the demo's catalogue (make demo runs first when needed)
     make app INDEX=path/to/index   # any index
 
 Why the standard library's ``http.server`` and not Streamlit, Gradio or FastAPI: the app is four
@@ -369,31 +369,38 @@ def load_app(index_dir: str, models: list[str], *, search: str = "auto",
 
 
 def demo_index(demo_dir: str, *, postings: int = 3000) -> Path:
-    """The demo's catalogue index ``DEMO_DIR/catalog``, built when missing: the demo's synthetic
-    postings with the demo's trained models when ``make demo`` has made them (the set is
-    generated, and the catalogue built model-free, otherwise)."""
+    """The demo's catalogue index ``DEMO_DIR/catalog``: the demo's synthetic postings with the
+    demo's fine-tuned image and trained text models. Without them the demo runs first (what
+    ``make demo`` does, a few minutes); an index built without models, or with other ones, is
+    rebuilt."""
+    import json
+
     from tf_shopee.catalog.index import MANIFEST, BuildOptions, build_index
 
     root = Path(demo_dir)
     index_dir = root / "catalog"
-    if (index_dir / MANIFEST).is_file():
-        return index_dir
-    csv_path = root / "data" / "train.csv"
-    if not csv_path.is_file():
-        from tf_shopee.data.synthetic import generate_dataset
 
-        print(f"generating the demo's synthetic set ({postings} postings) in {root / 'data'}",
-              flush=True)
-        generate_dataset(root / "data", postings=postings, seed=0, image_size=64)
-    models = [str(root / "saved_models" / kind) for kind in ("image", "text")
-              if (root / "saved_models" / kind / "tf_shopee_export.json").is_file()]
-    if not models:
-        logger.warning("no trained demo models in %s (run make demo for them): the catalogue "
-                       "is built with the model-free sources only (TF-IDF titles, phash)",
-                       root / "saved_models")
+    def trained_models() -> list[str]:
+        return [str(root / "saved_models" / kind) for kind in ("image", "text")
+                if (root / "saved_models" / kind / "tf_shopee_export.json").is_file()]
+
+    models = trained_models()
+    if len(models) < 2:
+        print(f"no trained demo models in {root / 'saved_models'}: running the demo first (make "
+              "demo: generate, convert, train, predict; a few minutes)", flush=True)
+        from tf_shopee.demo import run_demo
+
+        run_demo(root, postings=postings)
+        models = trained_models()
+    if (index_dir / MANIFEST).is_file():
+        manifest = json.loads((index_dir / MANIFEST).read_text(encoding="utf-8"))
+        if len(manifest.get("models", [])) == len(models):
+            return index_dir
+        print(f"{index_dir} was built without the demo's models: building it again", flush=True)
     print(f"building the demo's catalogue index {index_dir}", flush=True)
-    build_index(BuildOptions(csv=str(csv_path), images=str(root / "data" / "train_images"),
-                             models=models, out=str(index_dir)))
+    build_index(BuildOptions(csv=str(root / "data" / "train.csv"),
+                             images=str(root / "data" / "train_images"),
+                             models=models, out=str(index_dir), overwrite=True))
     return index_dir
 
 
@@ -408,7 +415,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
                        help="catalogue index (python -m tf_shopee.catalog build)")
     where.add_argument("--demo", default="demo_run", metavar="DEMO_DIR",
                        help="without --index: the demo's catalogue DEMO_DIR/catalog, built when "
-                       "missing (default demo_run)")
+                       "missing, after running the demo when its models are missing (default "
+                       "demo_run)")
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                         help="the index's models, when they moved (default: the stored paths)")
     parser.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",

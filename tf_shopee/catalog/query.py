@@ -471,17 +471,28 @@ def write_catalog_matches(path: str, query_ids: list[str], catalog_ids: list[str
 
 
 def format_catalog_table(report: dict) -> str:
-    """Mean F1 and recall@1 per source, and the combined top-1 accuracy, as plain text."""
+    """Mean F1 and recall@1 per source (with its rule, thresholds in the source's units: bits
+    for phash), and the combined top-1 accuracy, as plain text."""
+    from tf_shopee.thresholds import Decision, format_threshold
+
+    decision = Decision.from_dict(report["decision"], where="report")
     names = list(report["f1"])
-    width = max(len("source"), *(len(name) for name in names))
-    lines = [f"{'source':<{width}}  threshold  mean F1  recall@1",
-             f"{'-' * width}  ---------  -------  --------"]
+    rules = {}
     for name in names:
         threshold = report["thresholds"].get(name)
-        shown = f"{threshold:9.3f}" if threshold is not None else f"{'-':>9}"
+        if name in decision.rules:
+            rules[name] = decision.rules[name].describe(name, threshold)
+        else:
+            rules[name] = "-" if threshold is None else format_threshold(name, threshold)
+    width = max(len("source"), *(len(name) for name in names))
+    rule_width = max(len("rule"), *(len(rule) for rule in rules.values()))
+    lines = [f"{'source':<{width}}  {'rule':<{rule_width}}  mean F1  recall@1",
+             f"{'-' * width}  {'-' * rule_width}  -------  --------"]
+    for name in names:
         recall = report["recall_at_1"].get(name)
         recall_text = f"{recall:8.4f}" if recall is not None else f"{'-':>8}"
-        lines.append(f"{name:<{width}}  {shown}  {report['f1'][name]:7.4f}  {recall_text}")
+        lines.append(f"{name:<{width}}  {rules[name]:<{rule_width}}  {report['f1'][name]:7.4f}"
+                     f"  {recall_text}")
     top1 = report["top1_accuracy"]
     lines.append(f"top-1 accuracy (first listed match is the product): "
                  f"{'-' if top1 is None else f'{top1:.4f}'} over "
