@@ -14,7 +14,9 @@ DEMO_POSTINGS ?= 3000
 
 install: $(STAMP)
 
-$(STAMP): $(REQUIREMENT_FILES)
+# Order-only: the hash in the name decides, not the files' dates (a fresh clone or a touched file
+# with the same content does not reinstall).
+$(STAMP): | $(REQUIREMENT_FILES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt

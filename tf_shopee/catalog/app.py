@@ -421,10 +421,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
                         help="the index's models, when they moved (default: the stored paths)")
     parser.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
                         help="override a source's threshold (repeatable)")
-    parser.add_argument("--search", default="auto", choices=("exact", "ann", "auto"))
-    parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="matches shown per query")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--search", default="auto", choices=("exact", "ann", "auto"),
+                        help="catalogue search: exact, ann (FAISS IVF) or auto (ann for large "
+                        "catalogues; default auto)")
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP,
+                        help=f"matches shown per query (default {DEFAULT_TOP})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     return parser
 
 

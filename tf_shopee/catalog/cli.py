@@ -66,7 +66,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     _add_posting_arguments(add)
     add.add_argument("--index", required=True, metavar="INDEX", help="the index to extend")
     info = commands.add_parser("info", help="print what an index holds")
-    info.add_argument("--index", required=True, metavar="INDEX")
+    info.add_argument("--index", required=True, metavar="INDEX",
+                      help="the index folder (catalog build --out)")
     info.add_argument("--verify", action="store_true",
                       help="also check every file's sha256 against the manifest")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
