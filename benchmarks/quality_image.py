@@ -53,10 +53,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_text import Runner, _read_json, environment  # noqa: E402
+from quality_text import Runner, _read_json, _same_run, environment  # noqa: E402
 
 from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import write_json_atomic  # noqa: E402
+from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
 
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "grocery"
 DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_image.json"
@@ -137,7 +137,7 @@ class QualityImage:
             "csv_sha256": manifest.get("source_csv_sha256"),
             "num_labels": manifest.get("num_labels"),
             "fold_counts": manifest.get("fold_counts"),
-            "conversion": _relative_command(step),
+            "conversion": step["command"],
         }
 
     # -- models ----------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class QualityImage:
         step = self.runner.run(f"export_{method}", "train.py", arguments,
                                [export_dir / "tf_shopee_export.json"])
         self.report.setdefault("models", {})[method] = {
-            "description": spec["description"], "command": _relative_command(step),
+            "description": spec["description"], "command": step["command"],
             "wall_seconds": step["wall_seconds"], "epochs_trained": 0,
         }
         return export_dir
@@ -182,7 +182,7 @@ class QualityImage:
         self.report.setdefault("models", {})[method] = {
             "description": spec["description"],
             "config_file": spec["config"],
-            "command": _relative_command(step),
+            "command": step["command"],
             "wall_seconds": step["wall_seconds"],
             "train_seconds": round(train_seconds, 1),
             "images_per_second": round(images / train_seconds, 2) if train_seconds else None,
@@ -210,7 +210,7 @@ class QualityImage:
                      "--quiet"]
         step = self.runner.run(f"predict_{name}", "predict.py", arguments, [report_path])
         report = _read_json(report_path)
-        report["command"] = _relative_command(step)
+        report["command"] = step["command"]
         return report
 
     def evaluate(self, method: str, description: str, flags: list[str], source: str) -> dict:
@@ -279,18 +279,11 @@ class QualityImage:
         raw = _read_json(result_path)
         result = {"top1_fold0_catalogue": raw["catalogues"]["27"]["top1_accuracy"],
                   "top1_all_catalogue": raw["catalogues"]["81"]["top1_accuracy"],
-                  "command": _relative_command(step)}
+                  "command": step["command"]}
         self.report["methods"][method]["catalogue"] = result
         print(f"  {method:<20} catalogue top-1: {result['top1_fold0_catalogue']:.4f} of 27, "
               f"{result['top1_all_catalogue']:.4f} of 81", flush=True)
         return result
-
-
-def _relative_command(step: dict) -> str:
-    """A step's command with this machine's absolute paths made relative (for the JSON)."""
-    command = step["command"]
-    return command.replace(str(REPOSITORY.parent / "shared"), "../shared").replace(
-        str(REPOSITORY) + "/", "")
 
 
 def _rounded(value):
@@ -390,9 +383,8 @@ def main(argv=None) -> int:
               "../shared); nothing to measure")
         return 0
     json_path = Path(args.json)
-    report = _read_json(json_path) if json_path.is_file() else {}
-    if report.get("settings", {}).get("workdir") != str(Path(args.workdir).resolve()):
-        report = {}
+    # Rows of methods not run this time are kept from a results file of the same workdir.
+    report = _read_json(json_path) if _same_run(json_path, args) else {}
     report.update({
         "protocol": "see benchmarks/quality_image.py's docstring: GroupKFold(3) by product, "
                     "train on folds 1+2, report fold 0; thresholds and post-processing chosen "
@@ -411,7 +403,7 @@ def main(argv=None) -> int:
         report["targets"] = targets(report)
         report["table_markdown"] = markdown_table(report)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_path, report)
+        write_json_atomic(json_path, relative_paths(report, REPOSITORY))
 
     job.convert()
     image_only = ["--no-tfidf", "--no-phash"]

@@ -68,7 +68,7 @@ from quality_text import (  # noqa: E402
 )
 
 from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import write_json_atomic  # noqa: E402
+from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
 
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
 DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_transfer.json"
@@ -389,7 +389,7 @@ def main(argv=None) -> int:
         report["load_average_now"] = list(os.getloadavg())
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_path, report)
+        write_json_atomic(json_path, relative_paths(report, REPOSITORY))
 
     job.prepare()
     for row in args.rows:
