@@ -57,6 +57,7 @@ from quality_text import Runner, _read_json, _same_run, environment  # noqa: E40
 
 from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
 from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
+from tf_shopee.thresholds import best_plain_thresholds  # noqa: E402
 
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "grocery"
 DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_image.json"
@@ -222,12 +223,9 @@ class QualityImage:
                                flags + self.search_flags,
                                ["--search-thresholds", str(search_dir)])
         thresholds_file = search_dir / "thresholds.json"
-        chosen = _read_json(thresholds_file)
         # The source alone with its best plain threshold on fold 1: what the embeddings give
         # before any post-processing.
-        plain = [point for point in zip(chosen["sources"][source]["sweep"]["grid"],
-                                        chosen["sources"][source]["sweep"]["f1"])]
-        alone_threshold = max(plain, key=lambda point: point[1])[0]
+        alone_threshold = best_plain_thresholds(thresholds_file)[source]
         alone = self._predict(f"{method}_alone_fold0", EVALUATION_FOLD,
                               flags + ["--no-min2", "--inb-iterations", "0",
                                        "--threshold-method", "fixed"],

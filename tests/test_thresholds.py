@@ -16,6 +16,7 @@ from tf_shopee.thresholds import (
     PairTable,
     SourceRule,
     apply_decision,
+    best_plain_thresholds,
     check_threshold,
     load_thresholds,
     plot_thresholds,
@@ -355,6 +356,9 @@ def test_json_and_png_are_written_and_read_back(tmp_path):
     assert "bits" in payload["units"]
     decision = load_thresholds(json_path)
     assert decision == Decision.from_dict(result["decision"], where="test")
+    # Each source alone at a plain threshold (by hand: text at 0.5 also finds {2,3} and {4,5},
+    # F1 0.917 against 0.833; image at 0.9 avoids the wrong pair 0-6).
+    assert best_plain_thresholds(json_path) == {"text": 0.5, "image": 0.9}
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png_path.stat().st_size > 5000
     assert not list(tmp_path.glob("*.tmp")), "temporary files must be renamed away"

@@ -211,23 +211,11 @@ def _stage_exports(exports: dict, stage: str) -> list[str]:
     return [str(by_name[STAGES[stage][kind]]) for kind in MODEL_KINDS]
 
 
-def best_plain_thresholds(thresholds_file: Path) -> dict[str, float]:
-    """Each source's best plain threshold (alone, no blending, no min2, no scaling) of the sweep
-    a ``--search-thresholds`` run recorded, in the source's units."""
-    import json
-
-    payload = json.loads(Path(thresholds_file).read_text(encoding="utf-8"))
-    best = {}
-    for name, entry in payload["sources"].items():
-        grid, f1 = entry["sweep"]["grid"], entry["sweep"]["f1"]
-        best[name] = float(grid[max(range(len(f1)), key=f1.__getitem__)])
-    return best
-
-
 def predict_stages(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
     """Step 4: per stage, the decision searched on fold 1, applied to the held-out fold 0; each
     source alone on fold 0 at its best plain threshold of fold 1."""
     from tf_shopee.predict import PredictOptions, describe_options, run_prediction
+    from tf_shopee.thresholds import best_plain_thresholds
 
     reports = {}
     for stage in STAGES:

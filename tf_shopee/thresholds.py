@@ -1266,19 +1266,10 @@ def write_thresholds(path: str | Path, result: dict, *, settings: Mapping | None
     return payload
 
 
-def load_thresholds(path: str | Path) -> Decision:
-    """Read the decision of a ``thresholds.json`` written by :func:`write_thresholds`.
-
-    Files of format version 1 (per-source thresholds with phash as similarities, a source
-    switched off at 2.0) are converted.
-
-    Raises:
-        UserError: when the file is missing, not JSON, not a tf_shopee thresholds file, or names
-            an unknown source or holds a bad value (NaN, out of range, ...).
-    """
+def _read_thresholds_file(path: Path) -> dict:
+    """The JSON object of a tf_shopee thresholds file (UserError for anything else)."""
     import json
 
-    path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -1289,6 +1280,36 @@ def load_thresholds(path: str | Path) -> Decision:
         raise UserError(
             f"{path} is not a tf_shopee thresholds file (no format {THRESHOLDS_FORMAT!r})"
         )
+    return payload
+
+
+def best_plain_thresholds(path: str | Path) -> dict[str, float]:
+    """Each source's best plain threshold (alone: no blending, no min2, no scaling) in the sweep
+    a search recorded in ``thresholds.json`` (format 2), in the source's units."""
+    path = Path(path)
+    best = {}
+    for name, entry in _read_thresholds_file(path).get("sources", {}).items():
+        sweep = entry.get("sweep") if isinstance(entry, Mapping) else None
+        if not sweep or not sweep.get("f1"):
+            raise UserError(f"{path}: source {name!r} has no threshold sweep (a thresholds file "
+                            "written by --search-thresholds has one)")
+        grid, f1 = sweep["grid"], sweep["f1"]
+        best[name] = float(grid[max(range(len(f1)), key=f1.__getitem__)])
+    return best
+
+
+def load_thresholds(path: str | Path) -> Decision:
+    """Read the decision of a ``thresholds.json`` written by :func:`write_thresholds`.
+
+    Files of format version 1 (per-source thresholds with phash as similarities, a source
+    switched off at 2.0) are converted.
+
+    Raises:
+        UserError: when the file is missing, not JSON, not a tf_shopee thresholds file, or names
+            an unknown source or holds a bad value (NaN, out of range, ...).
+    """
+    path = Path(path)
+    payload = _read_thresholds_file(path)
     version = payload.get("format_version")
     where = f"thresholds file {path}"
     if version == 1:
