@@ -373,16 +373,15 @@ def demo_index(demo_dir: str, *, postings: int = 3000) -> Path:
     demo's fine-tuned image and trained text models. Without them the demo runs first (what
     ``make demo`` does, a few minutes); an index built without models, or with other ones, is
     rebuilt."""
-    import json
-
-    from tf_shopee.catalog.index import MANIFEST, BuildOptions, build_index
+    from tf_shopee.catalog.index import MANIFEST, BuildOptions, build_index, read_manifest
+    from tf_shopee.export import METADATA_FILE
 
     root = Path(demo_dir)
     index_dir = root / "catalog"
 
     def trained_models() -> list[str]:
         return [str(root / "saved_models" / kind) for kind in ("image", "text")
-                if (root / "saved_models" / kind / "tf_shopee_export.json").is_file()]
+                if (root / "saved_models" / kind / METADATA_FILE).is_file()]
 
     models = trained_models()
     if len(models) < 2:
@@ -393,10 +392,15 @@ def demo_index(demo_dir: str, *, postings: int = 3000) -> Path:
         run_demo(root, postings=postings)
         models = trained_models()
     if (index_dir / MANIFEST).is_file():
-        manifest = json.loads((index_dir / MANIFEST).read_text(encoding="utf-8"))
-        if len(manifest.get("models", [])) == len(models):
-            return index_dir
-        print(f"{index_dir} was built without the demo's models: building it again", flush=True)
+        try:
+            built_with = len(read_manifest(index_dir)["models"])
+        except UserError as error:  # damaged, or written by another version: build it again
+            print(f"{error}: building it again", flush=True)
+        else:
+            if built_with == len(models):
+                return index_dir
+            print(f"{index_dir} was built without the demo's models: building it again",
+                  flush=True)
     print(f"building the demo's catalogue index {index_dir}", flush=True)
     build_index(BuildOptions(csv=str(root / "data" / "train.csv"),
                              images=str(root / "data" / "train_images"),
