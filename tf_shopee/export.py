@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from tf_shopee.errors import UserError
+from tf_shopee.io_utils import read_json
 
 EXPORT_FORMAT = "tf_shopee.embedding_model"
 EXPORT_FORMAT_VERSION = 1
@@ -214,10 +215,7 @@ def read_export_metadata(directory: str | os.PathLike) -> dict:
             f"{directory} is not a tf_shopee export (no {METADATA_FILE}); "
             "export one with train.py --export"
         )
-    try:
-        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{metadata_path} is not valid JSON: {error}") from None
+    metadata = read_json(metadata_path)
     if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
         raise UserError(f"{metadata_path}: format is not {EXPORT_FORMAT!r}")
     version = metadata.get("format_version")

@@ -72,6 +72,15 @@ def write_json_atomic(destination: str | os.PathLike, payload) -> None:
     write_text_atomic(destination, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike):
+    """The JSON document in ``path``; UserError naming the file when it is not valid JSON (the
+    manifests, metadata and indexes the project writes, read back)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+
+
 def replace_directory(temporary: str | os.PathLike, destination: str | os.PathLike) -> None:
     """Move the finished folder ``temporary`` to ``destination``, replacing a previous one.
 

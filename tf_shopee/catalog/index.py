@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from tf_shopee.errors import UserError
-from tf_shopee.io_utils import sha256_file
+from tf_shopee.io_utils import read_json, sha256_file
 
 logger = logging.getLogger("tf_shopee.catalog")
 
@@ -160,10 +160,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
             f"{directory} is not a catalogue index (no {MANIFEST}; an interrupted build leaves "
             "none): build it again with python -m tf_shopee.catalog build"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise UserError(f"{path}: not a tf_shopee catalogue manifest (format {INDEX_FORMAT!r})")
     if manifest.get("format_version") != INDEX_FORMAT_VERSION:

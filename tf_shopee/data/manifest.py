@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tf_shopee.data.schema import SCHEMA_VERSION
 from tf_shopee.errors import UserError
-from tf_shopee.io_utils import sha256_file
+from tf_shopee.io_utils import read_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 LABEL_MAP_NAME = "label_map.json"
@@ -43,10 +43,7 @@ def load_manifest(directory: str | os.PathLike, *, verify_checksums: bool = Fals
             f"{manifest_path} not found: {directory} is not a finished conversion "
             "(run convert_tfrecords.py, or run it again to finish an interrupted one)"
         )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{manifest_path} is not valid JSON: {error}") from None
+    manifest = read_json(manifest_path)
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path} must hold a JSON object")
 
