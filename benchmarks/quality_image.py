@@ -68,7 +68,11 @@ NUM_FOLDS = 3
 TARGET_F1 = 0.75
 TARGET_RECALL_AT_1 = 0.99
 ZERO_SHOT_REFERENCE = {"f1": 0.5566, "recall_at_1": 0.9765}
-SEARCH_FLAGS = ("--inb-neighbours", "10,20,all", "--inb-grid", "0.2,0.3,0.4,0.5,0.6,0.7")
+# The decision searches (fold 1, and fold 0 for the oracle) also try blending over a bounded
+# neighbourhood and at lower blend thresholds than the defaults (which were set for Shopee
+# titles): products here have about 36 photos each, and image cosines between photos of one
+# product are lower than between titles of one product.
+SEARCH_FLAGS = ["--inb-neighbours", "10,20,all", "--inb-grid", "0.2,0.3,0.4,0.5,0.6,0.7"]
 
 # Models exported as initialised (--epochs 0): the reference setting of the grocery README
 # (ImageNet weights, 224 px, average pooling, the 1280 pooled features themselves).
@@ -116,11 +120,6 @@ class QualityImage:
         self.tfrecords = self.workdir / "tfrecords"
         self.cache_dir = self.workdir / "embedding_cache"
         self.predictions = self.workdir / "predictions"
-        # The decision searches (fold 1, and fold 0 for the oracle) also try blending over a
-        # bounded neighbourhood and at lower blend thresholds than the defaults (which were set
-        # for Shopee titles): products here have about 36 photos each, and image cosines between
-        # photos of one product are lower than between titles of one product.
-        self.search_flags: list[str] = list(SEARCH_FLAGS)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -220,7 +219,7 @@ class QualityImage:
         oracle (fold 0's own search)."""
         search_dir = self.predictions / f"{method}_search_fold{SELECTION_FOLD}"
         search = self._predict(f"{method}_search_fold{SELECTION_FOLD}", SELECTION_FOLD,
-                               flags + self.search_flags,
+                               flags + SEARCH_FLAGS,
                                ["--search-thresholds", str(search_dir)])
         thresholds_file = search_dir / "thresholds.json"
         # The source alone with its best plain threshold on fold 1: what the embeddings give
@@ -234,7 +233,7 @@ class QualityImage:
                                  ["--thresholds", str(thresholds_file)])
         oracle_dir = self.predictions / f"{method}_oracle_fold0"
         oracle = self._predict(f"{method}_oracle_fold0", EVALUATION_FOLD,
-                               flags + self.search_flags,
+                               flags + SEARCH_FLAGS,
                                ["--search-thresholds", str(oracle_dir)])
         oracle_sweep = _read_json(oracle_dir / "thresholds.json")["sources"][source]["sweep"]
         entry = {
