@@ -19,6 +19,14 @@ multimodal              ``image_bytes`` and ``titles``, both [B]
 all                     → ``{"embeddings": float32 [B, D]}``, L2-normalised
 ======================  ======================================================================
 
+Image exports also have an ``embed_pixels`` signature: ``pixels`` float32 [B, S, S, 3] (RGB,
+0..255, already decoded and resized, S = ``image_size``) → ``{"features": float32 [B, D]}``, *not*
+normalised. It is what test-time augmentation feeds (views made outside the graph) and what the
+LiteRT conversion converts (:mod:`tf_shopee.export.litert`: no JPEG decoder on a phone, and an
+int8 model keeps more of the embedding when the normalisation is left to the host). An export
+written before it existed is rebuilt from its ``config.json`` and variables when pixels are needed
+(:func:`rebuild_keras_model`).
+
 Loading needs ``import tensorflow_text`` first when a tokenizer is in the graph (its ops are
 registered by that import). The model is saved through a ``tf.Module`` rather than Keras
 ``ExportArchive`` / ``model.export``, which store every variable twice (DESIGN.md).
@@ -27,6 +35,7 @@ registered by that import). The model is saved through a ``tf.Module`` rather th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -34,8 +43,11 @@ from typing import Sequence
 
 import numpy as np
 
-from tf_shopee.errors import UserError
+from tf_shopee.errors import UserError, warn_once
+from tf_shopee.export.base import ViewEmbedder, as_bytes
 from tf_shopee.io_utils import read_json
+
+logger = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "tf_shopee.embedding_model"
 EXPORT_FORMAT_VERSION = 1
@@ -43,6 +55,11 @@ METADATA_FILE = "tf_shopee_export.json"
 CONFIG_FILE = "config.json"
 THRESHOLDS_FILE = "thresholds.json"
 SAVED_MODEL_FILE = "saved_model.pb"
+
+# The pixel-input signature of image exports (see the module docstring).
+PIXELS_SIGNATURE = "embed_pixels"
+PIXELS_INPUT = "pixels"
+PIXELS_OUTPUT = "features"
 
 # Serving input names per model kind, in signature order.
 SERVING_INPUTS = {
@@ -88,6 +105,12 @@ def _serving_module(embedding_model, *, kind: str, image_size: int, text_preproc
         server.serve = tf.function(
             lambda image_bytes: server.embed_raw(image_bytes=image_bytes),
             input_signature=[image_spec],
+        )
+        server.embed_pixels = tf.function(
+            lambda pixels: {PIXELS_OUTPUT: tf.cast(
+                server.embedding_model({"image": pixels}, training=False), tf.float32)},
+            input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
+                                           name=PIXELS_INPUT)],
         )
     elif kind == "text":
         server.serve = tf.function(
@@ -164,6 +187,7 @@ def export_model(
         "threshold": None,
         "run_name": None,
         "inputs": list(SERVING_INPUTS[kind]),
+        "signatures": ["serving_default"] + ([PIXELS_SIGNATURE] if kind == "image" else []),
     }
     payload.update(metadata)
 
@@ -171,7 +195,10 @@ def export_model(
     temporary = export_dir.parent / f".{export_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        tf.saved_model.save(server, str(temporary), signatures={"serving_default": server.serve})
+        signatures = {"serving_default": server.serve}
+        if kind == "image":
+            signatures[PIXELS_SIGNATURE] = server.embed_pixels
+        tf.saved_model.save(server, str(temporary), signatures=signatures)
         config.save(temporary / CONFIG_FILE)
         if thresholds is not None:
             _write_json(temporary / THRESHOLDS_FILE, thresholds)
@@ -200,7 +227,7 @@ def _swap_into_place(temporary: Path, export_dir: Path) -> None:
     replace_directory(temporary, export_dir)
 
 
-def read_export_metadata(directory: str | os.PathLike) -> dict:
+def read_saved_model_metadata(directory: str | os.PathLike) -> dict:
     """Read and check ``tf_shopee_export.json`` of an export folder.
 
     Raises:
@@ -231,7 +258,7 @@ def read_export_metadata(directory: str | os.PathLike) -> dict:
     return metadata
 
 
-class ExportedModel:
+class ExportedModel(ViewEmbedder):
     """A loaded tf_shopee export: call :meth:`embed` on raw images and/or titles.
 
     Attributes:
@@ -239,16 +266,49 @@ class ExportedModel:
         metadata: the content of ``tf_shopee_export.json``.
         kind: image | text | multimodal.
         embedding_dim: length of each embedding.
+        image_size: side of the images the model sees (image and multimodal models).
         threshold: best cosine threshold found on the validation fold, or None.
+        fingerprint: sha256 of the export's files (:func:`tf_shopee.export.model_fingerprint`),
+            set by :func:`tf_shopee.export.load_exported`.
     """
 
-    def __init__(self, directory: Path, metadata: dict, serving_function):
+    backend = "saved_model"
+
+    def __init__(self, directory: Path, metadata: dict, serving_function, pixels_function=None):
         self.directory = directory
         self.metadata = metadata
         self.kind = metadata["kind"]
         self.embedding_dim = int(metadata["embedding_dim"])
+        self.image_size = int(metadata.get("image_size") or 0)
         self.threshold = metadata.get("threshold")
+        self.fingerprint = None
         self._serving_function = serving_function
+        self._pixels_function = pixels_function
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded pixels float32 ``[B, S, S, 3]`` (0..255) → features ``[B, D]``, not
+        normalised (image exports; an export without the ``embed_pixels`` signature is rebuilt
+        from its config.json and variables the first time)."""
+        import tensorflow as tf
+
+        if self.kind != "image":
+            raise UserError(f"{self.directory} is a {self.kind} model: pixels need an image model")
+        if self._pixels_function is None:
+            warn_once(logger, f"{self.directory} has no {PIXELS_SIGNATURE} signature (exported "
+                      "before it existed): rebuilding its Keras model from config.json for "
+                      "pixel inputs")
+            keras_model = rebuild_keras_model(self.directory, self.metadata)
+            self._pixels_function = tf.function(
+                lambda pixels: {PIXELS_OUTPUT: keras_model({"image": pixels}, training=False)})
+            self._keras_model = keras_model
+        pixels = np.asarray(pixels, np.float32)
+        if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
+            raise UserError(f"pixels must have shape [B, {self.image_size}, {self.image_size}, 3]"
+                            f", got {list(pixels.shape)}")
+        if len(pixels) == 0:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        output = self._pixels_function(**{PIXELS_INPUT: tf.constant(pixels)})
+        return np.asarray(output[PIXELS_OUTPUT], np.float32)
 
     def embed(
         self,
@@ -276,11 +336,11 @@ class ExportedModel:
         if "image_bytes" in SERVING_INPUTS[self.kind]:
             if images is None:
                 raise UserError(f"this {self.kind} model needs images to embed")
-            columns["image_bytes"] = [_as_bytes(image, "image") for image in images]
+            columns["image_bytes"] = [as_bytes(image, "image") for image in images]
         if "titles" in SERVING_INPUTS[self.kind]:
             if titles is None:
                 raise UserError(f"this {self.kind} model needs titles to embed")
-            columns["titles"] = [_as_bytes(title, "title") for title in titles]
+            columns["titles"] = [as_bytes(title, "title") for title in titles]
         lengths = {name: len(values) for name, values in columns.items()}
         if len(set(lengths.values())) > 1:
             raise UserError(f"images and titles differ in length: {lengths}")
@@ -297,17 +357,41 @@ class ExportedModel:
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def _as_bytes(value, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if value is None:
-        return b""
-    raise UserError(f"each {what} must be bytes or str, got {type(value).__name__}")
+def rebuild_keras_model(directory: str | os.PathLike, metadata: dict | None = None):
+    """The export's Keras embedding model, rebuilt from ``config.json`` with the SavedModel's
+    variables restored (image exports; no pretrained weights are read or downloaded).
+
+    Raises:
+        UserError: no config.json, or variables that do not fit the rebuilt model.
+    """
+    import tensorflow as tf
+
+    from tf_shopee.config import RunConfig
+    from tf_shopee.models import build_embedding_model
+
+    directory = Path(directory)
+    metadata = metadata or read_saved_model_metadata(directory)
+    if metadata["kind"] != "image":
+        raise UserError(f"{directory}: only image exports can be rebuilt for pixel inputs")
+    if not (directory / CONFIG_FILE).is_file():
+        raise UserError(f"{directory} has no {CONFIG_FILE}: cannot rebuild its model for pixel "
+                        "inputs; export it again with this version of tf_shopee")
+    config = RunConfig.load(directory / CONFIG_FILE)
+    model = build_embedding_model(config.model, image_size=int(metadata["image_size"]),
+                                  load_pretrained_weights=False)
+    status = tf.train.Checkpoint(embedding_model=model).restore(
+        str(directory / "variables" / "variables"))
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        unmatched = [line for line in str(error).splitlines() if "save_counter" not in line]
+        if "save_counter" not in str(error) or len(unmatched) > 1:
+            raise UserError(f"{directory}: its variables do not fit the model its config.json "
+                            f"builds ({str(error).splitlines()[0]})") from None
+    return model
 
 
-def load_exported(
+def load_saved_model(
     directory: str | os.PathLike, *, expected_kind: str | None = None
 ) -> ExportedModel:
     """Load an export written by :func:`export_model`.
@@ -320,7 +404,7 @@ def load_exported(
         UserError: not a tf_shopee export, another format version or kind, or unloadable.
     """
     directory = Path(directory)
-    metadata = read_export_metadata(directory)
+    metadata = read_saved_model_metadata(directory)
     if expected_kind is not None and metadata["kind"] != expected_kind:
         raise UserError(
             f"{directory} holds a {metadata['kind']} model, but a {expected_kind} model is needed"
@@ -340,7 +424,8 @@ def load_exported(
     if "serving_default" not in loaded.signatures:
         raise UserError(f"{directory} has no serving_default signature")
     serving_function = loaded.signatures["serving_default"]
+    pixels_function = loaded.signatures.get(PIXELS_SIGNATURE)
     # Keep the loaded object alive: the signature function refers to its variables.
-    model = ExportedModel(directory, metadata, serving_function)
+    model = ExportedModel(directory, metadata, serving_function, pixels_function)
     model._loaded = loaded
     return model
