@@ -36,6 +36,14 @@ class DataConfig:
     class_balanced: bool = False  # sample rare label groups as often as large ones
     deterministic: bool = False
     cache: bool = False  # cache decoded records in memory (small datasets only)
+    # Catalogue-aware training: a posting CSV of catalogue (studio) photos with label_group. Rows
+    # whose product is in the training folds join training as members of their class, each draw
+    # a new shop-like variant (tf_shopee.data.studio); rows of validation / held-out products
+    # are left out (logged).
+    catalog_csv: str = ""
+    catalog_images: str = ""  # folder of catalog_csv's image column (default: the CSV's folder)
+    catalog_fraction: float = 0.1  # share of the training examples drawn from catalogue photos
+    catalog_shelf_background: float = 0.8  # chance a variant is put on a crop of a shop photo
 
     def holdout_fold_list(self) -> list[int]:
         """``holdout_folds`` as sorted fold numbers (UserError for anything else)."""
@@ -104,6 +112,8 @@ class ArcFaceConfig:
     margin_warmup_epochs: float = 2.0
     easy_margin: bool = False
     label_smoothing: float = 0.0
+    # Centres per class (sub-center ArcFace): each class's logit uses its nearest centre.
+    sub_centers: int = 1
 
 
 @dataclass
@@ -147,6 +157,15 @@ class TrainConfig:
     # from random weights need it: with momentum 0.99 the moving statistics lag far behind the
     # weights and the inference-mode embeddings collapse.
     batch_norm_recalibration_batches: int = 0
+    # A higher resolution at the end (image models): the last `final_epochs` epochs train on
+    # final_image_size px photos, and the export takes that size. final_epochs=0 only exports at
+    # the larger size (the test-time resolution of "FixRes"). 0: off.
+    final_image_size: int = 0
+    final_epochs: int = 1
+
+    def export_image_size(self, image_size: int) -> int:
+        """The image side of the export: ``final_image_size`` when set, else ``image_size``."""
+        return self.final_image_size or image_size
 
 
 @dataclass
@@ -217,6 +236,25 @@ class RunConfig:
         if self.data.validation_fold in holdout:
             raise UserError(f"data.holdout_folds {self.data.holdout_folds!r} includes the "
                             f"validation fold {self.data.validation_fold}")
+        if self.data.catalog_csv and self.model.kind != "image":
+            raise UserError("data.catalog_csv (catalogue photos in training) needs model.kind "
+                            "image")
+        if self.data.catalog_csv and not 0.0 < self.data.catalog_fraction < 1.0:
+            raise UserError(f"data.catalog_fraction must be in (0, 1), got "
+                            f"{self.data.catalog_fraction}")
+        if not 0.0 <= self.data.catalog_shelf_background <= 1.0:
+            raise UserError(f"data.catalog_shelf_background must be in [0, 1], got "
+                            f"{self.data.catalog_shelf_background}")
+        if self.train.final_image_size:
+            if self.model.kind != "image":
+                raise UserError("train.final_image_size needs model.kind image")
+            if self.train.final_image_size < 32:
+                raise UserError("train.final_image_size must be at least 32 pixels (0: off)")
+            if not 0 <= self.train.final_epochs <= self.train.epochs:
+                raise UserError(f"train.final_epochs must be in 0..train.epochs "
+                                f"({self.train.epochs}), got {self.train.final_epochs}")
+        if self.model.arc_face.sub_centers < 1:
+            raise UserError("model.arc_face.sub_centers must be at least 1")
         if self.data.image_size < 16:
             raise UserError("data.image_size must be at least 16 pixels")
         if self.model.image.pooling not in ("avg", "gem"):

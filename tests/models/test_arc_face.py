@@ -95,6 +95,33 @@ def test_margin_changes_only_the_true_class_logit():
     assert np.all(with_margin[rows, labels] < plain[rows, labels])
 
 
+def test_sub_centers_use_each_class_nearest_centre():
+    """Sub-center ArcFace equals plain ArcFace on the kernel of each class's nearest sub-centre
+    (columns class-major: class j owns columns j*k .. j*k + k - 1)."""
+    k = 3
+    embeddings, kernel, labels = make_batch(seed=5)
+    rng = np.random.default_rng(5)
+    sub_kernel = rng.normal(size=(EMBEDDING_DIM, NUM_CLASSES * k)).astype(np.float32)
+    layer = ArcFace(NUM_CLASSES, scale=30.0, margin=0.5, sub_centers=k)
+    layer.build((None, EMBEDDING_DIM))
+    assert tuple(layer.kernel.shape) == (EMBEDDING_DIM, NUM_CLASSES * k)
+    layer.kernel.assign(sub_kernel)
+    logits = layer(embeddings, labels, training=True).numpy()
+    assert logits.shape == (len(labels), NUM_CLASSES)
+    normalised = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    centres = sub_kernel / np.linalg.norm(sub_kernel, axis=0, keepdims=True)
+    cosines = (normalised @ centres).reshape(len(labels), NUM_CLASSES, k)
+    for row, label in enumerate(labels):
+        nearest = sub_kernel[:, label * k + int(np.argmax(cosines[row, label]))]
+        expected = reference_logits(embeddings[row:row + 1], np.stack(
+            [sub_kernel[:, c * k + int(np.argmax(cosines[row, c]))] if c != label else nearest
+             for c in range(NUM_CLASSES)], axis=1), labels[row:row + 1], scale=30.0, margin=0.5)
+        np.testing.assert_allclose(logits[row], expected[0], rtol=1e-4, atol=1e-4)
+    assert ArcFace.from_config(layer.get_config()).sub_centers == k
+    with pytest.raises(ValueError, match="sub_centers"):
+        ArcFace(NUM_CLASSES, sub_centers=0)
+
+
 def test_inference_returns_scaled_cosine_without_counting_steps():
     embeddings, kernel, labels = make_batch(seed=1)
     layer = built_layer(kernel, scale=16.0, margin=0.4)

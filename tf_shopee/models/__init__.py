@@ -142,6 +142,7 @@ def build_training_model(
             warmup_steps=margin_warmup_steps(model_config, steps_per_epoch),
             easy_margin=arc_face_config.easy_margin,
             label_smoothing=arc_face_config.label_smoothing,
+            sub_centers=arc_face_config.sub_centers,
             name=ARC_FACE_LAYER_NAME,
         )
     except ValueError as error:

@@ -46,6 +46,12 @@ class ArcFace(keras.layers.Layer):
     ``(1 - label_smoothing) * one_hot + label_smoothing / num_classes``, so the logits already
     carry the smoothing and the loss is a plain sparse categorical cross-entropy on logits.
 
+    Sub-center ArcFace keeps ``sub_centers`` centres per class and uses, for each class, the one
+    nearest the embedding (``cos(theta_j) = max_k embedding . centre_jk``): a class whose photos
+    come in a few distinct looks (a pile of apples, one apple in a hand) need not squeeze them onto
+    one centre, and a mislabelled photo settles on a sub-centre of its own instead of pulling the
+    class's only centre towards it.
+
     Without labels, or when not training, the layer returns plain scaled cosine logits
     ``scale * cos(theta)`` (no margin): validation losses are then comparable across epochs.
 
@@ -66,6 +72,8 @@ class ArcFace(keras.layers.Layer):
             ``theta + m > pi`` fallback. Defaults to False.
         label_smoothing: float in ``[0, 1)``. Smoothing of the margin mask (see above).
             Defaults to 0.
+        sub_centers: int. Centres per class (sub-center ArcFace); 1 is plain ArcFace.
+            Defaults to 1.
         kernel_initializer: initializer of the class centres. Defaults to ``"glorot_uniform"``.
         **kwargs: other keyword arguments passed to ``keras.layers.Layer``, including ``name``
             and ``dtype``.
@@ -94,6 +102,9 @@ class ArcFace(keras.layers.Layer):
     Reference:
         - [Deng et al., 2019. ArcFace: Additive Angular Margin Loss for Deep Face Recognition](
           https://arxiv.org/abs/1801.07698) (CVPR 2019)
+        - [Deng et al., 2020. Sub-center ArcFace: Boosting Face Recognition by Large-scale Noisy
+          Web Faces](https://www.ecva.net/papers/eccv_2020/papers_ECCV/papers/123560715.pdf)
+          (ECCV 2020)
     """
 
     def __init__(
@@ -106,6 +117,7 @@ class ArcFace(keras.layers.Layer):
         easy_margin=False,
         label_smoothing=0.0,
         kernel_initializer="glorot_uniform",
+        sub_centers=1,
         **kwargs,
     ):
         # float32 by default even under a mixed global policy (see the class docstring).
@@ -130,7 +142,10 @@ class ArcFace(keras.layers.Layer):
             raise ValueError(
                 f"`label_smoothing` must be in [0, 1). Received: {label_smoothing!r}"
             )
+        if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
+            raise ValueError(f"`sub_centers` must be a positive int. Received: {sub_centers!r}")
         self.num_classes = num_classes
+        self.sub_centers = sub_centers
         self.scale = float(scale)
         self.margin = float(margin)
         self.initial_margin = None if initial_margin is None else float(initial_margin)
@@ -145,7 +160,7 @@ class ArcFace(keras.layers.Layer):
             raise ValueError("ArcFace needs a known embedding dimension (last axis).")
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(embedding_dim, self.num_classes),
+            shape=(embedding_dim, self.num_classes * self.sub_centers),
             initializer=self.kernel_initializer,
             trainable=True,
         )
@@ -174,6 +189,11 @@ class ArcFace(keras.layers.Layer):
         cosine = ops.matmul(
             _l2_normalize(embeddings, axis=-1), _l2_normalize(kernel, axis=0)
         )
+        if self.sub_centers > 1:
+            # Columns are class-major: class j's sub-centres are columns j*k .. j*k + k - 1.
+            cosine = ops.max(
+                ops.reshape(cosine, (-1, self.num_classes, self.sub_centers)), axis=-1
+            )
         cosine = ops.clip(cosine, -1.0 + _COSINE_EPSILON, 1.0 - _COSINE_EPSILON)
         if labels is None or not training:
             return self.scale * cosine
@@ -213,6 +233,7 @@ class ArcFace(keras.layers.Layer):
                 "warmup_steps": self.warmup_steps,
                 "easy_margin": self.easy_margin,
                 "label_smoothing": self.label_smoothing,
+                "sub_centers": self.sub_centers,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )

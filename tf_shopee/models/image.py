@@ -255,7 +255,7 @@ _STAGE_PATTERNS = (
 def build_image_tower(
     config: ImageModelConfig,
     *,
-    image_size: int,
+    image_size: int | None,
     embedding_dim: int,
     load_pretrained_weights: bool = True,
 ) -> keras.Model:
@@ -271,7 +271,8 @@ def build_image_tower(
             BatchNorm only; ``none``: the pooled features), and whether the backbone's
             BatchNorm layers stay frozen (``freeze_batch_norm``). Frozen BatchNorm layers run in
             inference mode.
-        image_size: side of the square input images in pixels.
+        image_size: side of the square input images in pixels; None accepts any size (a run
+            that changes resolution, ``train.final_image_size``).
         embedding_dim: width of the output embedding.
         load_pretrained_weights: False builds the same architecture without loading any
             weights (no download, no warning): for rebuilding a trained model before restoring
@@ -392,7 +393,7 @@ def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim
         raise UserError(f"model.image.dropout must be in [0, 1), got {config.dropout!r}")
     if config.pooling == "gem" and not config.gem_p >= 1.0:
         raise UserError(f"model.image.gem_p must be at least 1, got {config.gem_p!r}")
-    if image_size < 32:
+    if image_size is not None and image_size < 32:
         raise UserError(f"image size must be at least 32 pixels for the image tower, got "
                         f"{image_size}")
     if embedding_dim <= 0:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tf_shopee.config import RunConfig
 from tf_shopee.data.manifest import load_manifest
-from tf_shopee.data.pipeline import dataset_size, make_dataset
+from tf_shopee.data.pipeline import CatalogMix, dataset_size, make_dataset
 from tf_shopee.errors import UserError
 from tf_shopee.training.trainer import input_names
+
+logger = logging.getLogger("tf_shopee.training")
 
 
 @dataclass
@@ -98,3 +102,83 @@ def model_batch(kind: str):
     """Keep only what the replicas need: strings cannot be sent to TPUs, and are not used."""
     keys = input_names(kind) + ("label",)
     return lambda batch: {key: batch[key] for key in keys}
+
+
+def fold_labels(facts: DataFacts) -> tuple[set[int], set[int]]:
+    """Dense labels present in the training folds, and in the folds kept out of training."""
+    dataset = make_dataset(facts.directory, training=False, global_batch_size=1024,
+                           image_size=None, with_image=False, repeat=False)
+    excluded = set(facts.train_folds_excluded or [])
+    training, held_out = set(), set()
+    for batch in dataset:
+        for label, fold in zip(batch["label"].numpy().tolist(), batch["fold"].numpy().tolist()):
+            (held_out if fold in excluded else training).add(int(label))
+    return training, held_out
+
+
+def catalog_mix(config: RunConfig, facts: DataFacts, say=logger.info) -> CatalogMix | None:
+    """The catalogue photos of training-fold products (``data.catalog_csv``), or None.
+
+    A row joins when its label_group is in the TFRecords' label map and its product has photos
+    in the training folds and none in the validation or held-out folds: a product the model is
+    evaluated on never enters training through its catalogue photo.
+
+    Raises:
+        UserError: unreadable CSV, missing columns, or no row of a training product.
+    """
+    import pandas as pd
+
+    from tf_shopee.io_utils import read_json
+
+    data = config.data
+    if not data.catalog_csv:
+        return None
+    csv_path = Path(data.catalog_csv)
+    if not csv_path.is_file():
+        raise UserError(f"data.catalog_csv: file not found: {csv_path}")
+    images_dir = Path(data.catalog_images) if data.catalog_images else csv_path.parent
+    if not images_dir.is_dir():
+        raise UserError(f"data.catalog_images: folder not found: {images_dir}")
+    try:
+        table = pd.read_csv(csv_path, dtype={"image": str}, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise UserError(f"data.catalog_csv: cannot read {csv_path} ({error})") from None
+    missing = [column for column in ("image", "label_group") if column not in table.columns]
+    if missing:
+        raise UserError(f"data.catalog_csv: {csv_path} has no {', '.join(missing)} column")
+    label_map_path = Path(facts.directory) / "label_map.json"
+    if not label_map_path.is_file():
+        raise UserError(f"{facts.directory} has no label_map.json: catalogue photos need the "
+                        "training data's label map")
+    label_map = {str(key): int(value) for key, value in read_json(label_map_path).items()}
+    training, held_out = fold_labels(facts)
+    photos, labels, skipped = [], [], {"not in the label map": 0, "held-out product": 0,
+                                       "product not in the training folds": 0,
+                                       "unreadable photo": 0}
+    for row in table.itertuples(index=False):
+        key = str(row.label_group).strip()
+        if key.endswith(".0"):
+            key = key[:-2]
+        label = label_map.get(key)
+        if label is None:
+            skipped["not in the label map"] += 1
+        elif label in held_out:
+            skipped["held-out product"] += 1
+        elif label not in training:
+            skipped["product not in the training folds"] += 1
+        else:
+            try:
+                photos.append((images_dir / row.image).read_bytes())
+                labels.append(label)
+            except OSError:
+                skipped["unreadable photo"] += 1
+    shown = ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count)
+    say(f"catalogue photos in training: {len(photos)} of {len(table)} rows of {csv_path} join as "
+        f"members of their class, {data.catalog_fraction:.0%} of the examples"
+        + (f" (left out: {shown})" if shown else ""))
+    if not photos:
+        raise UserError(f"data.catalog_csv: no row of {csv_path} belongs to a product of the "
+                        f"training folds ({shown or 'empty file'})")
+    return CatalogMix(image_bytes=tuple(photos), labels=tuple(labels),
+                      fraction=data.catalog_fraction,
+                      shelf_background_probability=data.catalog_shelf_background)

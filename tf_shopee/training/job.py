@@ -82,6 +82,9 @@ def train_and_evaluate(
     workdir = Path(workdir).absolute()
     if config.data.tfrecords:
         config.data.tfrecords = str(Path(config.data.tfrecords).absolute())
+    for name in ("catalog_csv", "catalog_images"):
+        if getattr(config.data, name):
+            setattr(config.data, name, str(Path(getattr(config.data, name)).absolute()))
     run_name = config.name or workdir.name
     if export_dir is None:
         export_dir = Path("saved_models") / run_name
@@ -139,8 +142,12 @@ def train_and_evaluate(
         with strategy.scope():
             # A bad backbone, preset or weights file fails here, before config.json is written
             # (so fixing the flag and running again is not taken for a different run).
+            # A run that changes resolution (train.final_image_size) builds the model for any
+            # size; its export is built for the final one.
+            changes_size = config.train.final_image_size and config.train.final_epochs > 0
             embedding_model = build_embedding_model(
-                config.model, image_size=config.data.image_size, vocabulary_size=vocabulary_size
+                config.model, image_size=None if changes_size else config.data.image_size,
+                vocabulary_size=vocabulary_size
             )
             training_model = build_training_model(
                 embedding_model,

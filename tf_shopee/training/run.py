@@ -17,7 +17,7 @@ from tf_shopee.errors import UserError
 from tf_shopee.export import export_model
 from tf_shopee.io_utils import write_json_atomic
 from tf_shopee.models import build_embedding_model
-from tf_shopee.training.data import model_batch
+from tf_shopee.training.data import catalog_mix, model_batch
 from tf_shopee.training.evaluation import (
     embed_dataset,
     embedding_function,
@@ -91,6 +91,8 @@ class TrainingRun:
             self.best_checkpoint, str(self.write_root / UNTRAINED_CHECKPOINT_DIR), max_to_keep=1
         )
         self.validate = bool(config.train.validate and facts.validation_examples > 0)
+        self.catalog = catalog_mix(config, facts, say=self.log.say)
+        self.current_image_size = config.data.image_size
         self.embed = embedding_function(trainer.embedding_model)  # traced once, not per epoch
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -114,8 +116,17 @@ class TrainingRun:
 
     # -- data ------------------------------------------------------------------------------------
 
+    def image_size(self, epoch: int) -> int:
+        """The photos' side in epoch ``epoch`` (0-based): the final size for the last
+        ``train.final_epochs`` epochs when ``train.final_image_size`` is set."""
+        train = self.config.train
+        if train.final_image_size and epoch >= train.epochs - train.final_epochs:
+            return train.final_image_size
+        return self.config.data.image_size
+
     def _train_iterator(self, epoch: int, skip_steps: int):
         config = self.config
+        self.current_image_size = self.image_size(epoch)
         kind = config.model.kind
         with_image = kind in ("image", "multimodal")
 
@@ -124,7 +135,7 @@ class TrainingRun:
                 self.facts.directory,
                 training=True,
                 global_batch_size=self.global_batch_size,
-                image_size=config.data.image_size if with_image else None,
+                image_size=self.current_image_size if with_image else None,
                 exclude_folds=self.facts.train_folds_excluded,
                 with_image=with_image,
                 text_preprocessor=self.text_preprocessor,
@@ -138,6 +149,7 @@ class TrainingRun:
                 label_counts=self.facts.label_counts or None,
                 cache=config.data.cache,
                 input_context=input_context,
+                catalog=self.catalog,
             )
             dataset = dataset.map(model_batch(kind))
             if skip_steps:
@@ -157,7 +169,7 @@ class TrainingRun:
             self.facts.directory,
             training=False,
             global_batch_size=self.global_batch_size,
-            image_size=self.config.data.image_size if with_image else None,
+            image_size=self.current_image_size if with_image else None,
             folds=folds,
             exclude_folds=exclude_folds,
             with_image=with_image,
@@ -506,11 +518,12 @@ class TrainingRun:
         # A float32 copy on the default strategy: serving graphs should not carry distributed
         # variables, and float32 serves everywhere (CPUs have no fast float16).
         keras.mixed_precision.set_global_policy("float32")
+        image_size = self.config.train.export_image_size(self.config.data.image_size)
         try:
             export_copy = build_embedding_model(
                 self.config.model,
                 load_pretrained_weights=False,
-                image_size=self.config.data.image_size,
+                image_size=image_size,
                 vocabulary_size=vocabulary_size,
             )
             restore_checkpoint(
@@ -533,7 +546,7 @@ class TrainingRun:
             export_copy,
             kind=self.config.model.kind,
             export_dir=export_dir,
-            image_size=self.config.data.image_size,
+            image_size=image_size,
             text_preprocessor=self.text_preprocessor,
             metadata=metadata,
             config=self.config,
