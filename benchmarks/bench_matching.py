@@ -133,7 +133,7 @@ def product_titles(labels: np.ndarray, seed: int = 0) -> list[str]:
 
 
 def run_matcher(embeddings, threshold, max_chunk_mb, exact: bool):
-    from tf_shopee.matching import matches_from_neighbours, top_k_neighbours
+    from tf_shopee.matching.topk import matches_from_neighbours, top_k_neighbours
 
     neighbours = top_k_neighbours(
         embeddings, k=K, max_chunk_mb=max_chunk_mb, min_score=None if exact else threshold

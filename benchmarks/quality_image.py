@@ -57,7 +57,7 @@ from quality_text import Runner, _read_json, _same_run, environment  # noqa: E40
 
 from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
 from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
-from tf_shopee.thresholds import best_plain_thresholds  # noqa: E402
+from tf_shopee.matching.decision import best_plain_thresholds  # noqa: E402
 
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "grocery"
 DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_image.json"

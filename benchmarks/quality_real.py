@@ -89,7 +89,7 @@ def f1_of(matches, labels) -> float:
 
 def reference_numbers(frame, rows: np.ndarray) -> dict:
     """The README's reference methods on one protocol."""
-    from tf_shopee.matching import matches_from_neighbours, union_matches
+    from tf_shopee.matching.topk import matches_from_neighbours, union_matches
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
 
@@ -117,7 +117,7 @@ def reference_numbers(frame, rows: np.ndarray) -> dict:
 
 def variant_settings() -> dict[str, dict]:
     """The recipes compared: name → model_free settings (+ which sources the union uses)."""
-    from tf_shopee.neighbours.model_free import ModelFreeSettings
+    from tf_shopee.matching.model_free import ModelFreeSettings
 
     plain = ModelFreeSettings(clean_titles=False, blend_threshold=None)
     return {
@@ -152,7 +152,7 @@ def variant_settings() -> dict[str, dict]:
 
 def build_sources(frame, rows: np.ndarray, recipe: dict) -> tuple[dict, float]:
     """The recipe's sources on one protocol, and the seconds they took."""
-    from tf_shopee.neighbours.model_free import model_free_sources
+    from tf_shopee.matching.model_free import model_free_sources
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
 
     subset = frame.iloc[rows]
@@ -172,7 +172,8 @@ def build_sources(frame, rows: np.ndarray, recipe: dict) -> tuple[dict, float]:
 def search(sources: dict, labels: np.ndarray) -> dict:
     """tf_shopee.thresholds.search_decision with the shipped method (a char TF-IDF source is a
     similarity like "tfidf" and is searched as one)."""
-    from tf_shopee.thresholds import DEFAULT_METHOD, search_decision
+    from tf_shopee.matching.decision import DEFAULT_METHOD
+    from tf_shopee.matching.search import search_decision
 
     renamed = {_as_source(name): neighbours for name, neighbours in sources.items()}
     return search_decision(renamed, labels, method=DEFAULT_METHOD)
@@ -186,7 +187,7 @@ def _as_source(name: str) -> str:
 
 def evaluate(sources: dict, labels: np.ndarray, decision) -> dict:
     """F1 of each source in the union alone and of the combination, under ``decision``."""
-    from tf_shopee.thresholds import apply_decision
+    from tf_shopee.matching.decision import apply_decision
 
     renamed = {_as_source(name): neighbours for name, neighbours in sources.items()}
     per_source, union = apply_decision(renamed, decision)
@@ -212,7 +213,7 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
             sources[protocol], seconds[protocol] = build_sources(frame, rows, recipe)
         labels = {protocol: frame["label_group"].to_numpy()[rows] for protocol, rows in
                   protocols.items()}
-        from tf_shopee.thresholds import Decision
+        from tf_shopee.matching.decision import Decision
 
         chosen = search(sources["select"], labels["select"])
         decision = Decision.from_dict(chosen["decision"], where=name)
@@ -245,7 +246,8 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
                 }
                 print(f"   oracle {protocol}: {entry['oracle'][protocol]}", flush=True)
         if recipe.get("default"):
-            from tf_shopee.thresholds import plot_thresholds, write_thresholds
+            from tf_shopee.matching.decision import write_thresholds
+            from tf_shopee.matching.search import plot_thresholds
 
             # The selection behind DEFAULT_DECISION, in the format predict.py --thresholds reads.
             write_thresholds(SELECTION_JSON, chosen, settings={
@@ -260,7 +262,7 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
 
 def shipped_matches(decision) -> bool:
     """Whether DEFAULT_DECISION's members, rules and min2 equal this selection (warn when not)."""
-    from tf_shopee.thresholds import DEFAULT_DECISION
+    from tf_shopee.matching.decision import DEFAULT_DECISION
 
     same = (
         set(DEFAULT_DECISION.sources) == set(decision.sources)
@@ -279,8 +281,8 @@ def shipped_matches(decision) -> bool:
 
 def shipped_defaults(frame, protocols: dict) -> dict:
     """What predict.py does with no model: default settings and DEFAULT_DECISION."""
-    from tf_shopee.neighbours.model_free import DEFAULT_SETTINGS
-    from tf_shopee.thresholds import DEFAULT_DECISION
+    from tf_shopee.matching.decision import DEFAULT_DECISION
+    from tf_shopee.matching.model_free import DEFAULT_SETTINGS
 
     recipe = {"settings": DEFAULT_SETTINGS, "combine": list(DEFAULT_DECISION.sources)}
     result = {"decision": DEFAULT_DECISION.to_dict()}
@@ -298,7 +300,7 @@ def speed(frame) -> dict:
     """Seconds (wall and process CPU) of each source on the full set, and a plain sklearn loop."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from tf_shopee.neighbours.model_free import model_free_sources
+    from tf_shopee.matching.model_free import model_free_sources
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
 
@@ -384,7 +386,7 @@ def main(argv=None) -> int:
             argv or sys.argv[1:])
         for entry in report["variants"].values():
             if "shipped_decision_matches_selection" in entry:
-                from tf_shopee.thresholds import Decision
+                from tf_shopee.matching.decision import Decision
 
                 entry["shipped_decision_matches_selection"] = shipped_matches(
                     Decision.from_dict(entry["chosen_on_select"]["decision"], where="selection"))

@@ -199,12 +199,12 @@ class Transfer:
     def sources(self, pool: str, model_flags: list[str]):
         """Labels, neighbours and blending variants of a pool, as predict.py builds them (once
         per pool and model)."""
+        from tf_shopee.matching.postings import read_postings
         from tf_shopee.predict import (
             blend_variants,
             build_argument_parser,
             compute_sources,
             options_from_arguments,
-            read_postings,
         )
 
         key = (pool, tuple(model_flags))
@@ -213,7 +213,7 @@ class Transfer:
                 [*self.pool_flags(pool), *model_flags, "--cache-dir", str(self.cache_dir),
                  "--quiet"])
             options = options_from_arguments(arguments)
-            postings = read_postings(options)
+            postings = read_postings(**options.postings_arguments())
             sources = compute_sources(postings, options)
             self._sources[key] = (postings.label_groups, sources.neighbours,
                                   blend_variants(sources, options))
@@ -221,7 +221,7 @@ class Transfer:
 
     def search(self, pool: str, model_flags: list[str], method: str) -> dict:
         """:func:`tf_shopee.thresholds.search_decision` on a pool (once per pool and method)."""
-        from tf_shopee.thresholds import search_decision
+        from tf_shopee.matching.search import search_decision
 
         key = (pool, tuple(model_flags), method)
         if key not in self._searches:
@@ -232,8 +232,8 @@ class Transfer:
 
     def methods(self, row: str) -> dict:
         """Every method on one row: search, transfer, oracle, and the best single source."""
+        from tf_shopee.matching.decision import Decision, apply_decision
         from tf_shopee.metrics import mean_f1_from_matches
-        from tf_shopee.thresholds import Decision, apply_decision
 
         search_pool, target, model_flags = self.row_setup(row)
         target_labels, target_sources, target_variants = self.sources(target, model_flags)
@@ -335,7 +335,7 @@ def markdown_table(report: dict) -> str:
 
 def build_argument_parser() -> argparse.ArgumentParser:
     """The command line of this benchmark."""
-    from tf_shopee.thresholds import DEFAULT_METHOD, METHODS
+    from tf_shopee.matching.decision import DEFAULT_METHOD, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,7 +360,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> int:
     """Run the protocol (see the module docstring); 0 also when the data is absent."""
-    from tf_shopee.thresholds import METHODS
+    from tf_shopee.matching.decision import METHODS
 
     args = build_argument_parser().parse_args(argv)
     args.rows = parse_choices(args.rows, ROWS, "--rows")
