@@ -43,9 +43,12 @@ demo: install
 	$(PY) -m tf_shopee.demo --workdir $(DEMO_DIR) --postings $(DEMO_POSTINGS)
 
 # The catalogue web app on http://127.0.0.1:$(APP_PORT)/: the demo's catalogue by default (built
-# from $(DEMO_DIR) when missing), any index with `make app INDEX=path/to/index`.
+# from $(DEMO_DIR)'s models when missing; the demo runs first when they are missing: the app itself
+# never trains), any index with `make app INDEX=path/to/index`.
 APP_PORT ?= 8000
+DEMO_MODELS := $(DEMO_DIR)/saved_models/image/tf_shopee_export.json $(DEMO_DIR)/saved_models/text/tf_shopee_export.json
 app: install
+	$(if $(INDEX),,@for model in $(DEMO_MODELS); do test -f $$model || { $(MAKE) demo || exit 1; break; }; done)
 	$(PY) -m tf_shopee.catalog.app $(if $(INDEX),--index $(INDEX),--demo $(DEMO_DIR)) --port $(APP_PORT)
 
 lint: install

@@ -32,7 +32,7 @@ Sections of the report:
 4. ``speed``: seconds for the sources on the full set, and TF-IDF neighbours against a plain
    scikit-learn chunk loop (dense chunk + argpartition).
 
-    python benchmarks/quality_real.py --json benchmarks/results/quality_real.json
+    python -m benchmarks.quality_real --json benchmarks/results/quality_real.json
 
 Runs in about 20 minutes on 2 shared CPU cores (``--quick`` skips the slower variants and the
 oracle searches).
@@ -50,15 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
+import tf_shopee  # noqa: F401  (sets TensorFlow's environment defaults before TF loads)
+from benchmarks.common import REPOSITORY, RESULTS, SHOPEE_TRAIN_CSV, command_line
 
-import tf_shopee  # noqa: E402, F401  (sets TensorFlow's environment defaults before TF loads)
-
-DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_real.json"
-SELECTION_JSON = REPOSITORY / "benchmarks" / "results" / "quality_real_thresholds.json"
-SELECTION_PNG = REPOSITORY / "benchmarks" / "results" / "quality_real_thresholds.png"
+DEFAULT_DATA = SHOPEE_TRAIN_CSV
+DEFAULT_JSON = RESULTS / "quality_real.json"
+SELECTION_JSON = RESULTS / "quality_real_thresholds.json"
+SELECTION_PNG = RESULTS / "quality_real_thresholds.png"
 K = 51
 
 
@@ -89,7 +87,7 @@ def f1_of(matches, labels) -> float:
 
 def reference_numbers(frame, rows: np.ndarray) -> dict:
     """The README's reference methods on one protocol."""
-    from tf_shopee.matching import matches_from_neighbours, union_matches
+    from tf_shopee.matching.topk import matches_from_neighbours, union_matches
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
 
@@ -117,7 +115,7 @@ def reference_numbers(frame, rows: np.ndarray) -> dict:
 
 def variant_settings() -> dict[str, dict]:
     """The recipes compared: name → model_free settings (+ which sources the union uses)."""
-    from tf_shopee.neighbours.model_free import ModelFreeSettings
+    from tf_shopee.matching.model_free import ModelFreeSettings
 
     plain = ModelFreeSettings(clean_titles=False, blend_threshold=None)
     return {
@@ -152,7 +150,7 @@ def variant_settings() -> dict[str, dict]:
 
 def build_sources(frame, rows: np.ndarray, recipe: dict) -> tuple[dict, float]:
     """The recipe's sources on one protocol, and the seconds they took."""
-    from tf_shopee.neighbours.model_free import model_free_sources
+    from tf_shopee.matching.model_free import model_free_sources
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
 
     subset = frame.iloc[rows]
@@ -172,7 +170,8 @@ def build_sources(frame, rows: np.ndarray, recipe: dict) -> tuple[dict, float]:
 def search(sources: dict, labels: np.ndarray) -> dict:
     """tf_shopee.thresholds.search_decision with the shipped method (a char TF-IDF source is a
     similarity like "tfidf" and is searched as one)."""
-    from tf_shopee.thresholds import DEFAULT_METHOD, search_decision
+    from tf_shopee.matching.decision import DEFAULT_METHOD
+    from tf_shopee.matching.search import search_decision
 
     renamed = {_as_source(name): neighbours for name, neighbours in sources.items()}
     return search_decision(renamed, labels, method=DEFAULT_METHOD)
@@ -186,7 +185,7 @@ def _as_source(name: str) -> str:
 
 def evaluate(sources: dict, labels: np.ndarray, decision) -> dict:
     """F1 of each source in the union alone and of the combination, under ``decision``."""
-    from tf_shopee.thresholds import apply_decision
+    from tf_shopee.matching.decision import apply_decision
 
     renamed = {_as_source(name): neighbours for name, neighbours in sources.items()}
     per_source, union = apply_decision(renamed, decision)
@@ -212,7 +211,7 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
             sources[protocol], seconds[protocol] = build_sources(frame, rows, recipe)
         labels = {protocol: frame["label_group"].to_numpy()[rows] for protocol, rows in
                   protocols.items()}
-        from tf_shopee.thresholds import Decision
+        from tf_shopee.matching.decision import Decision
 
         chosen = search(sources["select"], labels["select"])
         decision = Decision.from_dict(chosen["decision"], where=name)
@@ -245,7 +244,8 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
                 }
                 print(f"   oracle {protocol}: {entry['oracle'][protocol]}", flush=True)
         if recipe.get("default"):
-            from tf_shopee.thresholds import plot_thresholds, write_thresholds
+            from tf_shopee.matching.decision import write_thresholds
+            from tf_shopee.matching.search import plot_thresholds
 
             # The selection behind DEFAULT_DECISION, in the format predict.py --thresholds reads.
             write_thresholds(SELECTION_JSON, chosen, settings={
@@ -260,7 +260,7 @@ def run_variants(frame, protocols: dict, *, quick: bool, oracle: bool) -> dict:
 
 def shipped_matches(decision) -> bool:
     """Whether DEFAULT_DECISION's members, rules and min2 equal this selection (warn when not)."""
-    from tf_shopee.thresholds import DEFAULT_DECISION
+    from tf_shopee.matching.decision import DEFAULT_DECISION
 
     same = (
         set(DEFAULT_DECISION.sources) == set(decision.sources)
@@ -279,8 +279,8 @@ def shipped_matches(decision) -> bool:
 
 def shipped_defaults(frame, protocols: dict) -> dict:
     """What predict.py does with no model: default settings and DEFAULT_DECISION."""
-    from tf_shopee.neighbours.model_free import DEFAULT_SETTINGS
-    from tf_shopee.thresholds import DEFAULT_DECISION
+    from tf_shopee.matching.decision import DEFAULT_DECISION
+    from tf_shopee.matching.model_free import DEFAULT_SETTINGS
 
     recipe = {"settings": DEFAULT_SETTINGS, "combine": list(DEFAULT_DECISION.sources)}
     result = {"decision": DEFAULT_DECISION.to_dict()}
@@ -298,7 +298,7 @@ def speed(frame) -> dict:
     """Seconds (wall and process CPU) of each source on the full set, and a plain sklearn loop."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from tf_shopee.neighbours.model_free import model_free_sources
+    from tf_shopee.matching.model_free import model_free_sources
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import tfidf_neighbours
 
@@ -380,11 +380,10 @@ def main(argv=None) -> int:
 
         report = json.loads(Path(args.json).read_text(encoding="utf-8"))
         report["shipped"] = shipped_defaults(frame, protocols)
-        report["shipped"]["command"] = "python benchmarks/quality_real.py " + " ".join(
-            argv or sys.argv[1:])
+        report["shipped"]["command"] = command_line("quality_real", argv)
         for entry in report["variants"].values():
             if "shipped_decision_matches_selection" in entry:
-                from tf_shopee.thresholds import Decision
+                from tf_shopee.matching.decision import Decision
 
                 entry["shipped_decision_matches_selection"] = shipped_matches(
                     Decision.from_dict(entry["chosen_on_select"]["decision"], where="selection"))
@@ -394,7 +393,7 @@ def main(argv=None) -> int:
     report = {
         "data": str(data),
         "data_sha256": sha256_file(data),
-        "command": "python benchmarks/quality_real.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line("quality_real", argv),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "protocol_rows": {name: len(rows) for name, rows in protocols.items()},
         "reference": {},

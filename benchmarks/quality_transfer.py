@@ -36,7 +36,7 @@ Two parts:
    embeddings read from the command runs' cache), plus the best single source with thresholds
    from the search pool. The shipped method's numbers here must equal the commands' (checked).
 
-    nice -n 10 python benchmarks/quality_transfer.py --json benchmarks/results/quality_transfer.json
+    nice -n 10 python -m benchmarks.quality_transfer --json benchmarks/results/quality_transfer.json
 
 Resumable: the conversion, the training run and every ``predict.py`` command are not redone when
 the script runs again with the same ``--workdir`` (shared with ``benchmarks/quality_text.py``).
@@ -47,31 +47,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-sys.path.insert(0, str(REPOSITORY / "benchmarks"))
-
-from quality_text import (  # noqa: E402
-    QualityText,
+from benchmarks.common import (
+    REPOSITORY,
+    RESULTS,
+    SHOPEE_TRAIN_CSV,
     add_run_arguments,
     check_run_arguments,
+    command_line,
     data_absent,
     environment,
     parse_choices,
 )
+from benchmarks.quality_text import QualityText
+from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.io_utils import relative_paths, write_json_atomic
 
-from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
-
-DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_transfer.json"
+DEFAULT_DATA = SHOPEE_TRAIN_CSV
+DEFAULT_JSON = RESULTS / "quality_transfer.json"
 DEFAULT_WORKDIR = Path("/tmp/tf_shopee_quality_text")
 ROWS = ("model_free_fold1_to_fold0", "model_free_fold1_to_full", "text_slice_to_fold0",
         "text_fold1_to_fold0")
@@ -199,12 +197,12 @@ class Transfer:
     def sources(self, pool: str, model_flags: list[str]):
         """Labels, neighbours and blending variants of a pool, as predict.py builds them (once
         per pool and model)."""
+        from tf_shopee.matching.postings import read_postings
         from tf_shopee.predict import (
             blend_variants,
             build_argument_parser,
             compute_sources,
             options_from_arguments,
-            read_postings,
         )
 
         key = (pool, tuple(model_flags))
@@ -213,7 +211,7 @@ class Transfer:
                 [*self.pool_flags(pool), *model_flags, "--cache-dir", str(self.cache_dir),
                  "--quiet"])
             options = options_from_arguments(arguments)
-            postings = read_postings(options)
+            postings = read_postings(**options.postings_arguments())
             sources = compute_sources(postings, options)
             self._sources[key] = (postings.label_groups, sources.neighbours,
                                   blend_variants(sources, options))
@@ -221,7 +219,7 @@ class Transfer:
 
     def search(self, pool: str, model_flags: list[str], method: str) -> dict:
         """:func:`tf_shopee.thresholds.search_decision` on a pool (once per pool and method)."""
-        from tf_shopee.thresholds import search_decision
+        from tf_shopee.matching.search import search_decision
 
         key = (pool, tuple(model_flags), method)
         if key not in self._searches:
@@ -232,8 +230,8 @@ class Transfer:
 
     def methods(self, row: str) -> dict:
         """Every method on one row: search, transfer, oracle, and the best single source."""
+        from tf_shopee.matching.decision import Decision, apply_decision
         from tf_shopee.metrics import mean_f1_from_matches
-        from tf_shopee.thresholds import Decision, apply_decision
 
         search_pool, target, model_flags = self.row_setup(row)
         target_labels, target_sources, target_variants = self.sources(target, model_flags)
@@ -335,7 +333,7 @@ def markdown_table(report: dict) -> str:
 
 def build_argument_parser() -> argparse.ArgumentParser:
     """The command line of this benchmark."""
-    from tf_shopee.thresholds import DEFAULT_METHOD, METHODS
+    from tf_shopee.matching.decision import DEFAULT_METHOD, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,7 +358,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> int:
     """Run the protocol (see the module docstring); 0 also when the data is absent."""
-    from tf_shopee.thresholds import METHODS
+    from tf_shopee.matching.decision import METHODS
 
     args = build_argument_parser().parse_args(argv)
     args.rows = parse_choices(args.rows, ROWS, "--rows")
@@ -375,8 +373,7 @@ def main(argv=None) -> int:
         "settings": {"workdir": str(Path(args.workdir).resolve()), "rows": args.rows,
                      "methods": args.methods, "shipped_method": args.shipped_method,
                      "limit_rows": args.limit_rows or "all"},
-        "command": " ".join(["python", "benchmarks/quality_transfer.py",
-                             *(shlex.quote(part) for part in (argv or sys.argv[1:]))]),
+        "command": command_line("quality_transfer", argv),
         "environment": environment(),
         "rows": {},
     }

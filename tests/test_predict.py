@@ -178,7 +178,7 @@ def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path):
 
 
 def test_search_can_leave_a_source_out_and_the_table_says_so(synthetic_set, tmp_path):
-    from tf_shopee.thresholds import THRESHOLDS_FORMAT, THRESHOLDS_FORMAT_VERSION
+    from tf_shopee.matching.decision import THRESHOLDS_FORMAT, THRESHOLDS_FORMAT_VERSION
 
     csv_path = synthetic_set / "data" / "train.csv"
     thresholds = tmp_path / "thresholds.json"
@@ -202,7 +202,8 @@ def test_search_can_leave_a_source_out_and_the_table_says_so(synthetic_set, tmp_
 
 
 def test_command_line_defaults_are_the_library_defaults():
-    from tf_shopee.predict import PredictOptions, build_argument_parser, options_from_arguments
+    from tf_shopee.matching.options import PredictOptions
+    from tf_shopee.predict import build_argument_parser, options_from_arguments
 
     assert options_from_arguments(build_argument_parser().parse_args([])) == PredictOptions()
 
@@ -244,23 +245,6 @@ def test_a_search_with_models_is_reproduced_by_its_thresholds_file(synthetic_set
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert json.loads(applied.read_text())["inb"] == report["inb"]
     assert report["options"]["inb_neighbours"] == [3, None]
-
-
-def test_blending_can_be_bounded_to_the_nearest_neighbours():
-    from tf_shopee.neighbours import Neighbours
-    from tf_shopee.predict import blend_embeddings
-
-    embeddings = np.eye(3, dtype=np.float32)
-    # Row 0's neighbours: itself, row 1 (0.9), row 2 (0.8).
-    neighbours = Neighbours(np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]]),
-                            np.array([[1.0, 0.9, 0.8], [1.0, 0.9, 0.7], [1.0, 0.8, 0.7]],
-                                     dtype=np.float32))
-    every = blend_embeddings(embeddings, neighbours, 0.5)
-    nearest = blend_embeddings(embeddings, neighbours, 0.5, max_neighbours=2)
-    expected_every = np.array([1.0, 0.9, 0.8]) / np.linalg.norm([1.0, 0.9, 0.8])
-    expected_nearest = np.array([1.0, 0.9, 0.0]) / np.linalg.norm([1.0, 0.9])
-    np.testing.assert_allclose(every[0], expected_every, rtol=1e-5)
-    np.testing.assert_allclose(nearest[0], expected_nearest, rtol=1e-5)
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -318,14 +302,17 @@ def embed_titles_once(synthetic_set, exported_models, tmp_path):
     """Embed the set's titles with the text model, caching in tmp_path/cache; return
     (embed again: a function, the first embeddings, the cache files)."""
     from tf_shopee.export import load_exported
-    from tf_shopee.predict import PredictOptions, embed_postings, read_postings
+    from tf_shopee.matching.embedding import embed_postings
+    from tf_shopee.matching.options import PredictOptions
+    from tf_shopee.matching.postings import read_postings
 
     options = PredictOptions(csv=str(synthetic_set / "data" / "train.csv"),
                              cache_dir=str(tmp_path / "cache"), progress=False)
-    postings = read_postings(options)
+    postings = read_postings(**options.postings_arguments())
     model = load_exported(exported_models["text"])
-    first = embed_postings(model, postings, options)
-    return (lambda: embed_postings(model, postings, options), first,
+    first = embed_postings(model, postings, cache_dir=options.cache_dir, progress=False)
+    return (lambda: embed_postings(model, postings, cache_dir=options.cache_dir, progress=False),
+            first,
             list((tmp_path / "cache").glob("*.npy")))
 
 
@@ -462,24 +449,23 @@ def test_ids_are_kept_verbatim_and_quoted(synthetic_set, tmp_path, capsys):
     assert [row[0] for row in rows[1:]] == frame["posting_id"].tolist()
     assert all(len(row) == 2 and row[1].split()[0] == row[0] for row in rows[1:])
 
-    from tf_shopee.predict import PredictOptions, read_postings
+    from tf_shopee.matching.postings import read_postings
 
-    postings = read_postings(PredictOptions(csv=str(csv_path)))
+    postings = read_postings(csv=str(csv_path))
     assert postings.titles[0] == "NaN"  # text, not a missing value
     assert postings.label_groups.tolist() == [int(float(value)) for value in frame["label_group"]]
 
 
 def test_convert_and_predict_read_a_csv_the_same_way(tmp_path):
     from tf_shopee.data.convert import convert_csv
-    from tf_shopee.predict import PredictOptions, read_postings
+    from tf_shopee.matching.postings import read_postings
 
     csv_path = tmp_path / "odd.csv"
     csv_path.write_text('posting_id,title,label_group\nNA,NaN,1\nnull,null,1.0\n"a,b",x,2\n'
                         'c,"",2\n', encoding="utf-8")
-    postings = read_postings(PredictOptions(csv=str(csv_path)))
+    postings = read_postings(csv=str(csv_path))
     convert_csv(csv_path, None, tmp_path / "records", folds=2, workers=1, progress=False)
-    converted = read_postings(
-        PredictOptions(tfrecords=str(tmp_path / "records"), csv=str(csv_path)))
+    converted = read_postings(tfrecords=str(tmp_path / "records"), csv=str(csv_path))
     assert postings.posting_ids == converted.posting_ids == ["NA", "null", "a,b", "c"]
     assert postings.titles == converted.titles == ["NaN", "null", "x", ""]
     assert postings.label_groups.tolist() == converted.label_groups.tolist() == [1, 1, 2, 2]
@@ -492,7 +478,7 @@ CP1252_TITLES = ["Café crème 250 g", "Jus d'orange pressé – 1 l", "Crème b
 def test_a_legacy_encoded_csv_keeps_its_accents(tmp_path, capsys, caplog, encoding):
     from tf_shopee.data.convert import convert_csv
     from tf_shopee.data.schema import parse_postings  # noqa: F401  (TF is loaded anyway)
-    from tf_shopee.predict import PredictOptions, read_postings
+    from tf_shopee.matching.postings import read_postings
 
     titles = CP1252_TITLES if encoding == "cp1252" else [t.replace("–", "-").replace("×", "x")
                                                          for t in CP1252_TITLES]
@@ -506,9 +492,9 @@ def test_a_legacy_encoded_csv_keeps_its_accents(tmp_path, capsys, caplog, encodi
     assert "not UTF-8: decoded as cp1252" in caplog.text  # a warning: shown although --quiet
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["csv_encoding"]["name"] == "cp1252"
-    assert read_postings(PredictOptions(csv=str(csv_path))).titles == titles
+    assert read_postings(csv=str(csv_path)).titles == titles
     # Named explicitly: decoded with that codec, no guessing.
-    explicit = read_postings(PredictOptions(csv=str(csv_path), encoding="latin-1"))
+    explicit = read_postings(csv=str(csv_path), encoding="latin-1")
     assert explicit.encoding.chosen_by == "--encoding"
 
     manifest = convert_csv(csv_path, None, tmp_path / "records", folds=2, workers=1,
@@ -516,8 +502,7 @@ def test_a_legacy_encoded_csv_keeps_its_accents(tmp_path, capsys, caplog, encodi
     assert manifest["encoding"]["name"] == "cp1252"
     assert manifest["encoding"]["replaced_titles"] == 0
     assert "decoded as cp1252" in capsys.readouterr().err  # progress=False is --quiet
-    converted = read_postings(PredictOptions(tfrecords=str(tmp_path / "records"),
-                                             csv=str(csv_path)))
+    converted = read_postings(tfrecords=str(tmp_path / "records"), csv=str(csv_path))
     assert converted.titles == titles
 
 
@@ -573,12 +558,14 @@ def test_bad_images_do_not_lose_the_run(synthetic_set, exported_models, tmp_path
     for posting_id in damage:  # named by a warning: on the console, also with --quiet
         assert any(posting_id in warning for warning in warnings)
     # A bad posting matches nothing through the photo sources but keeps its title matches.
-    from tf_shopee.predict import PredictOptions, compute_sources, read_postings
+    from tf_shopee.matching.options import PredictOptions
+    from tf_shopee.matching.postings import read_postings
+    from tf_shopee.predict import compute_sources
 
     options = PredictOptions(csv=str(csv_path), images=str(images),
                              models=[str(exported_models["image"]), str(exported_models["text"])],
                              cache_dir=str(tmp_path / "cache"), progress=False)
-    postings = read_postings(options)
+    postings = read_postings(**options.postings_arguments())
     sources = compute_sources(postings, options)
     assert set(postings.bad_images) == {frame.index[frame["posting_id"] == p][0] for p in damage}
     for row in postings.bad_images:

@@ -214,8 +214,9 @@ def _stage_exports(exports: dict, stage: str) -> list[str]:
 def predict_stages(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
     """Step 4: per stage, the decision searched on fold 1, applied to the held-out fold 0; each
     source alone on fold 0 at its best plain threshold of fold 1."""
-    from tf_shopee.predict import PredictOptions, describe_options, run_prediction
-    from tf_shopee.thresholds import best_plain_thresholds
+    from tf_shopee.matching.decision import best_plain_thresholds
+    from tf_shopee.matching.options import PredictOptions
+    from tf_shopee.predict import run_prediction
 
     reports = {}
     for stage in STAGES:
@@ -236,7 +237,7 @@ def predict_stages(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
                                  report=str(workdir / f"report_{slug}.json"))
         # The settings that decide the matches, so the numbers can be reproduced with predict.py
         # (the same defaults: PredictOptions and predict.py's flags share them).
-        print(f"   predict options: {describe_options(options)}")
+        print(f"   predict options: {options.describe()}")
         report = run_prediction(options)
         decision = report["decision"]
         print(f"   decision (from fold {SEARCH_FOLD}): union of {', '.join(decision['sources'])};"

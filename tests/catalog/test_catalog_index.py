@@ -29,24 +29,24 @@ def _options(root, csv, out="", models=(), **extra) -> BuildOptions:
 def built(catalogue_set, tiny_models, tmp_path_factory):
     """Index of all 100 catalogue postings built at once, and one built from part A then
     added part B (the add's embedding calls are counted)."""
-    from tf_shopee import predict
+    from tf_shopee.matching import sources
 
     root = tmp_path_factory.mktemp("indexes")
     models = [tiny_models["image"], tiny_models["text"]]
     build_index(_options(catalogue_set, "all.csv", root / "whole", models))
     build_index(_options(catalogue_set, "part_a.csv", root / "grown", models))
     embedded = []
-    original = predict.embed_postings
+    original = sources.embed_postings
 
-    def counting(model, postings, options):
+    def counting(model, postings, **settings):
         embedded.append((model.kind, len(postings)))
-        return original(model, postings, options)
+        return original(model, postings, **settings)
 
-    predict.embed_postings = counting
+    sources.embed_postings = counting  # every model call goes through embed_sources
     try:
         add_to_index(str(root / "grown"), _options(catalogue_set, "part_b.csv"))
     finally:
-        predict.embed_postings = original
+        sources.embed_postings = original
     return {"whole": load_index(root / "whole"), "grown": load_index(root / "grown"),
             "add_embedded": embedded, "root": root}
 
@@ -82,17 +82,18 @@ def test_query_neighbours_equal_brute_force(built, catalogue_set, tiny_models):
 
     from tf_shopee.catalog.index import resolve_models
     from tf_shopee.catalog.query import CatalogMatcher
-    from tf_shopee.neighbours.model_free import ModelFreeSettings
+    from tf_shopee.matching.model_free import ModelFreeSettings
+    from tf_shopee.matching.options import PredictOptions
+    from tf_shopee.matching.postings import read_postings
     from tf_shopee.neighbours.phash import hamming_distances
     from tf_shopee.neighbours.tfidf import clean_title
-    from tf_shopee.predict import PredictOptions, read_postings
 
     index = built["whole"]
     options = PredictOptions(csv=str(catalogue_set / "queries.csv"),
                              images=str(catalogue_set / "data" / "train_images"), k=10,
                              progress=False)
     matcher = CatalogMatcher(index, resolve_models(index.manifest, []), options, search="exact")
-    postings = read_postings(options)
+    postings = read_postings(**options.postings_arguments())
     result = matcher.match(postings)
     assert set(result.neighbours) == {"image", "text", "concat", "tfidf", "phash", "phash_text"}
     assert set(result.search.values()) == {"exact"}
@@ -215,13 +216,13 @@ def test_a_model_other_than_the_indexs_is_refused(built, catalogue_set, tiny_mod
 
 def test_an_interrupted_build_or_add_leaves_nothing_taken_for_an_index(
         catalogue_set, tmp_path, monkeypatch):
-    from tf_shopee.neighbours import model_free
+    from tf_shopee.catalog import index as catalog_index
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # a Ctrl-C after the embeddings were written
 
     out = tmp_path / "index"
-    monkeypatch.setattr(model_free, "model_free_state", interrupted)
+    monkeypatch.setattr(catalog_index, "model_free_state", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_index(_options(catalogue_set, "part_a.csv", out))
     assert not out.exists()
@@ -230,7 +231,7 @@ def test_an_interrupted_build_or_add_leaves_nothing_taken_for_an_index(
 
     build_index(_options(catalogue_set, "part_a.csv", out))
     before = (out / "manifest.json").read_bytes()
-    monkeypatch.setattr(model_free, "model_free_state", interrupted)
+    monkeypatch.setattr(catalog_index, "model_free_state", interrupted)
     with pytest.raises(KeyboardInterrupt):
         add_to_index(str(out), _options(catalogue_set, "part_b.csv"))
     monkeypatch.undo()
@@ -292,7 +293,8 @@ def test_the_stored_approximate_index_answers_like_the_exact_search(built, catal
                                                                      tmp_path):
     from tf_shopee.catalog.index import resolve_models
     from tf_shopee.catalog.query import CatalogMatcher
-    from tf_shopee.predict import PredictOptions, read_postings
+    from tf_shopee.matching.options import PredictOptions
+    from tf_shopee.matching.postings import read_postings
 
     index_dir = tmp_path / "index"
     shutil.copytree(built["root"] / "whole", index_dir)
@@ -303,7 +305,7 @@ def test_the_stored_approximate_index_answers_like_the_exact_search(built, catal
     options = PredictOptions(csv=str(catalogue_set / "part_b.csv"),
                              images=str(catalogue_set / "data" / "train_images"), k=10,
                              progress=False)
-    postings = read_postings(options)
+    postings = read_postings(**options.postings_arguments())
     models = resolve_models(index.manifest, [])
     exact = CatalogMatcher(index, models, options, search="exact").match(postings)
     approximate = CatalogMatcher(index, models, options, search="ann", nprobe=64).match(postings)
@@ -322,7 +324,7 @@ def test_the_stored_approximate_index_answers_like_the_exact_search(built, catal
 
 def test_the_catalogue_table_shows_rules_in_their_units():
     from tf_shopee.catalog.query import format_catalog_table
-    from tf_shopee.thresholds import Decision, SourceRule
+    from tf_shopee.matching.decision import Decision, SourceRule
 
     decision = Decision(("tfidf", "phash"), {"tfidf": SourceRule(0.35, beta=0.5),
                                              "phash": SourceRule(8.0)})

@@ -72,8 +72,8 @@ def test_search_modes():
 
 
 def _plan(thresholds, *, min2=True, min2_source=None, min2_floor=None):
-    from tf_shopee.predict import MatchPlan
-    from tf_shopee.thresholds import Decision, SourceRule
+    from tf_shopee.matching.decision import Decision, SourceRule
+    from tf_shopee.matching.plan import MatchPlan
 
     decision = Decision(tuple(thresholds), {name: SourceRule(value)
                                             for name, value in thresholds.items()},
@@ -83,13 +83,13 @@ def _plan(thresholds, *, min2=True, min2_source=None, min2_floor=None):
 
 
 def test_decisions_on_catalogue_rows_never_take_a_row_for_the_query_itself():
-    from tf_shopee.predict import PredictOptions
+    from tf_shopee.matching.options import PredictOptions
 
     # Query 0's nearest catalogue row is row 0 (the same number as the query): it must be kept
     # as a match, not dropped as "self".
     text = Neighbours([[0, 3, 1], [2, 0, -1]], [[0.9, 0.7, 0.2], [0.4, 0.3, -np.inf]])
     image = Neighbours([[1, 0, 2], [1, 2, 0]], [[0.95, 0.5, 0.1], [0.6, 0.2, 0.1]])
-    options = PredictOptions(max_matches=50, k=3)
+    options = PredictOptions(max_matches=3, k=3)
     matches = decide({"text": text, "image": image},
                      _plan({"text": 0.65, "image": 0.9}, min2_source="text"), options)
     assert [list(row) for row in matches["text"]] == [[0, 3], []]

@@ -18,7 +18,7 @@ pytestmark = [
 def test_readme_reference_numbers_on_the_full_train_set():
     import pandas as pd
 
-    from tf_shopee.matching import matches_from_neighbours
+    from tf_shopee.matching.topk import matches_from_neighbours
     from tf_shopee.metrics import mean_f1_from_matches
     from tf_shopee.neighbours.phash import phash_neighbours
     from tf_shopee.neighbours.tfidf import tfidf_neighbours

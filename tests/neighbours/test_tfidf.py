@@ -8,7 +8,6 @@ from sklearn.metrics.pairwise import cosine_similarity
 from tf_shopee.errors import UserError
 from tf_shopee.neighbours import Neighbours
 from tf_shopee.neighbours.tfidf import (
-    blend_vectors,
     clean_title,
     filter_by_cosine,
     sparse_top_k,
@@ -175,27 +174,6 @@ def test_clean_titles_removes_spurious_emoji_matches():
     assert 1 in raw.indices[0].tolist()
     assert cleaned.indices[0].tolist() == [0, 2, -1]
     assert cleaned.indices[1].tolist() == [1, -1, -1]
-
-
-def test_blend_vectors_matches_dense_formula():
-    titles = random_titles(40, seed=5)
-    vectors, _ = tfidf_vectors(titles)
-    neighbours = tfidf_neighbours(titles, k=6)
-    other = tfidf_neighbours(titles, k=3, analyzer="char_wb", ngram_range=(2, 3))
-    blended = blend_vectors(vectors, [(neighbours, 0.5), (other, 0.8)])
-    dense = vectors.toarray()
-    weights = np.eye(40)
-    for graph, threshold in [(neighbours, 0.5), (other, 0.8)]:
-        for row in range(40):
-            for index, score in zip(graph.indices[row], graph.scores[row]):
-                if index >= 0 and index != row and score >= threshold:
-                    weights[row, index] = max(weights[row, index], score)
-    expected = weights @ dense
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(blended.toarray(), expected, rtol=1e-5, atol=1e-6)
-    assert weights.sum() > 40, "the case must actually blend some neighbours"
-    with pytest.raises(UserError, match="blending graph"):
-        blend_vectors(vectors[:10], [(neighbours, 0.5)])
 
 
 def test_filter_by_cosine_keeps_agreeing_neighbours_in_order():

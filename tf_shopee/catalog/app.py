@@ -33,7 +33,19 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tf_shopee.catalog.index import (
+    MANIFEST,
+    BuildOptions,
+    build_index,
+    load_index,
+    read_manifest,
+    resolve_models,
+)
+from tf_shopee.catalog.query import CatalogMatcher
 from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.export import METADATA_FILE
+from tf_shopee.matching.options import MatchOptions, parse_threshold_overrides
+from tf_shopee.matching.postings import Postings
 
 logger = logging.getLogger("tf_shopee.catalog.app")
 
@@ -86,8 +98,6 @@ class CatalogApp:
 
     def search(self, photo: bytes | None, title: str) -> list[Match]:
         """Best catalogue matches of one query (a photo, a title or both)."""
-        from tf_shopee.predict import Postings
-
         title = (title or "").strip()
         if not photo and not title:
             raise UserError("upload a photo or type a title")
@@ -358,39 +368,29 @@ def serve(app: CatalogApp, host: str, port: int) -> ThreadingHTTPServer:
 def load_app(index_dir: str, models: list[str], *, search: str = "auto",
              top: int = DEFAULT_TOP, thresholds: dict | None = None) -> CatalogApp:
     """Load an index and its models into a :class:`CatalogApp`."""
-    from tf_shopee.catalog.index import load_index, resolve_models
-    from tf_shopee.catalog.query import CatalogMatcher
-    from tf_shopee.predict import PredictOptions
-
     index = load_index(index_dir)
     loaded = resolve_models(index.manifest, models)
-    options = PredictOptions(progress=False, threshold_overrides=dict(thresholds or {}))
+    options = MatchOptions(progress=False, threshold_overrides=dict(thresholds or {}))
     return CatalogApp(CatalogMatcher(index, loaded, options, search=search), top=top)
 
 
-def demo_index(demo_dir: str, *, postings: int = 3000) -> Path:
-    """The demo's catalogue index ``DEMO_DIR/catalog``: the demo's synthetic postings with the
-    demo's fine-tuned image and trained text models. Without them the demo runs first (what
-    ``make demo`` does, a few minutes); an index built without models, or with other ones, is
-    rebuilt."""
-    from tf_shopee.catalog.index import MANIFEST, BuildOptions, build_index, read_manifest
-    from tf_shopee.export import METADATA_FILE
+# The demo's models (tf_shopee.demo writes them to DEMO_DIR/saved_models/<kind>).
+DEMO_MODEL_KINDS = ("image", "text")
 
+
+def demo_index(demo_dir: str) -> Path:
+    """The demo's catalogue index ``DEMO_DIR/catalog``: the demo's synthetic postings with the
+    demo's fine-tuned image and trained text models. The app never trains: without the demo's
+    models it stops and says to run ``make demo`` (``make app`` runs it first). An index built
+    without the models, or with other ones, is built again (embedding only)."""
     root = Path(demo_dir)
     index_dir = root / "catalog"
-
-    def trained_models() -> list[str]:
-        return [str(root / "saved_models" / kind) for kind in ("image", "text")
-                if (root / "saved_models" / kind / METADATA_FILE).is_file()]
-
-    models = trained_models()
-    if len(models) < 2:
-        print(f"no trained demo models in {root / 'saved_models'}: running the demo first (make "
-              "demo: generate, convert, train, predict; a few minutes)", flush=True)
-        from tf_shopee.demo import run_demo
-
-        run_demo(root, postings=postings)
-        models = trained_models()
+    models = [str(root / "saved_models" / kind) for kind in DEMO_MODEL_KINDS]
+    missing = [model for model in models if not (Path(model) / METADATA_FILE).is_file()]
+    if missing:
+        raise UserError(
+            f"no trained demo models in {root / 'saved_models'} (missing {', '.join(missing)}): "
+            f"run `make demo DEMO_DIR={demo_dir}` first (`make app` does), or give --index")
     if (index_dir / MANIFEST).is_file():
         try:
             built_with = len(read_manifest(index_dir)["models"])
@@ -418,9 +418,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     where.add_argument("--index", default="", metavar="INDEX",
                        help="catalogue index (python -m tf_shopee.catalog build)")
     where.add_argument("--demo", default="demo_run", metavar="DEMO_DIR",
-                       help="without --index: the demo's catalogue DEMO_DIR/catalog, built when "
-                       "missing, after running the demo when its models are missing (default "
-                       "demo_run)")
+                       help="without --index: the demo's catalogue DEMO_DIR/catalog, built from "
+                       "the demo's models when missing (run make demo first; default demo_run)")
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                         help="the index's models, when they moved (default: the stored paths)")
     parser.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
@@ -439,8 +438,6 @@ def build_argument_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> None:
     """Entry point: build or load the index, then serve until interrupted."""
-    from tf_shopee.predict import _parse_threshold_overrides
-
     arguments = build_argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -448,7 +445,7 @@ def main(argv=None) -> None:
         raise UserError(f"--top must be at least 1, got {arguments.top}")
     index_dir = arguments.index or str(demo_index(arguments.demo))
     app = load_app(index_dir, arguments.models, search=arguments.search, top=arguments.top,
-                   thresholds=_parse_threshold_overrides(arguments.threshold))
+                   thresholds=parse_threshold_overrides(arguments.threshold))
     try:
         server = serve(app, arguments.host, arguments.port)
     except OSError as error:

@@ -7,7 +7,15 @@ import json
 import logging
 import sys
 
+from tf_shopee.catalog.index import (
+    BuildOptions,
+    add_to_index,
+    build_index,
+    read_manifest,
+    verify_files,
+)
 from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.matching.options import parse_threshold_overrides
 
 
 def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,15 +82,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(arguments):
-    from tf_shopee.catalog.index import BuildOptions
-    from tf_shopee.predict import _parse_threshold_overrides
-
+def _options(arguments) -> BuildOptions:
     return BuildOptions(
         csv=arguments.csv, images=arguments.images, tfrecords=arguments.tfrecords,
         fold=arguments.fold, models=arguments.models, out=getattr(arguments, "out", ""),
         thresholds_file=arguments.thresholds,
-        threshold_overrides=_parse_threshold_overrides(arguments.threshold),
+        threshold_overrides=parse_threshold_overrides(arguments.threshold),
         use_concat=not getattr(arguments, "no_concat", False),
         thumbnails=not getattr(arguments, "no_thumbnails", False), ann=arguments.ann,
         batch_size=arguments.batch_size, max_chunk_mb=arguments.max_chunk_mb,
@@ -92,7 +97,6 @@ def _options(arguments):
 
 def describe(directory: str, *, verify: bool = False) -> str:
     """A plain-text summary of an index: rows, sources, models, thresholds, files, history."""
-    from tf_shopee.catalog.index import read_manifest, verify_files
 
     manifest = read_manifest(directory)
     verify_files(directory, manifest, checksums=verify)
@@ -134,8 +138,6 @@ def describe(directory: str, *, verify: bool = False) -> str:
 @exit_on_user_error
 def main(argv=None) -> dict:
     """Entry point of ``python -m tf_shopee.catalog``."""
-    from tf_shopee.catalog.index import add_to_index, build_index, read_manifest
-
     arguments = build_argument_parser().parse_args(argv)
     quiet = getattr(arguments, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,

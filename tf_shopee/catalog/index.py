@@ -48,9 +48,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sparse
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
+from tf_shopee.catalog.search import ANN_MIN_ROWS, IvfSearch
 from tf_shopee.errors import UserError
-from tf_shopee.io_utils import read_json, sha256_file
+from tf_shopee.export import load_exported
+from tf_shopee.io_utils import read_json, replace_directory, sha256_file
+from tf_shopee.matching.decision import check_threshold, load_thresholds
+from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE
+from tf_shopee.matching.model_free import DEFAULT_SETTINGS, model_free_state
+from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.sources import (
+    check_source_name,
+    concat_parts,
+    embed_sources,
+    model_source_name,
+)
+from tf_shopee.matching.topk import DEFAULT_MAX_CHUNK_MB
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.catalog")
 
@@ -61,7 +78,6 @@ POSTINGS = "postings.csv"
 THRESHOLDS = "thresholds.json"
 THUMBNAILS = "thumbnails.bin"
 THUMBNAIL_OFFSETS = "thumbnails.npy"
-CONCAT = "concat"
 THUMBNAIL_SIZE = 160
 _PARTIAL = ".partial-"
 
@@ -191,8 +207,6 @@ def verify_files(directory: str | os.PathLike, manifest: dict, *, checksums: boo
 
 def load_index(directory: str | os.PathLike, *, verify_checksums: bool = False) -> CatalogIndex:
     """Load a catalogue index written by :func:`build_index` / :func:`add_to_index`."""
-    import scipy.sparse as sparse
-
     directory = Path(directory)
     manifest = read_manifest(directory)
     verify_files(directory, manifest, checksums=verify_checksums)
@@ -237,7 +251,8 @@ def _vectorizer_from(terms: list[str], idf: np.ndarray):
 
 @dataclass
 class BuildOptions:
-    """Settings of ``catalog build`` / ``catalog add`` (the command-line flags)."""
+    """Settings of ``catalog build`` / ``catalog add`` (the command-line flags), checked when
+    made, before anything is read or embedded."""
 
     csv: str = ""
     images: str = ""
@@ -250,19 +265,35 @@ class BuildOptions:
     use_concat: bool = True
     thumbnails: bool = True
     ann: str = "auto"  # "auto" (from ANN_MIN_ROWS rows on), "always", "never"
-    batch_size: int = 64
-    max_chunk_mb: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB
     progress: bool = True
     overwrite: bool = False
 
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_chunk_mb <= 0:
+            raise UserError(f"--max-chunk-mb must be positive, got {self.max_chunk_mb}")
+        if self.ann not in ANN_MODES:
+            raise UserError(f"--ann must be {', '.join(ANN_MODES)}, got {self.ann!r}")
+        self.threshold_overrides = {
+            check_source_name(name, where=f"--threshold {name}={value}"):
+            check_threshold(name, value, where=f"--threshold {name}={value}")
+            for name, value in self.threshold_overrides.items()
+        }
+        if self.thresholds_file:
+            load_thresholds(self.thresholds_file)  # a bad file is refused before any embedding
 
-def read_catalogue_postings(options: BuildOptions):
+
+ANN_MODES = ("auto", "always", "never")
+
+
+def read_catalogue_postings(options: BuildOptions) -> Postings:
     """The postings of a catalogue CSV (+ images) or TFRecord folder, read as predict.py reads
     them; photos without an ``image_phash`` get one computed (the hash Kaggle's CSV carries)."""
-    from tf_shopee.predict import PredictOptions, read_postings
-
-    postings = read_postings(PredictOptions(csv=options.csv, images=options.images,
-                                            tfrecords=options.tfrecords, fold=options.fold))
+    postings = read_postings(csv=options.csv, images=options.images,
+                             tfrecords=options.tfrecords, fold=options.fold)
     fill_missing_phashes(postings, progress=options.progress)
     return postings
 
@@ -270,16 +301,13 @@ def read_catalogue_postings(options: BuildOptions):
 def fill_missing_phashes(postings, *, progress: bool = False) -> None:
     """Compute ``image_phash`` (imagehash's 64-bit pHash, 16 hex digits) for postings that have a
     photo but no hash, in place. Unreadable photos keep an empty hash (they match by nothing)."""
-    from PIL import Image, UnidentifiedImageError
-
     if not postings.has_images:
         return
     hashes = list(postings.image_phashes or [""] * len(postings))
     missing = [row for row, value in enumerate(hashes) if not value]
     if not missing:
         return
-    import imagehash
-    from tqdm import tqdm
+    import imagehash  # only when a photo has no hash: it imports SciPy's signal tools
 
     unreadable = 0
     for row in tqdm(missing, desc="phash", unit="photo", disable=not progress):
@@ -303,9 +331,6 @@ def _image_bytes(postings, row: int) -> bytes:
 
 def _thumbnails(postings, progress: bool) -> tuple[bytes, np.ndarray]:
     """Small JPEGs of every posting's photo, concatenated, and the (rows + 1) offsets."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
-
     parts, offsets, total = [], [0], 0
     for row in tqdm(range(len(postings)), desc="thumbnails", unit="photo",
                     disable=not progress):
@@ -332,8 +357,6 @@ _LOADED_MODELS: dict[str, object] = {}
 
 def load_models(paths: list[str]) -> list:
     """Load exported models (:func:`tf_shopee.export.load_exported`) with their fingerprints."""
-    from tf_shopee.export import load_exported
-
     models = []
     for path in paths:
         fingerprint = model_fingerprint(path)
@@ -350,12 +373,9 @@ def load_models(paths: list[str]) -> list:
 def source_names(models: list) -> list[str]:
     """Source name of each model, as predict.py names them: its kind, or ``kind:folder`` for a
     second model of the same kind."""
-    names = []
+    names: list[str] = []
     for model in models:
-        name = model.kind
-        if name in names:
-            name = f"{model.kind}:{Path(model.directory).name}"
-        names.append(name)
+        names.append(model_source_name(ModelKind(model.kind), model.directory, names))
     return names
 
 
@@ -409,20 +429,12 @@ def resolve_models(manifest: dict, paths: list[str]) -> list:
     return models
 
 
-def _embed(models: list, names: list[str], postings, options: BuildOptions) -> dict:
+def _embed(models: list, names: list[str], postings: Postings, options: BuildOptions) -> dict:
     """Embeddings per source of ``postings``, plus ``concat`` when an image and a text model are
     present (as predict.py forms it)."""
-    from tf_shopee.matching import concat_embeddings
-    from tf_shopee.predict import PredictOptions, embed_postings
-
-    predict_options = PredictOptions(batch_size=options.batch_size, progress=options.progress)
-    embeddings = {}
-    for name, model in zip(names, models):
-        embeddings[name] = embed_postings(model, postings, predict_options)
-    parts = concat_parts(models, names) if options.use_concat else None
-    if parts:
-        embeddings[CONCAT] = concat_embeddings(*(embeddings[name] for name in parts))
-    if postings.bad_images and any(model.kind != "text" for model in models):
+    embeddings = embed_sources(dict(zip(names, models)), postings, use_concat=options.use_concat,
+                               batch_size=options.batch_size, progress=options.progress)
+    if postings.bad_images and any(ModelKind(model.kind).uses_images for model in models):
         # Their image embeddings are zeros: no query reaches them through a photo source.
         shown = "\n".join(f"  {postings.posting_ids[row]}: {reason}"
                           for row, reason in sorted(postings.bad_images.items())[:10])
@@ -432,11 +444,9 @@ def _embed(models: list, names: list[str], postings, options: BuildOptions) -> d
     return embeddings
 
 
-def concat_parts(models: list, names: list[str]) -> list[str] | None:
+def _concat_parts(models: list, names: list[str]) -> list[str] | None:
     """The (image, text) source names whose concatenation forms ``concat``, or None."""
-    image = [name for name, model in zip(names, models) if model.kind == "image"]
-    text = [name for name, model in zip(names, models) if model.kind == "text"]
-    return [image[0], text[0]] if image and text else None
+    return concat_parts({name: ModelKind(model.kind) for name, model in zip(names, models)})
 
 
 def build_index(options: BuildOptions) -> dict:
@@ -445,11 +455,8 @@ def build_index(options: BuildOptions) -> dict:
     Returns:
         The manifest written.
     """
-    from tf_shopee.catalog.search import ANN_MIN_ROWS
-
     started = time.perf_counter()
     out = _check_destination(options)
-    _check_options(options)
     postings = read_catalogue_postings(options)
     models = load_models(options.models)
     names = source_names(models)
@@ -468,7 +475,7 @@ def build_index(options: BuildOptions) -> dict:
     ann = _ann_plan(options.ann, len(postings), ANN_MIN_ROWS)
     manifest = _write(out, postings.posting_ids, postings.titles, postings.image_phashes,
                       postings.label_groups, embeddings, thumbnails, model_entries,
-                      concat_parts(models, names) if options.use_concat else None,
+                      _concat_parts(models, names) if options.use_concat else None,
                       thresholds, history, ann, options, has_images=postings.has_images,
                       existing=None)
     logger.info("catalogue index written to %s in %.1f s", out, time.perf_counter() - started)
@@ -482,10 +489,7 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
     Returns:
         The manifest written.
     """
-    from tf_shopee.catalog.search import ANN_MIN_ROWS
-
     started = time.perf_counter()
-    _check_options(options)
     index = load_index(index_dir)
     _check_not_input(Path(index_dir), options)
     manifest = index.manifest
@@ -538,8 +542,6 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
 
 
 def _ann_plan(mode: str, rows: int, min_rows: int) -> dict:
-    if mode not in ("auto", "always", "never"):
-        raise UserError(f"--ann must be auto, always or never, got {mode!r}")
     return {"mode": mode, "build": mode == "always" or (mode == "auto" and rows >= min_rows)}
 
 
@@ -547,17 +549,6 @@ def _history_entry(action: str, options: BuildOptions, rows: int) -> dict:
     return {"action": action, "rows": rows, "csv": options.csv, "images": options.images,
             "tfrecords": options.tfrecords, "fold": options.fold,
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _check_options(options: BuildOptions) -> None:
-    if options.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.max_chunk_mb <= 0:
-        raise UserError(f"--max-chunk-mb must be positive, got {options.max_chunk_mb}")
-    if options.thresholds_file:
-        from tf_shopee.thresholds import load_thresholds
-
-        load_thresholds(options.thresholds_file)  # refuse a bad file before any embedding
 
 
 def _check_not_input(out: Path, options: BuildOptions) -> None:
@@ -596,12 +587,6 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
            existing) -> dict:
     """Write every file of the index into a temporary folder beside ``out``, the manifest last,
     then swap it into place."""
-    import scipy.sparse as sparse
-
-    from tf_shopee.catalog.search import IvfSearch
-    from tf_shopee.io_utils import replace_directory
-    from tf_shopee.neighbours.model_free import DEFAULT_SETTINGS, model_free_state
-
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     temporary = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"

@@ -19,16 +19,15 @@ one no ``image``/``phash``/``concat``).
 The decision comes as in predict.py (defaults < each model's validation threshold < thresholds
 file < ``--threshold``; the index contributes the file and overrides it was built with; sources
 a query lacks are left out of the union) and the match lists are made by the same decision
-function, :func:`tf_shopee.thresholds.apply_decision`, on query-vs-catalogue lists: thresholds
-follow the catalogue's size, and a locally scaled source judges each pair against the query's
-background (from its catalogue neighbours) and the catalogue posting's (from the catalogue's own
-neighbours, computed once per matcher). Blending (INB) is not available: the catalogue side is
-not re-blended per query.
+function, :func:`tf_shopee.matching.decision.apply_decision`, on query-vs-catalogue lists:
+thresholds follow the catalogue's size, and a locally scaled source judges each pair against the
+query's background (from its catalogue neighbours) and the catalogue posting's (from the
+catalogue's own neighbours, computed once per matcher). Blending (INB) is not available: the
+catalogue side is not re-blended per query.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import time
@@ -37,15 +36,38 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_shopee.catalog.index import CONCAT, CatalogIndex
+from tf_shopee.catalog.index import (
+    CatalogIndex,
+    fill_missing_phashes,
+    load_index,
+    resolve_models,
+)
+from tf_shopee.catalog.search import DEFAULT_NPROBE, ExactSearch, IvfSearch, resolve_mode
 from tf_shopee.errors import UserError
+from tf_shopee.io_utils import write_json_atomic
+from tf_shopee.matching.blend import blend_query_rows
+from tf_shopee.matching.decision import Decision, apply_decision, format_threshold
+from tf_shopee.matching.model_free import ModelFreeSettings, blending_graphs
+from tf_shopee.matching.options import MatchOptions, PredictOptions
+from tf_shopee.matching.plan import MatchPlan, resolve_plan
+from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.report import write_matches
+from tf_shopee.matching.sources import (
+    COMBINED,
+    PHASH,
+    PHASH_TEXT,
+    TFIDF,
+    PlannedSources,
+    embed_sources,
+    image_based_sources,
+)
+from tf_shopee.models.kind import ModelKind
 from tf_shopee.neighbours import Neighbours
+from tf_shopee.neighbours.phash import phash_neighbours
+from tf_shopee.neighbours.scaling import background_scores
+from tf_shopee.neighbours.tfidf import clean_title, filter_by_cosine, sparse_top_k
 
 logger = logging.getLogger("tf_shopee.catalog")
-
-COMBINED = "combined"
-IMAGE_KINDS = ("image", "multimodal")
-TEXT_KINDS = ("text", "multimodal")
 
 
 @dataclass
@@ -58,14 +80,14 @@ class QueryResult:
             min2), best first within each source.
         thresholds: the threshold of every source in the union (its units, for this catalogue's
             size).
-        plan: predict.py's MatchPlan (the decision and where its rules came from).
+        plan: the decision and where its rules came from.
         search: source → "exact" or "ann".
     """
 
     neighbours: dict[str, Neighbours]
     matches: dict[str, list[np.ndarray]]
     thresholds: dict[str, float]
-    plan: object
+    plan: MatchPlan
     search: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,20 +98,13 @@ class CatalogMatcher:
         index: the loaded :class:`CatalogIndex`.
         models: the index's models (:func:`tf_shopee.catalog.index.resolve_models`), in manifest
             order.
-        options: a :class:`tf_shopee.predict.PredictOptions` (thresholds, k, min2, switches).
+        options: how to match (thresholds, k, min2, switches).
         search: ``exact``, ``ann`` or ``auto`` (see :mod:`tf_shopee.catalog.search`).
         nprobe: cells probed per query by the approximate search.
     """
 
-    def __init__(self, index: CatalogIndex, models: list, options, *, search: str = "auto",
-                 nprobe: int | None = None):
-        from tf_shopee.catalog.search import (
-            DEFAULT_NPROBE,
-            ExactSearch,
-            IvfSearch,
-            resolve_mode,
-        )
-
+    def __init__(self, index: CatalogIndex, models: list, options: MatchOptions, *,
+                 search: str = "auto", nprobe: int | None = None):
         self.index = index
         self.models = models
         self.options = options
@@ -117,15 +132,14 @@ class CatalogMatcher:
         """Every source this catalogue can answer with."""
         names = [entry["source"] for entry in self.index.manifest["embeddings"]]
         if self.options.use_tfidf and self.index.vectorizer is not None:
-            names.append("tfidf")
+            names.append(TFIDF)
         if self.options.use_phash and self.index.image_phashes is not None:
-            names += ["phash", "phash_text"] if self.options.use_tfidf else ["phash"]
+            names += [PHASH, PHASH_TEXT] if self.options.use_tfidf else [PHASH]
         return names
 
-    def match(self, postings, *, embeddings: dict | None = None) -> QueryResult:
-        """Neighbours, per-source matches and the combined matches of ``postings`` (a
-        :class:`tf_shopee.predict.Postings`) against the catalogue; ``embeddings`` (source →
-        query embeddings) skips the models."""
+    def match(self, postings: Postings, *, embeddings: dict | None = None) -> QueryResult:
+        """Neighbours, per-source matches and the combined matches of ``postings`` against the
+        catalogue; ``embeddings`` (source → query embeddings) skips the models."""
         neighbours, search, embeddings = self.neighbours(postings, embeddings=embeddings)
         plan = self._plan(neighbours, embeddings)
         matches = decide(neighbours, plan, self.options,
@@ -134,11 +148,9 @@ class CatalogMatcher:
         return QueryResult(neighbours, matches, plan.decision.thresholds_for(len(self.index)),
                            plan, search)
 
-    def catalog_backgrounds(self, plan) -> dict[str, np.ndarray]:
+    def catalog_backgrounds(self, plan: MatchPlan) -> dict[str, np.ndarray]:
         """Each locally scaled (or shifted) member's background of every catalogue row, from
         the catalogue's own neighbours; computed once per source and kept."""
-        from tf_shopee.neighbours.scaling import background_scores
-
         decision = plan.decision
         needed = [name for name in decision.sources
                   if decision.rules[name].beta or (decision.method == "shift"
@@ -156,26 +168,21 @@ class CatalogMatcher:
                         time.perf_counter() - started)
         return {name: self._catalog_backgrounds[name] for name in needed}
 
-    def _catalog_postings(self):
-        from tf_shopee.predict import Postings
-
+    def _catalog_postings(self) -> Postings:
         index = self.index
         return Postings(posting_ids=list(index.posting_ids), titles=list(index.titles),
                         image_phashes=None if index.image_phashes is None
                         else list(index.image_phashes))
 
-    def neighbours(self, postings, *, embeddings: dict | None = None):
+    def neighbours(self, postings: Postings, *, embeddings: dict | None = None):
         """``(neighbours, search mode, embeddings)`` of ``postings`` against the catalogue, per
         source (no decision)."""
-        from tf_shopee.catalog.index import fill_missing_phashes
-
         if postings.has_images and postings.image_phashes is None:
             fill_missing_phashes(postings)
         has_titles = any(title.strip() for title in postings.titles)
         neighbours, search = {}, {}
         if embeddings is None:
-            embeddings = self._embed(postings, has_titles=has_titles,
-                                     has_images=postings.has_images)
+            embeddings = self._embed(postings)
         for name, query_embeddings in embeddings.items():
             started = time.perf_counter()
             searcher = self.searchers[name]
@@ -197,8 +204,6 @@ class CatalogMatcher:
     def match_rows(self, rows: list[int]) -> QueryResult:
         """:meth:`match` for catalogue rows themselves (their stored titles, hashes and
         embeddings; no model call). Each row finds itself too: callers drop it."""
-        from tf_shopee.predict import Postings
-
         index = self.index
         postings = Postings(
             posting_ids=[index.posting_ids[row] for row in rows],
@@ -211,36 +216,19 @@ class CatalogMatcher:
 
     def _image_sources(self) -> set[str]:
         """The embedding sources that depend on the photo."""
-        names = {entry["source"] for entry, model in zip(self.index.models, self.models)
-                 if model.kind in IMAGE_KINDS}
-        return names | {CONCAT} if names else names
+        return image_based_sources({entry["source"]: ModelKind(model.kind)
+                                    for entry, model in zip(self.index.models, self.models)})
 
-    def _embed(self, postings, *, has_titles: bool, has_images: bool) -> dict[str, np.ndarray]:
-        from tf_shopee.matching import concat_embeddings
-        from tf_shopee.predict import embed_postings
+    def _embed(self, postings: Postings) -> dict[str, np.ndarray]:
+        """The queries' embeddings with each model whose input they have (and ``concat``)."""
+        models = {entry["source"]: model for entry, model in zip(self.index.models, self.models)}
+        return embed_sources(
+            models, postings,
+            use_concat=self.options.use_concat and bool(self.index.manifest.get("concat")),
+            batch_size=self.options.batch_size, cache_dir=self.options.cache_dir,
+            progress=self.options.progress, skip_missing_inputs=True)
 
-        embeddings = {}
-        for entry, model in zip(self.index.models, self.models):
-            needs_image = model.kind in IMAGE_KINDS
-            needs_title = model.kind in TEXT_KINDS
-            if (needs_image and not has_images) or (needs_title and not has_titles):
-                continue
-            embeddings[entry["source"]] = embed_postings(model, postings, self.options)
-        parts = self.index.manifest.get("concat")
-        if parts and self.options.use_concat and all(name in embeddings for name in parts):
-            embeddings[CONCAT] = concat_embeddings(*(embeddings[name] for name in parts))
-        return embeddings
-
-    def _model_free(self, postings, *, has_titles: bool) -> dict[str, Neighbours]:
-        from tf_shopee.neighbours.model_free import ModelFreeSettings, blending_graphs
-        from tf_shopee.neighbours.phash import phash_neighbours
-        from tf_shopee.neighbours.tfidf import (
-            blend_query_vectors,
-            clean_title,
-            filter_by_cosine,
-            sparse_top_k,
-        )
-
+    def _model_free(self, postings: Postings, *, has_titles: bool) -> dict[str, Neighbours]:
         index, options = self.index, self.options
         settings = ModelFreeSettings(**index.manifest["model_free_settings"])
         use_tfidf = options.use_tfidf and has_titles and index.vectorizer is not None
@@ -254,7 +242,7 @@ class CatalogMatcher:
                                      max_distance=settings.phash_max_distance,
                                      max_chunk_mb=options.max_chunk_mb)
         if use_tfidf:
-            from sklearn.preprocessing import normalize
+            from sklearn.preprocessing import normalize  # scikit-learn costs a second to import
 
             titles = [clean_title(title) if settings.clean_titles else title
                       for title in postings.titles]
@@ -266,21 +254,19 @@ class CatalogMatcher:
                                              catalog_vectors=index.tfidf_vectors)
             graphs = blending_graphs(settings, text, image, agreement)
             if graphs:
-                blended = blend_query_vectors(vectors, index.tfidf_vectors, graphs)
+                blended = blend_query_rows(vectors, index.tfidf_vectors, graphs)
                 text = sparse_top_k(blended, index.tfidf_blended, k=settings.k,
                                     max_chunk_mb=options.max_chunk_mb)
-            sources["tfidf"] = text
+            sources[TFIDF] = text
         if image is not None:
-            sources["phash"] = image
+            sources[PHASH] = image
             if agreement is not None:
-                sources["phash_text"] = agreement
+                sources[PHASH_TEXT] = agreement
         return sources
 
-    def _plan(self, neighbours: dict, embeddings: dict):
-        """predict.py's decision for these sources, with the index's file and overrides under
-        the user's."""
-        from tf_shopee.predict import PlannedSources, resolve_plan
-
+    def _plan(self, neighbours: dict, embeddings: dict) -> MatchPlan:
+        """The decision for these sources (as predict.py resolves it), with the index's file and
+        overrides under the user's."""
         manifest = self.index.manifest
         model_thresholds = {entry["source"]: float(entry["threshold"])
                             for entry in manifest["models"]
@@ -306,16 +292,16 @@ class CatalogMatcher:
         return plan
 
 
-def decide(neighbours: dict[str, Neighbours], plan, options, *,
+def decide(neighbours: dict[str, Neighbours], plan: MatchPlan, options: MatchOptions, *,
            catalog_backgrounds: dict | None = None,
            pool_size: int | None = None) -> dict[str, list[np.ndarray]]:
     """Per-source and combined match lists of query-vs-catalogue neighbours under the plan's
-    decision (:func:`tf_shopee.thresholds.apply_decision`, ``self_matching=False``).
+    decision (:func:`tf_shopee.matching.decision.apply_decision`, ``self_matching=False``).
 
     Args:
         neighbours: source → the queries' catalogue neighbours.
-        plan: predict.py's MatchPlan.
-        options: PredictOptions (``max_matches``: catalogue rows per query at most).
+        plan: the decision to apply.
+        options: ``max_matches``: catalogue rows per query at most.
         catalog_backgrounds: source → background of every catalogue row, for locally scaled
             members (:meth:`CatalogMatcher.catalog_backgrounds`).
         pool_size: catalogue rows (thresholds follow it).
@@ -324,8 +310,6 @@ def decide(neighbours: dict[str, Neighbours], plan, options, *,
         source → one int array of catalogue rows per query (best first) for every source in the
         union, plus ``combined``.
     """
-    from tf_shopee.thresholds import apply_decision
-
     per_source, combined = apply_decision(
         neighbours, plan.decision, self_matching=False, catalog_backgrounds=catalog_backgrounds,
         pool_size=pool_size, max_matches=options.max_matches)
@@ -391,7 +375,7 @@ def evaluate_queries(matches: dict[str, list[np.ndarray]], neighbours: dict[str,
 # predict.py --catalog
 
 
-def run_catalog_prediction(options) -> dict:
+def run_catalog_prediction(options: PredictOptions) -> dict:
     """``predict.py --catalog INDEX``: match the postings of ``options`` against the index, write
     ``posting_id,matches`` (catalogue ids) and, with ``--evaluate``, score them.
 
@@ -399,23 +383,11 @@ def run_catalog_prediction(options) -> dict:
         The report (rows, sources, thresholds, search mode, and with labels f1 / top1_accuracy /
         recall_at_1).
     """
-    from tf_shopee.catalog.index import load_index, resolve_models
-    from tf_shopee.io_utils import write_json_atomic
-    from tf_shopee.predict import read_postings
-
     started = time.perf_counter()
-    if options.search_thresholds:
-        raise UserError("--search-thresholds tunes self-matching thresholds: run it without "
-                        "--catalog, then pass the file with --thresholds")
-    if options.inb_iterations:
-        raise UserError("--inb-iterations is not available with --catalog (the catalogue side "
-                        "is not re-blended per query); drop it")
-    if not 1 <= options.max_matches <= options.k:
-        raise UserError(f"--max-matches must be between 1 and k={options.k}")
     index = load_index(options.catalog)
     _refuse_overwrite(options)
     models = resolve_models(index.manifest, options.models)
-    postings = read_postings(options)
+    postings = read_postings(**options.postings_arguments())
     if options.evaluate and (postings.label_groups is None or index.label_groups is None):
         raise UserError("--evaluate with --catalog needs label_group in the queries' CSV and in "
                         "the catalogue the index was built from")
@@ -423,8 +395,8 @@ def run_catalog_prediction(options) -> dict:
     matcher = CatalogMatcher(index, models, options, search=options.search,
                              nprobe=options.nprobe or None)
     result = matcher.match(postings)
-    write_catalog_matches(options.out, postings.posting_ids, index.posting_ids,
-                          result.matches[COMBINED])
+    write_matches(options.out, postings.posting_ids, index.posting_ids,
+                  result.matches[COMBINED])
     report = {
         "rows": len(postings),
         "catalog": str(options.catalog),
@@ -448,7 +420,7 @@ def run_catalog_prediction(options) -> dict:
     return report
 
 
-def _refuse_overwrite(options) -> None:
+def _refuse_overwrite(options: PredictOptions) -> None:
     out = Path(options.out).resolve()
     for value in (options.csv, options.images, options.tfrecords, options.catalog,
                   options.thresholds_file, *options.models):
@@ -456,25 +428,9 @@ def _refuse_overwrite(options) -> None:
             raise UserError(f"--out {options.out} would overwrite an input ({value})")
 
 
-def write_catalog_matches(path: str, query_ids: list[str], catalog_ids: list[str],
-                          matches: list[np.ndarray]) -> None:
-    """Write ``posting_id,matches`` (space-separated catalogue ids) atomically, CSV-quoted."""
-    from tf_shopee.io_utils import atomic_path
-
-    ids = np.asarray(catalog_ids, dtype=object)
-    with atomic_path(path) as temporary:
-        with open(temporary, "w", encoding="utf-8", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["posting_id", "matches"])
-            for query_id, found in zip(query_ids, matches):
-                writer.writerow([query_id, " ".join(ids[np.asarray(found, dtype=np.int64)])])
-
-
 def format_catalog_table(report: dict) -> str:
     """Mean F1 and recall@1 per source (with its rule, thresholds in the source's units: bits
     for phash), and the combined top-1 accuracy, as plain text."""
-    from tf_shopee.thresholds import Decision, format_threshold
-
     decision = Decision.from_dict(report["decision"], where="report")
     names = list(report["f1"])
     rules = {}

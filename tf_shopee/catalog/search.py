@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from tf_shopee.errors import UserError
+from tf_shopee.matching.topk import top_k_neighbours
 from tf_shopee.neighbours import Neighbours
 
 logger = logging.getLogger("tf_shopee.catalog")
@@ -92,8 +93,6 @@ class ExactSearch:
 
     def search(self, queries: np.ndarray, *, k: int, min_score: float | None = None) -> Neighbours:
         """The ``k`` nearest catalogue rows of each query (padding ``-1`` / ``-inf``)."""
-        from tf_shopee.matching import top_k_neighbours
-
         return top_k_neighbours(
             queries, k=k, catalog=self.catalog, max_chunk_mb=self.max_chunk_mb,
             min_score=min_score,

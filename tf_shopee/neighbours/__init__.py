@@ -1,6 +1,6 @@
 """Nearest-neighbour sources that share one output form, :class:`Neighbours`.
 
-Every source — learned embeddings (``tf_shopee.matching``), TF-IDF over titles
+Every source — learned embeddings (``tf_shopee.matching.topk``), TF-IDF over titles
 (``tf_shopee.neighbours.tfidf``) and image_phash Hamming distance (``tf_shopee.neighbours.phash``)
 — returns the same thing, so thresholds, min2, blending and unions treat them alike.
 """

@@ -15,7 +15,8 @@ where ``background(i)`` is the mean score of posting ``i``'s :data:`DEFAULT_WIND
 score reaches the threshold: a posting in a crowded neighbourhood needs a higher raw score. When
 the pool grows, backgrounds rise with it and the effective threshold follows, which is why
 thresholds chosen on a small labelled set transfer to a bigger catalogue. ``beta = 0`` is a plain
-fixed threshold; the threshold search (:mod:`tf_shopee.thresholds`) chooses ``beta`` per source.
+fixed threshold; the threshold search (:mod:`tf_shopee.matching.search`) chooses ``beta`` per
+source.
 
 This is the cross-domain similarity local scaling (CSLS) of Conneau et al., "Word Translation
 Without Parallel Data" (2018), with the mean over a small window of nearest neighbours as the

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_shopee.matching import matches_from_neighbours, top_k_neighbours
+from tf_shopee.matching.topk import matches_from_neighbours, top_k_neighbours
 from tf_shopee.metrics import mean_f1_from_matches
 from tf_shopee.training.trainer import input_names
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from tf_shopee.errors import UserError
-from tf_shopee.neighbours.model_free import ModelFreeSettings, model_free_sources
+from tf_shopee.matching.decision import Decision, SourceRule, apply_decision
+from tf_shopee.matching.model_free import ModelFreeSettings, model_free_sources
 from tf_shopee.neighbours.phash import phash_neighbours
 from tf_shopee.neighbours.tfidf import filter_by_cosine, tfidf_neighbours, tfidf_vectors
-from tf_shopee.thresholds import Decision, SourceRule, apply_decision
 
 TITLES = [
     "sepatu sneakers wanita putih",  # 0 ┐ same product, same photo, different words

@@ -1,5 +1,5 @@
-"""Embeddings → neighbours → match lists: the chunked cosine top-k and the post-processing that the
-winning Shopee solutions used (thresholds, min2, neighbourhood blending, unions, concatenation).
+"""Embeddings → neighbours → match lists: the chunked cosine top-k, thresholds with min2, and
+unions of several sources' lists (the post-processing of the winning Shopee solutions).
 
 Everything here works on L2-normalised float32 embeddings, so the inner product is the cosine
 similarity, and returns or consumes :class:`tf_shopee.neighbours.Neighbours` (the form every
@@ -86,7 +86,7 @@ def tile_size_for_budget(max_chunk_mb: float, *, cap: int = _FASTEST_TILE) -> in
     return max(_TILE_ALIGNMENT, min(tile, cap))
 
 
-def _as_embeddings(array, name: str) -> np.ndarray:
+def as_embeddings(array, name: str) -> np.ndarray:
     """A C-contiguous float32 (rows, dim) copy-free view when possible; UserError on bad rows."""
     try:
         matrix = np.ascontiguousarray(array, dtype=np.float32)
@@ -151,9 +151,9 @@ def top_k_neighbours(
             floor = math.nan
         if not math.isfinite(floor):
             raise UserError(f"min_score must be a finite number or None, got {min_score!r}")
-    queries = _as_embeddings(embeddings, "embeddings")
+    queries = as_embeddings(embeddings, "embeddings")
     self_matching = catalog is None
-    catalog_matrix = queries if self_matching else _as_embeddings(catalog, "catalog")
+    catalog_matrix = queries if self_matching else as_embeddings(catalog, "catalog")
     if catalog_matrix.shape[1] != queries.shape[1]:
         raise UserError(
             f"catalog has dimension {catalog_matrix.shape[1]} but embeddings have "
@@ -554,105 +554,7 @@ def matches_from_neighbours(
     return _split_rows(row_ids, values.astype(np.int32, copy=False), num_rows)
 
 
-def neighbourhood_blend(
-    embeddings,
-    neighbours: Neighbours,
-    threshold: float | Sequence[float],
-    *,
-    iterations: int = 1,
-    k: int | None = None,
-    min2: bool = False,
-    min2_floor: float | None = None,
-    max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
-) -> np.ndarray:
-    """Iterative neighbourhood blending (INB), the post-processing of the 1st-place Shopee solution.
-
-    Each embedding is replaced by the similarity-weighted sum of itself and its thresholded
-    neighbours, then L2-normalised::
-
-        e_i' = normalise(e_i + sum_{j in N(i)} s_ij * e_j),   N(i) = {j != i : s_ij >= threshold}
-
-    (self enters with weight s_ii = 1; the normalisation makes sum and mean the same). Postings of
-    one product pull each other together, so the match step that follows on the blended embeddings
-    separates groups better. With ``iterations > 1`` the neighbours are searched again on the
-    blended embeddings (:func:`top_k_neighbours`) and the blend repeated; the 1st-place team used
-    two blending steps with a threshold each, which ``threshold`` as a sequence allows. It
-    is QE / DBA (query expansion, database-side augmentation) from image retrieval applied to every
-    posting at once ("From Embeddings to Matches", Kaggle discussion 238136).
-
-    Args:
-        embeddings: (N, D) L2-normalised embeddings the neighbours were computed from.
-        neighbours: their self-matching neighbours (``top_k_neighbours(embeddings)``).
-        threshold: neighbours scoring ≥ threshold are blended in; one value for all iterations or
-            one per iteration.
-        iterations: number of blend steps.
-        k: neighbours searched per posting for the later iterations (default: ``neighbours.k``).
-        min2: like :func:`matches_from_neighbours`: a posting with no neighbour above the
-            threshold blends in its nearest one (unless that scores below ``min2_floor``).
-        min2_floor: lowest score min2 accepts; ``None`` accepts any.
-        max_chunk_mb: memory budget of the re-searches.
-
-    Returns:
-        (N, D) float32 blended embeddings, L2-normalised; match them again with
-        :func:`top_k_neighbours` and :func:`matches_from_neighbours`.
-    """
-    import scipy.sparse
-
-    current = _as_embeddings(embeddings, "embeddings")
-    num_rows = current.shape[0]
-    if neighbours.num_queries != num_rows:
-        raise UserError(
-            f"neighbours has {neighbours.num_queries} rows but embeddings has {num_rows}; "
-            "blending needs the self-matching neighbours of these embeddings"
-        )
-    if neighbours.indices.size and neighbours.indices.max() >= num_rows:
-        raise UserError("neighbours point past the last embedding row; they are not self-matching")
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
-        raise UserError(f"iterations must be a positive integer, got {iterations!r}")
-    if iterations < 1:
-        raise UserError(f"iterations must be at least 1, got {iterations}")
-    if isinstance(threshold, (int, float, np.floating, np.integer)):
-        thresholds = [float(threshold)] * iterations
-    else:
-        thresholds = [float(value) for value in threshold]
-        if len(thresholds) != iterations:
-            raise UserError(
-                f"got {len(thresholds)} blending thresholds for {iterations} iteration(s)"
-            )
-    search_k = neighbours.k if k is None else k
-    for iteration, stage_threshold in enumerate(thresholds):
-        if iteration > 0:
-            # Only scores the selection can use need to come back from the search.
-            lowest_used = stage_threshold
-            if min2:
-                lowest_used = None if min2_floor is None else min(stage_threshold, min2_floor)
-            neighbours = top_k_neighbours(
-                current, k=search_k, max_chunk_mb=max_chunk_mb, min_score=lowest_used
-            )
-        selected = _selected_slots(
-            neighbours,
-            stage_threshold,
-            max_matches=neighbours.k + 1,
-            include_self=True,
-            min2=min2,
-            min2_floor=min2_floor,
-        )
-        row_ids, slot_ids = np.nonzero(selected)
-        diagonal = np.arange(num_rows)
-        weight_values = np.concatenate(
-            [np.ones(num_rows, np.float32), neighbours.scores[row_ids, slot_ids]]
-        )
-        weight_rows = np.concatenate([diagonal, row_ids])
-        weight_columns = np.concatenate([diagonal, neighbours.indices[row_ids, slot_ids]])
-        weights = scipy.sparse.csr_matrix(
-            (weight_values, (weight_rows, weight_columns)), shape=(num_rows, num_rows)
-        )
-        blended = np.asarray(weights @ current, dtype=np.float32)
-        current = _l2_normalise(blended, fallback=current)
-    return current
-
-
-def _l2_normalise(matrix: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
+def l2_normalise(matrix: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
     """Rows scaled to unit length; all-zero rows stay zero (or take ``fallback``'s row)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     zero = norms[:, 0] == 0
@@ -727,40 +629,3 @@ def union_matches(
     within_row = np.arange(rows.size) - starts[rows]
     capped = within_row < max_matches
     return _split_rows(rows[capped], values[capped].astype(np.int32), num_rows)
-
-
-def concat_embeddings(*embeddings_list, weights: Sequence[float] | None = None) -> np.ndarray:
-    """Concatenate several embeddings of the same postings into one normalised embedding.
-
-    Each part is L2-normalised, scaled by ``sqrt(weight)``, the parts are concatenated and the
-    result renormalised. The cosine of two concatenated embeddings is then the weighted mean of
-    the parts' cosines, ``sum(w_m * cos_m) / sum(w_m)`` (the 1st-place "comb" embedding: image and
-    text evidence that are both moderate add up). Match it as a source of its own.
-
-    Args:
-        *embeddings_list: (N, D_m) arrays with the same N.
-        weights: one non-negative weight per part (default: all equal).
-
-    Returns:
-        (N, sum D_m) float32, L2-normalised (an all-zero row stays zero).
-    """
-    if not embeddings_list:
-        raise UserError("concat_embeddings needs at least one embedding matrix")
-    parts = [
-        _as_embeddings(part, f"embeddings {number}") for number, part in enumerate(embeddings_list)
-    ]
-    num_rows = parts[0].shape[0]
-    for number, part in enumerate(parts):
-        if part.shape[0] != num_rows:
-            raise UserError(
-                f"embeddings {number} has {part.shape[0]} rows, embeddings 0 has {num_rows}"
-            )
-    if weights is None:
-        weights = [1.0] * len(parts)
-    weights = [float(weight) for weight in weights]
-    if len(weights) != len(parts):
-        raise UserError(f"got {len(weights)} weights for {len(parts)} embedding matrices")
-    if any(weight < 0 or not math.isfinite(weight) for weight in weights) or sum(weights) == 0:
-        raise UserError(f"weights must be finite, non-negative and not all zero, got {weights}")
-    scaled = [_l2_normalise(part) * math.sqrt(weight) for part, weight in zip(parts, weights)]
-    return _l2_normalise(np.concatenate(scaled, axis=1))

@@ -1,11 +1,11 @@
 """The neighbour sources that need no trained model, built together: titles and image_phash.
 
 Three sources come out, each a :class:`~tf_shopee.neighbours.Neighbours` over the same postings
-(self-matching), to be thresholded and united by :mod:`tf_shopee.thresholds`:
+(self-matching), to be thresholded and united by :mod:`tf_shopee.matching.decision`:
 
 ``tfidf``
     word TF-IDF over the cleaned titles (:func:`~tf_shopee.neighbours.tfidf.clean_title`), with
-    one round of sparse neighbourhood blending (:func:`~tf_shopee.neighbours.tfidf.blend_vectors`):
+    one round of sparse neighbourhood blending (:func:`~tf_shopee.matching.blend.blend_rows`):
     each title vector is mixed with those of its TF-IDF neighbours scoring at least
     ``blend_threshold`` *and* of its near-identical-photo neighbours (phash within
     ``blend_phash_distance`` bits), then the neighbours are searched again. Listings of one
@@ -18,10 +18,10 @@ Three sources come out, each a :class:`~tf_shopee.neighbours.Neighbours` over th
     not when their titles share words too.
 
 On the real Shopee titles (``benchmarks/quality_real.py``) the shipped decision
-:data:`tf_shopee.thresholds.DEFAULT_DECISION` (TF-IDF alone, locally scaled, thresholds following
-the pool size, min2) scores 0.819 mean F1 on the held-out fold 0 and 0.747 on the full train set,
-against 0.780 and 0.697 for the plain TF-IDF (>= 0.55, min2) + phash (<= 8 bits) union; settings
-and decision were chosen on GroupKFold folds 1+2 only.
+:data:`tf_shopee.matching.decision.DEFAULT_DECISION` (TF-IDF alone, locally scaled, thresholds
+following the pool size, min2) scores 0.819 mean F1 on the held-out fold 0 and 0.747 on the full
+train set, against 0.780 and 0.697 for the plain TF-IDF (>= 0.55, min2) + phash (<= 8 bits)
+union; settings and decision were chosen on GroupKFold folds 1+2 only.
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from tf_shopee.errors import UserError
+from tf_shopee.matching.blend import blend_rows
+from tf_shopee.matching.sources import PHASH, PHASH_TEXT, TFIDF
 from tf_shopee.neighbours import Neighbours
-
-TFIDF = "tfidf"
-PHASH = "phash"
-PHASH_TEXT = "phash_text"
+from tf_shopee.neighbours.phash import phash_neighbours
+from tf_shopee.neighbours.tfidf import filter_by_cosine, sparse_top_k, tfidf_vectors
 
 
 @dataclass(frozen=True)
 class ModelFreeSettings:
-    """How the model-free sources are built (not their thresholds: see tf_shopee.thresholds).
+    """How the model-free sources are built (not their thresholds: see
+    :mod:`tf_shopee.matching.decision`).
 
     Attributes:
         clean_titles: decode byte escapes and HTML entities in titles before TF-IDF.
@@ -127,13 +128,6 @@ def model_free_state(
 ) -> ModelFreeState:
     """:func:`model_free_sources` with the fitted TF-IDF vectorizer and the (blended) title
     vectors it was computed from; same arguments."""
-    from tf_shopee.neighbours.phash import phash_neighbours
-    from tf_shopee.neighbours.tfidf import (
-        blend_vectors,
-        filter_by_cosine,
-        sparse_top_k,
-        tfidf_vectors,
-    )
 
     if hex_hashes is not None and len(hex_hashes) != len(titles):
         raise UserError(f"{len(titles)} titles but {len(hex_hashes)} image_phash values")
@@ -156,7 +150,7 @@ def model_free_state(
     blended = vectors
     graphs = blending_graphs(settings, text, image, agreement)
     if graphs:
-        blended = blend_vectors(vectors, graphs)
+        blended = blend_rows(vectors, graphs)
         text = sparse_top_k(blended, blended, k=settings.k, max_chunk_mb=max_chunk_mb)
     sources[TFIDF] = text
     if image is not None:

@@ -7,24 +7,22 @@ import numpy as np
 import pytest
 
 from tf_shopee.errors import UserError
-from tf_shopee.metrics import mean_f1_from_matches
-from tf_shopee.neighbours import Neighbours, subset_neighbours
-from tf_shopee.neighbours.scaling import background_scores, local_scaling
-from tf_shopee.thresholds import (
+from tf_shopee.matching.decision import (
     DEFAULT_DECISION,
     Decision,
-    PairTable,
     SourceRule,
     apply_decision,
     best_plain_thresholds,
     check_threshold,
     load_thresholds,
-    plot_thresholds,
     score_threshold,
-    search_decision,
     with_threshold,
     write_thresholds,
 )
+from tf_shopee.matching.search import PairTable, plot_thresholds, search_decision
+from tf_shopee.metrics import mean_f1_from_matches
+from tf_shopee.neighbours import Neighbours, subset_neighbours
+from tf_shopee.neighbours.scaling import background_scores, local_scaling
 
 # Groups {0,1}, {2,3}, {4,5}, and singletons 6 and 7.
 LABELS = np.array([10, 10, 20, 20, 30, 30, 60, 70])
@@ -431,7 +429,7 @@ def test_bad_search_arguments_are_user_errors():
 
 
 def test_default_decision_names_the_model_free_sources_in_their_units():
-    from tf_shopee.neighbours.model_free import PHASH, PHASH_TEXT, TFIDF
+    from tf_shopee.matching.sources import PHASH, PHASH_TEXT, TFIDF
 
     assert set(DEFAULT_DECISION.rules) == {TFIDF, PHASH, PHASH_TEXT}
     assert set(DEFAULT_DECISION.sources) <= set(DEFAULT_DECISION.rules)

@@ -1,19 +1,17 @@
-"""Tests of tf_shopee.matching: the tiled TF top-k against a brute-force NumPy reference, and the
-post-processing (match lists, min2, neighbourhood blending, unions, concatenation) on hand-made
-cases whose answers are worked out by hand."""
+"""Tests of tf_shopee.matching.topk: the tiled TF top-k against a brute-force NumPy reference, and
+the post-processing (match lists, min2, unions, concatenation) on hand-made cases whose answers
+are worked out by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tf_shopee import matching
 from tf_shopee.errors import UserError
-from tf_shopee.matching import (
-    _tile_kernels,
-    concat_embeddings,
+from tf_shopee.matching import topk
+from tf_shopee.matching.sources import concat_embeddings
+from tf_shopee.matching.topk import (
     matches_from_neighbours,
-    neighbourhood_blend,
     tile_size_for_budget,
     top_k_neighbours,
     union_matches,
@@ -25,7 +23,7 @@ SCORE_TOLERANCE = 1e-5
 
 def budget_for_tile(tile: int) -> float:
     """The max_chunk_mb that yields exactly this tile side."""
-    return matching._BYTES_PER_TILE_ELEMENT * tile * tile / 1024 / 1024
+    return topk._BYTES_PER_TILE_ELEMENT * tile * tile / 1024 / 1024
 
 
 def normalised(matrix: np.ndarray) -> np.ndarray:
@@ -108,8 +106,8 @@ def assert_matches_reference(result: Neighbours, queries, catalog, k, min_score=
 @pytest.fixture(params=["auto", "sparse", "dense"])
 def merge_path(request, monkeypatch):
     """Run a test with the automatic sparse/dense choice, and with each merge path forced."""
-    fraction = {"auto": matching._SPARSE_HIT_FRACTION, "sparse": 2.0, "dense": -1.0}
-    monkeypatch.setattr(matching, "_SPARSE_HIT_FRACTION", fraction[request.param])
+    fraction = {"auto": topk._SPARSE_HIT_FRACTION, "sparse": 2.0, "dense": -1.0}
+    monkeypatch.setattr(topk, "_SPARSE_HIT_FRACTION", fraction[request.param])
     return request.param
 
 
@@ -230,7 +228,7 @@ def test_float64_and_list_inputs_are_accepted():
 
 
 def test_one_trace_serves_every_shape():
-    kernels = _tile_kernels()
+    kernels = topk._tile_kernels()
     top_k_neighbours(random_embeddings(50), k=5, max_chunk_mb=budget_for_tile(16))
     counts = [
         function.experimental_get_tracing_count()
@@ -275,7 +273,7 @@ def test_tile_size_follows_the_budget():
     assert tile_size_for_budget(budget_for_tile(64) * 1.5) == 72  # rounded down to 8
     assert tile_size_for_budget(100_000) == 2048  # capped at the fastest size
     assert tile_size_for_budget(100_000, cap=4096) == 4096
-    bytes_per_element = matching._BYTES_PER_TILE_ELEMENT
+    bytes_per_element = topk._BYTES_PER_TILE_ELEMENT
     assert bytes_per_element * tile_size_for_budget(256) ** 2 <= 256 * 1024 * 1024
     with pytest.raises(UserError, match="too small"):
         tile_size_for_budget(0.0001)
@@ -379,75 +377,6 @@ def test_matches_from_real_top_k_with_duplicates():
     assert neighbours.indices[4, 0] == 1
     matches = matches_from_neighbours(neighbours, 0.99)
     assert as_lists(matches) == [[0], [1, 4], [2], [3], [4, 1], [5]]
-
-
-# --- neighbourhood_blend -----------------------------------------------------------------------
-
-
-def blend_case():
-    """e0 = (1, 0), e1 = (0.8, 0.6), e2 = (0, 1): cos(e0, e1) = 0.8, cos(e1, e2) = 0.6,
-    cos(e0, e2) = 0."""
-    embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
-    return embeddings, top_k_neighbours(embeddings, k=3)
-
-
-def unit(x, y):
-    length = np.hypot(x, y)
-    return [x / length, y / length]
-
-
-def test_blend_one_iteration_by_hand():
-    embeddings, neighbours = blend_case()
-    blended = neighbourhood_blend(embeddings, neighbours, 0.7)
-    # Row 0: e0 + 0.8 e1 = (1.64, 0.48); row 1: e1 + 0.8 e0 = (1.6, 0.6); row 2 alone.
-    expected = [unit(1.64, 0.48), unit(1.6, 0.6), [0.0, 1.0]]
-    np.testing.assert_allclose(blended, expected, atol=1e-6)
-    assert blended.dtype == np.float32
-
-
-def test_blend_min2_pulls_in_the_nearest_neighbour():
-    embeddings, neighbours = blend_case()
-    blended = neighbourhood_blend(embeddings, neighbours, 0.7, min2=True)
-    # Row 2 has nothing above 0.7; min2 adds e1 with weight 0.6: (0.48, 1.36).
-    np.testing.assert_allclose(blended[2], unit(0.48, 1.36), atol=1e-6)
-    floored = neighbourhood_blend(embeddings, neighbours, 0.7, min2=True, min2_floor=0.65)
-    np.testing.assert_allclose(floored[2], [0.0, 1.0], atol=1e-6)
-
-
-def test_blend_two_iterations_searches_again():
-    embeddings, neighbours = blend_case()
-    blended = neighbourhood_blend(embeddings, neighbours, [0.7, 0.5], iterations=2)
-    # After step 1: b0 = unit(1.64, 0.48), b1 = unit(1.6, 0.6), b2 = (0, 1).
-    b0, b1, b2 = np.array(unit(1.64, 0.48)), np.array(unit(1.6, 0.6)), np.array([0.0, 1.0])
-    s01, s02, s12 = b0 @ b1, b0 @ b2, b1 @ b2  # about 0.997, 0.281, 0.351: only s01 >= 0.5
-    assert s01 >= 0.5 > max(s02, s12)
-    expected = [b0 + s01 * b1, b1 + s01 * b0, b2]
-    expected = [vector / np.linalg.norm(vector) for vector in expected]
-    np.testing.assert_allclose(blended, expected, atol=1e-6)
-
-
-def test_blend_rejects_mismatched_inputs():
-    embeddings, neighbours = blend_case()
-    with pytest.raises(UserError, match="rows"):
-        neighbourhood_blend(embeddings[:2], neighbours, 0.5)
-    with pytest.raises(UserError, match="thresholds"):
-        neighbourhood_blend(embeddings, neighbours, [0.5], iterations=2)
-    with pytest.raises(UserError, match="iterations"):
-        neighbourhood_blend(embeddings, neighbours, 0.5, iterations=0)
-
-
-def test_blend_sharpens_groups():
-    # Blending pulls each group together: the mean cosine inside groups rises, across stays low.
-    rng = np.random.default_rng(10)
-    centres = normalised(rng.standard_normal((20, 32)))
-    labels = np.repeat(np.arange(20), 4)
-    embeddings = normalised(centres[labels] + 0.12 * rng.standard_normal((80, 32)))
-    blended = neighbourhood_blend(embeddings, top_k_neighbours(embeddings, k=10), 0.5)
-    same = labels[:, None] == labels[None, :]
-    off_diagonal = ~np.eye(80, dtype=bool)
-    before, after = embeddings @ embeddings.T, blended @ blended.T
-    assert after[same & off_diagonal].mean() > before[same & off_diagonal].mean() + 0.01
-    assert abs(after[~same].mean() - before[~same].mean()) < 0.05
 
 
 # --- union_matches and concat_embeddings -------------------------------------------------------
