@@ -226,18 +226,30 @@ def blend_sources(sources: Sources, plan: MatchPlan, options: MatchOptions) -> N
     for name, rounds in plan.inb_iterations.items():
         started = time.perf_counter()
         rule = plan.decision.rules[name]
-        for _ in range(rounds):
-            blended = blend_embeddings(
-                sources.embeddings[name], sources.neighbours[name], rule.inb,
-                phash_neighbours=sources.neighbours.get(PHASH), phash_bits=rule.inb_phash,
-                max_neighbours=rule.inb_neighbours,
-            )
-            sources.embeddings[name] = blended
-            sources.neighbours[name] = sources.usable(
-                name, top_k_neighbours(blended, k=options.k, max_chunk_mb=options.max_chunk_mb))
+        sources.embeddings[name], sources.neighbours[name] = _blend_rounds(
+            sources, name, rule.inb, rule.inb_phash, rule.inb_neighbours, rounds, options)
         logger.info("%s: blended (%d round(s) at %.3f) in %.1f s", name, rounds, rule.inb,
                     time.perf_counter() - started)
 
+
+
+def _blend_rounds(sources: Sources, name: str, threshold: float, phash_bits, max_neighbours,
+                  rounds: int, options: MatchOptions):
+    """``rounds`` rounds of :func:`blend_embeddings` of source ``name``, each over the previous
+    round's neighbours: (blended embeddings, their usable neighbours)."""
+    embeddings, neighbours = sources.embeddings[name], sources.neighbours[name]
+    for _ in range(rounds):
+        embeddings = blend_embeddings(embeddings, neighbours, threshold,
+                                      phash_neighbours=sources.neighbours.get(PHASH),
+                                      phash_bits=phash_bits, max_neighbours=max_neighbours)
+        neighbours = sources.usable(name, top_k_neighbours(
+            embeddings, k=options.k, max_chunk_mb=options.max_chunk_mb))
+    return embeddings, neighbours
+
+
+def search_rounds(options: MatchOptions) -> int:
+    """Blending rounds of the options a search tries: ``--inb-iterations`` (default 1)."""
+    return options.inb_iterations or 1
 
 
 def blend_variants(sources: Sources, options: MatchOptions) -> dict[str, dict]:
@@ -246,22 +258,20 @@ def blend_variants(sources: Sources, options: MatchOptions) -> dict[str, dict]:
     ``options.inb_grid`` (default :data:`~tf_shopee.matching.search.DEFAULT_INB_GRID`) and every
     count of ``options.inb_neighbours``, without and (when the postings have phashes) with the
     photos :data:`BLEND_PHASH_BITS` apart: the blending options the search tries (none with
-    ``--inb-iterations 0``). :func:`blend_sources` reproduces the chosen one exactly."""
+    ``--inb-iterations 0``), each blended ``--inb-iterations`` rounds (default 1).
+    :func:`blend_sources` reproduces the chosen one exactly."""
     variants: dict[str, dict] = {}
     if options.inb_iterations == 0:
         return variants
     phash = sources.neighbours.get(PHASH)
     photo_options = [None] if phash is None else [None, BLEND_PHASH_BITS]
     grid = tuple(options.inb_grid) or DEFAULT_INB_GRID
-    for name, embeddings in sources.embeddings.items():
+    rounds = search_rounds(options)
+    for name in sources.embeddings:
         started = time.perf_counter()
         variants[name] = {
-            (blend, bits, count): sources.usable(name, top_k_neighbours(
-                blend_embeddings(embeddings, sources.neighbours[name], blend,
-                                 phash_neighbours=phash, phash_bits=bits,
-                                 max_neighbours=count),
-                k=options.k, max_chunk_mb=options.max_chunk_mb,
-            ))
+            (blend, bits, count): _blend_rounds(sources, name, blend, bits, count, rounds,
+                                                options)[1]
             for blend in grid for bits in photo_options for count in options.inb_neighbours
         }
         logger.info("%s: %d blended variants for the search in %.1f s", name,
@@ -279,6 +289,13 @@ def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
     started = time.perf_counter()
     result = search_decision(sources.neighbours, labels, method=options.threshold_method,
                              inb_variants=inb_variants, max_matches=options.max_matches)
+    rounds = search_rounds(options)
+    if rounds != 1:  # the blending options were blended that many rounds: the rules say so
+        rules = [*result["decision"]["rules"].values(),
+                 *(entry["best_alone"]["rule"] for entry in result["sources"].values())]
+        for rule in rules:
+            if rule.get("inb") is not None:
+                rule["inb_iterations"] = rounds
     out = Path(options.search_thresholds)
     write_thresholds(out / "thresholds.json", result, settings={
         "searched_on_rows": len(labels), "k": options.k, "models": list(options.models),
@@ -394,8 +411,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
                        "DIR/thresholds.json+png")
     model.add_argument("--threshold-method", default=defaults.threshold_method, choices=METHODS,
                        help="how the search makes thresholds hold on a bigger pool: local "
-                       "scaling, refitting on sub-pools (size), both, a background shift, or "
-                       f"plain fixed thresholds (default {defaults.threshold_method})")
+                       "scaling, refitting on sub-pools (size), both, a background shift, the "
+                       "search data's matches per posting (count: a pool of unseen products "
+                       "with groups of the same size), or plain fixed thresholds (default "
+                       f"{defaults.threshold_method})")
     model.add_argument("--no-tfidf", action="store_true", help="do not use TF-IDF title matches")
     model.add_argument("--no-phash", action="store_true", help="do not use image_phash matches")
     model.add_argument("--no-concat", action="store_true",
@@ -404,7 +423,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
                        help="do not give lonely postings their nearest neighbour")
     model.add_argument("--inb-iterations", type=int, default=defaults.inb_iterations,
                        help="neighbourhood blending rounds of embedding sources (default: as "
-                       "the thresholds file or search decides, off without one; 0: off)")
+                       "the thresholds file or search decides, off without one; 0: off); with "
+                       "--search-thresholds, every blending option tried is blended this many "
+                       "rounds and the thresholds file records it")
     model.add_argument("--inb-neighbours", type=_parse_neighbour_counts, default=None,
                        metavar="LIST",
                        help="with --search-thresholds: how many nearest neighbours (itself "

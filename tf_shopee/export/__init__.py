@@ -4,6 +4,8 @@
   (JPEG bytes and/or titles in, L2-normalised embeddings out), :class:`ExportedModel`.
 * :mod:`tf_shopee.export.litert` — ``python -m tf_shopee.export litert SM OUT.tflite``: an image
   export as a float32 / float16 / int8 LiteRT model, :class:`LiteRTModel`.
+* :mod:`tf_shopee.export.ensemble` — ``python -m tf_shopee.export concat A B OUT``: image exports
+  whose embeddings are concatenated, as one export.
 
 Everything that loads a model goes through :func:`load_exported` and :func:`read_export_metadata`
 here, which take either: a folder is a SavedModel export, a ``.tflite`` file a LiteRT one. Both
@@ -19,6 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from tf_shopee.export.ensemble import concat_exports
 from tf_shopee.export.litert import (
     LITERT_SUFFIX,
     LiteRTModel,
@@ -58,6 +61,7 @@ __all__ = [
     "SERVING_INPUTS",
     "THRESHOLDS_FILE",
     "ExportedModel",
+    "concat_exports",
     "LiteRTModel",
     "convert_to_litert",
     "export_model",

@@ -1,7 +1,11 @@
-"""``python -m tf_shopee.export``: convert an exported model.
+"""``python -m tf_shopee.export``: convert or combine exported models.
 
     python -m tf_shopee.export litert SM OUT.tflite [--float16 | --int8 --calibration CSV
         --images DIR [--calibration-size N]]
+    python -m tf_shopee.export concat SM_A SM_B [...] OUT [--weights 1,1]
+
+``concat`` writes one image export whose embedding is the parts' embeddings concatenated (see
+:mod:`tf_shopee.export.ensemble`).
 
 ``litert`` converts an image export (train.py --export) to a LiteRT model (see
 :mod:`tf_shopee.export.litert`); the default is float16. int8 calibrates on up to N photos (200) of
@@ -51,6 +55,19 @@ def build_argument_parser() -> argparse.ArgumentParser:
     litert.add_argument("--no-overwrite", action="store_true",
                         help="refuse to replace an existing OUT.tflite")
     litert.add_argument("--quiet", action="store_true", help="no progress lines")
+    concat = commands.add_parser(
+        "concat", help="image exports → one export of their concatenated embeddings",
+        description="Concatenate the L2-normalised embeddings of image exports (each part "
+                    "decodes the photo at its own size) into one image export.",
+        epilog="example:\n  python -m tf_shopee.export concat saved_models/lite0 "
+               "saved_models/lite2 saved_models/lite0_lite2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    concat.add_argument("paths", nargs="+", metavar="SM",
+                        help="two or more image export folders, then the output folder")
+    concat.add_argument("--weights", default=None, metavar="LIST",
+                        help="comma-separated weight per part (default: equal); the cosine of "
+                             "the result is the weighted mean of the parts' cosines")
+    concat.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -63,6 +80,21 @@ def main(argv=None) -> int:
     import_tensorflow()
     from tf_shopee.export.litert import calibration_photos, convert_to_litert
 
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+    if args.command == "concat":
+        from tf_shopee.export.ensemble import concat_exports
+
+        if len(args.paths) < 3:
+            raise UserError("concat needs at least two image exports and an output folder")
+        weights = None
+        if args.weights:
+            try:
+                weights = [float(value) for value in args.weights.split(",")]
+            except ValueError:
+                raise UserError(f"--weights: comma-separated numbers, got {args.weights!r}") \
+                    from None
+        concat_exports(args.paths[:-1], args.paths[-1], weights=weights, say=say)
+        return 0
     quantization = args.quantization or "float16"
     if args.calibration_size < 1:
         raise UserError(f"--calibration-size must be >= 1, got {args.calibration_size}")
@@ -73,7 +105,6 @@ def main(argv=None) -> int:
     photos = None
     if args.calibration:
         photos = calibration_photos(args.calibration, args.images, count=args.calibration_size)
-    say = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
     convert_to_litert(args.saved_model, args.out, quantization=quantization, calibration=photos,
                       calibration_source=args.calibration, overwrite=not args.no_overwrite,
                       say=say)

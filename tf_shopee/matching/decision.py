@@ -56,7 +56,7 @@ MAX_MATCHES = 50
 HASH_BITS = 64
 
 # How a search makes thresholds hold on a bigger pool (tf_shopee.matching.search).
-METHODS = ("local+size", "local", "size", "shift", "fixed")
+METHODS = ("local+size", "local", "size", "shift", "count", "fixed")
 DEFAULT_METHOD = "local+size"
 
 
@@ -134,6 +134,8 @@ class SourceRule:
             included) are blended in; ``None`` = every neighbour of its list (``--k``). Large
             product groups blend best over a bounded neighbourhood: on the grocery photos (about
             36 photos a product) 20 neighbours beat 51.
+        inb_iterations: rounds of blending (each blends the previous round's embeddings over
+            their new neighbours, at the same threshold).
     """
 
     threshold: float
@@ -142,6 +144,7 @@ class SourceRule:
     slope: float = 0.0
     inb_phash: float | None = None
     inb_neighbours: int | None = None
+    inb_iterations: int = 1
 
     def to_dict(self) -> dict:
         """JSON-ready form (the thresholds file's ``rules`` entries)."""
@@ -149,6 +152,8 @@ class SourceRule:
                 "inb_phash": self.inb_phash, "slope": self.slope}
         if self.inb_neighbours is not None:  # files without it read as "every neighbour"
             data["inb_neighbours"] = self.inb_neighbours
+        if self.inb_iterations != 1:  # files without it read as one round
+            data["inb_iterations"] = self.inb_iterations
         return data
 
     @classmethod
@@ -157,7 +162,7 @@ class SourceRule:
         if not isinstance(data, Mapping):
             data = {"threshold": data}
         unknown = sorted(set(data) - {"threshold", "beta", "inb", "inb_phash", "slope",
-                                      "inb_neighbours"})
+                                      "inb_neighbours", "inb_iterations"})
         if unknown:
             raise UserError(f"{where}: rule of {name!r} has unknown key(s) {unknown}")
         if "threshold" not in data:
@@ -174,6 +179,10 @@ class SourceRule:
                                        or not isinstance(neighbours, int)):
             raise UserError(f"{where}: inb_neighbours of {name!r} must be a whole number, got "
                             f"{neighbours!r}")
+        rounds = data.get("inb_iterations", 1)
+        if isinstance(rounds, bool) or not isinstance(rounds, int):
+            raise UserError(f"{where}: inb_iterations of {name!r} must be a whole number, got "
+                            f"{rounds!r}")
         return cls(
             threshold=check_threshold(name, data["threshold"], where=where),
             beta=float(values["beta"] or 0.0),
@@ -181,6 +190,7 @@ class SourceRule:
             slope=float(values["slope"] or 0.0),
             inb_phash=None if values["inb_phash"] is None else float(values["inb_phash"]),
             inb_neighbours=neighbours,
+            inb_iterations=rounds,
         ).checked(name, where=where)
 
     def checked(self, name: str, *, where: str) -> "SourceRule":
@@ -210,6 +220,9 @@ class SourceRule:
             if self.inb_neighbours < 2:
                 raise UserError(f"{where}: inb_neighbours of {name!r} must be at least 2 (the "
                                 f"posting and one neighbour), got {self.inb_neighbours}")
+        if not 1 <= self.inb_iterations <= 10:
+            raise UserError(f"{where}: inb_iterations of {name!r} must be from 1 to 10, got "
+                            f"{self.inb_iterations}")
         return self
 
     def threshold_for(self, name: str, pool_ratio: float) -> float:
@@ -232,6 +245,8 @@ class SourceRule:
             text += f", INB {self.inb:g}"
             if self.inb_neighbours is not None:
                 text += f" over {self.inb_neighbours} nearest"
+            if self.inb_iterations != 1:
+                text += f" x{self.inb_iterations}"
             if self.inb_phash is not None:
                 text += f" + photos <= {int(self.inb_phash)} bits"
         return text
@@ -253,6 +268,8 @@ class Decision:
         window: background window of local scaling and of the ``shift`` method.
         search_rows: postings of the search data (the pool size the thresholds are for).
         shift_background: ``shift`` method: mean background of each member on the search data.
+        match_counts: ``count`` method: each similarity member's mean matches per posting (self
+            included, capped at the search's max matches) on the search data at its threshold.
     """
 
     sources: tuple[str, ...]
@@ -263,6 +280,7 @@ class Decision:
     window: tuple[int, int] = DEFAULT_WINDOW
     search_rows: int | None = None
     shift_background: dict[str, float] = field(default_factory=dict)
+    match_counts: dict[str, float] = field(default_factory=dict)
 
     @property
     def min2(self) -> bool:
@@ -295,6 +313,10 @@ class Decision:
             isinstance(self.search_rows, int) and self.search_rows > 0
         ):
             raise UserError(f"{where}: search_rows must be a positive integer")
+        for name, count in self.match_counts.items():
+            if not (math.isfinite(count) and 1.0 <= count <= 10_000):
+                raise UserError(f"{where}: match count of {name!r} must be at least 1 (the "
+                                f"posting itself), got {count!r}")
         if self.min2_source is not None:
             if self.min2_source not in self.sources:
                 raise UserError(f"{where}: min2 source {self.min2_source!r} is not in the union "
@@ -321,6 +343,7 @@ class Decision:
             "background_window": list(self.window),
             "search_rows": self.search_rows,
             "shift_background": dict(self.shift_background),
+            "match_counts": dict(self.match_counts),
         }
 
     @classmethod
@@ -349,11 +372,13 @@ class Decision:
             window = (int(window[0]), int(window[1]))
             shift = {str(name): float(value)
                      for name, value in (data.get("shift_background") or {}).items()}
+            counts = {str(name): float(value)
+                      for name, value in (data.get("match_counts") or {}).items()}
             search_rows = data.get("search_rows")
             search_rows = None if search_rows is None else int(search_rows)
         except (TypeError, ValueError, IndexError, AttributeError):
-            raise UserError(
-                f"{where}: bad background_window, search_rows or shift_background") from None
+            raise UserError(f"{where}: bad background_window, search_rows, shift_background or "
+                            "match_counts") from None
         return cls(
             sources=tuple(sources),
             rules=rules,
@@ -363,6 +388,7 @@ class Decision:
             window=window,
             search_rows=search_rows,
             shift_background=shift,
+            match_counts=counts,
         ).checked(where=where)
 
     def describe(self, pool_size: int | None = None) -> str:
@@ -436,7 +462,10 @@ def decision_neighbours(
 
     Thresholds follow the pool size (rules with a ``slope``); scaled members are rescored
     (:func:`~tf_shopee.neighbours.scaling.local_scaling`); with the ``shift`` method similarity
-    thresholds move by the change of mean background from the search data to this pool.
+    thresholds move by the change of mean background from the search data to this pool; with the
+    ``count`` method, in self-matching, each similarity member's threshold is the score at which
+    this pool's postings get as many matches on average as the search data's did
+    (:func:`count_threshold`; against a catalogue the searched thresholds are kept).
     Blending (``rule.inb``) needs embeddings and must already have been applied by the caller
     (``tf_shopee.predict.blend_sources``).
 
@@ -466,6 +495,7 @@ def decision_neighbours(
         pool_size = pool_size_of(sources, self_matching=self_matching,
                                  catalog_backgrounds=catalog_backgrounds)
     thresholds = decision.thresholds_for(pool_size)
+    counted = decision.method == "count" and self_matching
     prepared = {}
     for name in decision.sources:
         rule = decision.rules[name]
@@ -481,8 +511,39 @@ def decision_neighbours(
             if shift:
                 pool = background if catalog is None else catalog
                 threshold += float(np.mean(pool)) - decision.shift_background[name]
+        if counted and name in decision.match_counts:
+            threshold = count_threshold(neighbours, decision.match_counts[name])
         prepared[name] = (neighbours, threshold)
     return prepared
+
+
+def mean_match_count(neighbours: Neighbours, threshold: float,
+                     max_matches: int = MAX_MATCHES) -> float:
+    """Mean over postings of the neighbours scoring at least ``threshold`` (self-matching lists:
+    the posting itself included, at most ``max_matches``)."""
+    valid = neighbours.indices >= 0
+    counts = np.sum((neighbours.scores >= threshold) & valid, axis=1)
+    return float(np.mean(np.minimum(counts, max_matches))) if len(counts) else 0.0
+
+
+def count_threshold(neighbours: Neighbours, count: float, max_matches: int = MAX_MATCHES) -> float:
+    """The score threshold at which the postings of ``neighbours`` get ``count`` matches each on
+    average (the ``count`` method): label-free, from this pool's scores alone. The highest such
+    score among the listed ones, found by bisection over the sorted scores."""
+    scores = neighbours.scores[neighbours.indices >= 0]
+    if scores.size == 0:
+        return math.inf
+    candidates = np.unique(scores)[::-1]  # descending: counts rise along it
+    low, high = 0, len(candidates) - 1
+    if mean_match_count(neighbours, float(candidates[high]), max_matches) < count:
+        return float(candidates[high])
+    while low < high:
+        middle = (low + high) // 2
+        if mean_match_count(neighbours, float(candidates[middle]), max_matches) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    return float(candidates[low])
 
 
 def apply_decision(

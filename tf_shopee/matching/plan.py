@@ -182,7 +182,7 @@ def resolve_plan(planned: PlannedSources, options: MatchOptions,
                 )
             rules[name] = replace(rule, inb=rule.threshold)
         if rules[name].inb is not None:
-            iterations[name] = options.inb_iterations or 1
+            iterations[name] = options.inb_iterations or rules[name].inb_iterations
             if rules[name].inb_phash is not None and PHASH not in names:
                 raise UserError(f"source {name!r} is blended with the photos' phash neighbours, "
                                 "but this run has no phash source (image_phash column, no "

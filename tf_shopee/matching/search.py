@@ -24,6 +24,13 @@ Ways of making thresholds survive a bigger catalogue (``method``), compared by
 ``shift``
     plain thresholds, shifted at prediction time by how much the mean background of the pool
     being matched differs from the search data's.
+``count``
+    plain thresholds on the search data; on a new pool (self-matching) each member's threshold is
+    re-chosen, from the pool's own scores and no labels, so that its postings get as many matches
+    on average as the search data's postings got at the chosen threshold. It carries a decision
+    from a pool whose cosines are tighter (a training fold of the model) to one of unseen
+    products, provided their products have about as many postings each; a pool of other group
+    sizes needs another method.
 ``fixed``
     plain thresholds, applied as they are.
 """
@@ -46,6 +53,7 @@ from tf_shopee.matching.decision import (
     Decision,
     SourceRule,
     check_threshold,
+    mean_match_count,
     score_threshold,
     user_threshold,
 )
@@ -462,8 +470,16 @@ def search_decision(
                 shift_background[name] = float(np.mean(
                     background_scores(_option_neighbours(sources, inb_variants, option),
                                       window=window)))
-    decision = replace(decision, rules=rules, shift_background=shift_background).checked(
-        where="search_decision")
+    match_counts = {}
+    if method == "count":
+        for name in members:
+            if not is_phash_source(name):
+                option, threshold = chosen.members[name]
+                match_counts[name] = round(mean_match_count(
+                    _option_neighbours(sources, inb_variants, option), threshold,
+                    max_matches), 4)
+    decision = replace(decision, rules=rules, shift_background=shift_background,
+                       match_counts=match_counts).checked(where="search_decision")
     return {
         "rows": int(labels.shape[0]),
         "max_matches": int(max_matches),
