@@ -74,7 +74,14 @@ def run(command: list[str], log) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-model", required=True, metavar="DIR",
-                        help="an exported image model (train.py --export), any backbone")
+                        help="an exported image model (train.py --export; or a LiteRT .tflite "
+                        "file), any backbone")
+    parser.add_argument("--tta", default="",
+                        help="test-time views (flip, crop, flip,crop) of the shelf photos and "
+                        "of the catalogue images (predict.py / catalog build --tta)")
+    parser.add_argument("--catalog-augment", type=int, default=1, metavar="N",
+                        help="views per catalogue image, searched as one item (catalog build "
+                        "--catalog-augment; default 1)")
     parser.add_argument("--grocery", default=str(DEFAULT_GROCERY), metavar="DIR")
     parser.add_argument("--workdir", default="runs/quality_catalog", metavar="DIR")
     parser.add_argument("--image-threshold", type=float, default=None,
@@ -86,7 +93,14 @@ def main(argv=None) -> dict:
         raise SystemExit(f"the grocery photos are not at {grocery}")
     workdir = Path(arguments.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    metadata = json.loads((Path(arguments.image_model) / "tf_shopee_export.json").read_text())
+    from tf_shopee.export import read_export_metadata
+
+    metadata = read_export_metadata(arguments.image_model)
+    build_views = ["--catalog-augment", str(arguments.catalog_augment)]
+    query_views = []
+    if arguments.tta:
+        build_views += ["--tta", arguments.tta]
+        query_views = ["--tta", arguments.tta]
     threshold_flags = []
     if arguments.image_threshold is not None or metadata.get("threshold") is None:
         threshold_flags = ["--threshold", f"image={arguments.image_threshold or 0.5}"]
@@ -101,7 +115,9 @@ def main(argv=None) -> dict:
         "image_model": str(arguments.image_model),
         "image_model_metadata": {key: metadata.get(key) for key in
                                  ("kind", "embedding_dim", "image_size", "run_name",
-                                  "threshold", "backbone")},
+                                  "threshold", "backbone", "backend", "quantization")},
+        "tta": arguments.tta or None,
+        "catalog_augment": arguments.catalog_augment,
         "queries": len(queries),
         "query_products": len(labels),
         "reference_top1_lite0_zero_shot": REFERENCE,
@@ -115,13 +131,13 @@ def main(argv=None) -> dict:
             build_seconds = run(["-m", "tf_shopee.catalog", "build", "--csv",
                                  str(workdir / f"catalog_{name}.csv"), "--images", str(grocery),
                                  "--model", str(arguments.image_model), "--out", str(index),
-                                 "--overwrite", "--quiet"], log)
+                                 "--overwrite", "--quiet", *build_views], log)
             report_path = workdir / f"report_{name}.json"
             predict_seconds = run(["predict.py", "--catalog", str(index), "--csv",
                                    str(workdir / "queries.csv"), "--images", str(grocery),
                                    "--out", str(workdir / f"matches_{name}.csv"), "--evaluate",
                                    "--report", str(report_path), "--no-phash", "--quiet",
-                                   *threshold_flags], log)
+                                   *threshold_flags, *query_views], log)
             report = json.loads(report_path.read_text())
             result["catalogues"][name] = {
                 "catalogue_images": len(rows),

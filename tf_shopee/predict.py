@@ -79,7 +79,7 @@ def compute_sources(postings: Postings, options: MatchOptions,
     models = {name: load_exported(model_dir) for name, model_dir in planned.model_dirs.items()}
     sources.embeddings = embed_sources(
         models, postings, use_concat=options.use_concat, batch_size=options.batch_size,
-        cache_dir=options.cache_dir, progress=options.progress)
+        cache_dir=options.cache_dir, progress=options.progress, views=options.views)
     sources.model_thresholds = {name: float(model.threshold) for name, model in models.items()
                                 if model.threshold is not None}
     sources.image_based = image_based_sources(
@@ -400,7 +400,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
                       help="with --search ann: IVF cells probed per query (default 16)")
     model = parser.add_argument_group("models and thresholds")
     model.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
-                       help="exported SavedModel folder (repeatable)")
+                       help="exported model: a SavedModel folder or a LiteRT .tflite file "
+                       "(python -m tf_shopee.export litert; repeatable)")
+    model.add_argument("--tta", default=defaults.tta, metavar="VIEWS",
+                       help="test-time augmentation of image models: each photo is embedded as "
+                       "the mean of its views: flip (mirror image), crop (centre and corner "
+                       "crops of 80%% of the side), or flip,crop (default: none)")
     model.add_argument("--thresholds", default=defaults.thresholds_file, metavar="FILE",
                        help="thresholds.json from a threshold search: applied exactly")
     model.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
@@ -492,6 +497,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> PredictOptions:
         max_matches=arguments.max_matches,
         max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet,
+        tta=arguments.tta,
         catalog=arguments.catalog,
         search=arguments.search,
         nprobe=arguments.nprobe,

@@ -438,3 +438,41 @@ def test_default_decision_names_the_model_free_sources_in_their_units():
     assert DEFAULT_DECISION.search_rows == 22832  # folds 1+2 of the real train.csv
     for name in (PHASH, PHASH_TEXT):
         assert DEFAULT_DECISION.rules[name].threshold == int(DEFAULT_DECISION.rules[name].threshold)
+
+
+def test_count_method_carries_the_matches_per_posting_to_a_looser_pool():
+    """The count method records the search pool's matches per posting and, on a new pool,
+    chooses the threshold that gives as many: on a copy of the pool whose cosines are all 0.2
+    lower (unseen products: looser), a plain threshold matches almost nothing while the count
+    method matches exactly what it did on the search pool."""
+    embeddings, labels = random_pool(3, groups=40, noise=0.35)
+    neighbours = brute_force_neighbours(embeddings, k=8)
+    result = search_decision({"image": neighbours}, labels, method="count", allow_min2=False)
+    decision = Decision.from_dict(result["decision"], where="test")
+    assert decision.method == "count"
+    count = decision.match_counts["image"]
+    assert 1.0 <= count <= 8.0
+    _, searched = apply_decision({"image": neighbours}, decision)
+    looser = Neighbours(neighbours.indices, np.where(
+        neighbours.indices == np.arange(len(labels))[:, None], neighbours.scores,
+        neighbours.scores - 0.2))
+    _, counted = apply_decision({"image": looser}, decision)
+    assert [list(row) for row in counted] == [list(row) for row in searched]
+    fixed = Decision.from_dict({**result["decision"], "method": "fixed"}, where="test")
+    _, plain = apply_decision({"image": looser}, fixed)
+    assert np.mean([len(row) for row in plain]) < np.mean([len(row) for row in counted])
+    # Against a catalogue the count method keeps the searched thresholds (no pool to count in).
+    assert decision.to_dict()["match_counts"] == {"image": count}
+    with pytest.raises(UserError, match="match count"):
+        Decision.from_dict({**result["decision"], "match_counts": {"image": 0.5}}, where="test")
+
+
+def test_blending_rounds_are_part_of_a_rule():
+    rule = SourceRule(threshold=0.6, inb=0.4, inb_neighbours=20, inb_iterations=2)
+    data = rule.to_dict()
+    assert data["inb_iterations"] == 2
+    assert SourceRule.from_dict("image", data, where="test") == rule
+    assert "INB 0.4 over 20 nearest x2" in rule.describe("image")
+    assert "inb_iterations" not in SourceRule(threshold=0.6, inb=0.4).to_dict()
+    with pytest.raises(UserError, match="inb_iterations"):
+        SourceRule.from_dict("image", {**data, "inb_iterations": 0}, where="test")

@@ -28,7 +28,8 @@ def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, default=None,
                         help="with --tfrecords: only the postings of this fold")
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
-                        help="exported SavedModel folder (repeatable)")
+                        help="exported model: a SavedModel folder or a LiteRT .tflite file "
+                        "(repeatable)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="postings per model call (default 64)")
     parser.add_argument("--max-chunk-mb", type=int, default=256,
@@ -70,6 +71,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
                        help="do not store small copies of the photos (the web app shows them)")
     build.add_argument("--overwrite", action="store_true",
                        help="replace an existing index at --out")
+    build.add_argument("--tta", default="", metavar="VIEWS",
+                       help="embed each catalogue photo as the mean of its test-time views: "
+                       "flip, crop or flip,crop (image models; default none)")
+    build.add_argument("--catalog-augment", type=int, default=1, metavar="N",
+                       help="store N views of each catalogue photo (the photo and N-1 shop-like "
+                       "variants: studio background replaced, shrunk, tiled, colour-jittered), "
+                       "searched as one item by its best view (image models; default 1)")
     add = commands.add_parser("add", help="append postings to an index (only they are embedded)")
     _add_posting_arguments(add)
     add.add_argument("--index", required=True, metavar="INDEX", help="the index to extend")
@@ -92,6 +100,8 @@ def _options(arguments) -> BuildOptions:
         thumbnails=not getattr(arguments, "no_thumbnails", False), ann=arguments.ann,
         batch_size=arguments.batch_size, max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet, overwrite=getattr(arguments, "overwrite", False),
+        tta=getattr(arguments, "tta", ""),
+        catalog_augment=getattr(arguments, "catalog_augment", 1),
     )
 
 
@@ -119,6 +129,10 @@ def describe(directory: str, *, verify: bool = False) -> str:
             f"{'-' if threshold is None else f'{threshold:.3f}'}, from {entry['path']}")
     if manifest.get("concat"):
         lines.append(f"  concat: {' + '.join(manifest['concat'])}")
+    views = manifest.get("views") or {}
+    if views.get("tta") or (views.get("catalog_augment") or 1) > 1:
+        lines.append(f"  photos embedded with test-time views: {views.get('tta') or 'none'}; "
+                     f"views per photo searched as one item: {views.get('catalog_augment', 1)}")
     tfidf = manifest.get("tfidf")
     lines.append("  tfidf: " + (f"vocabulary of {tfidf['vocabulary_size']} words fitted on the "
                                 "catalogue" if tfidf else "none (no title has a word)"))

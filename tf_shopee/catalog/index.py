@@ -7,6 +7,8 @@ matching new postings against it needs, so that no catalogue posting is ever emb
       manifest.json              written last: format, counts, models (fingerprints), files + sha256
       postings.csv               posting_id, title, image_phash, label_group of every row
       embeddings/source-N.npy    float32 (rows, dim), L2-normalised, one per embedding source
+      embeddings/source-N.views.npy  float32 (rows, views, dim): catalogue-side augmentation
+                                 (``--catalog-augment N``), the views searched as one item
       tfidf/vocabulary.json      the TF-IDF vocabulary and idf fitted on the catalogue titles,
       tfidf/idf.npy              with the catalogue's title vectors before and after
       tfidf/vectors.npz          neighbourhood blending (what a query is blended with and
@@ -20,10 +22,16 @@ place; ``manifest.json`` is the last file written in it. An interrupted build or
 leaves either the previous index untouched or no ``INDEX`` at all, never a folder that loads as
 an index; leftovers of killed runs (``.INDEX.partial-PID``) are removed by the next run.
 
-A model is identified by the sha256 of its export's metadata, graph and variables
-(:func:`model_fingerprint`): ``catalog add`` and ``predict.py --catalog`` refuse a model whose
-fingerprint differs from the one the index was built with, since its embeddings would not be
-comparable with the stored ones.
+A model (a SavedModel folder or a LiteRT ``.tflite`` file) is identified by the sha256 of its
+export's metadata, graph and variables, or of the ``.tflite`` file
+(:func:`tf_shopee.export.model_fingerprint`): ``catalog add`` and ``predict.py --catalog`` refuse
+a model whose fingerprint differs from the one the index was built with, since its embeddings
+would not be comparable with the stored ones.
+
+How photos are embedded is part of the index too (``manifest["views"]``): ``--tta`` stores each
+catalogue photo as the mean of its test-time views, ``--catalog-augment N`` stores N views of it
+(the photo and N − 1 shop-like variants, :mod:`tf_shopee.data.views`) that a query searches as
+one item (its best view counts); ``catalog add`` embeds new rows the same way.
 
 ``catalog add`` embeds only the new postings; the model-free part (TF-IDF vocabulary and idf,
 blended title vectors, phash graph) is refitted on the whole catalogue from the stored titles
@@ -35,7 +43,6 @@ A + B.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -53,11 +60,12 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from tf_shopee.catalog.search import ANN_MIN_ROWS, IvfSearch
+from tf_shopee.data.views import augment_spec, parse_tta
 from tf_shopee.errors import UserError
-from tf_shopee.export import load_exported
+from tf_shopee.export import load_exported, model_fingerprint
 from tf_shopee.io_utils import read_json, replace_directory, sha256_file
 from tf_shopee.matching.decision import check_threshold, load_thresholds
-from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE
+from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE, embed_postings_views
 from tf_shopee.matching.model_free import DEFAULT_SETTINGS, model_free_state
 from tf_shopee.matching.postings import Postings, read_postings
 from tf_shopee.matching.sources import (
@@ -82,19 +90,6 @@ THUMBNAIL_SIZE = 160
 _PARTIAL = ".partial-"
 
 
-def model_fingerprint(directory: str | os.PathLike) -> str:
-    """sha256 of an export's identity: its metadata, graph and every variables file."""
-    root = Path(directory)
-    digest = hashlib.sha256()
-    files = [root / "tf_shopee_export.json", root / "saved_model.pb"]
-    files += sorted((root / "variables").glob("*"))
-    for path in files:
-        if path.is_file():
-            digest.update(path.name.encode("utf-8") + b"\x00")
-            digest.update(bytes.fromhex(sha256_file(path)))
-    return digest.hexdigest()
-
-
 @dataclass
 class CatalogIndex:
     """A loaded catalogue index (see the module docstring for the folder).
@@ -106,6 +101,7 @@ class CatalogIndex:
         image_phashes: 16-hex-digit hashes per row (``""`` where unknown), or None.
         label_groups: int64 labels, or None.
         embeddings: source name → (rows, dim) float32.
+        views: augmented image source name → (rows, views, dim) float32 (``--catalog-augment``).
         vectorizer: the fitted TF-IDF vectorizer, or None (no title had a word).
         tfidf_vectors, tfidf_blended: (rows, F) sparse title vectors before / after blending.
     """
@@ -117,6 +113,7 @@ class CatalogIndex:
     image_phashes: list[str] | None
     label_groups: np.ndarray | None
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    views: dict[str, np.ndarray] = field(default_factory=dict)
     vectorizer: object = None
     tfidf_vectors: object = None
     tfidf_blended: object = None
@@ -221,6 +218,8 @@ def load_index(directory: str | os.PathLike, *, verify_checksums: bool = False) 
     )
     for entry in manifest["embeddings"]:
         index.embeddings[entry["source"]] = np.load(directory / entry["file"])
+        if entry.get("views_file"):
+            index.views[entry["source"]] = np.load(directory / entry["views_file"])
     tfidf = manifest.get("tfidf")
     if tfidf:
         index.vectorizer = _vectorizer_from(
@@ -269,6 +268,8 @@ class BuildOptions:
     max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB
     progress: bool = True
     overwrite: bool = False
+    tta: str = ""  # test-time views averaged into each catalogue photo's embedding
+    catalog_augment: int = 1  # views per catalogue photo, searched as one item
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -277,6 +278,8 @@ class BuildOptions:
             raise UserError(f"--max-chunk-mb must be positive, got {self.max_chunk_mb}")
         if self.ann not in ANN_MODES:
             raise UserError(f"--ann must be {', '.join(ANN_MODES)}, got {self.ann!r}")
+        parse_tta(self.tta)
+        augment_spec(self.catalog_augment)
         self.threshold_overrides = {
             check_source_name(name, where=f"--threshold {name}={value}"):
             check_threshold(name, value, where=f"--threshold {name}={value}")
@@ -412,7 +415,7 @@ def resolve_models(manifest: dict, paths: list[str]) -> list:
         return [by_fingerprint[entry["fingerprint"]] for entry in entries]
     models = []
     for entry in entries:
-        if not Path(entry["path"]).is_dir():
+        if not Path(entry["path"]).exists():
             raise UserError(
                 f"the {entry['source']} model this index was built with is no longer at "
                 f"{entry['path']}: pass its new location with --model DIR"
@@ -429,11 +432,24 @@ def resolve_models(manifest: dict, paths: list[str]) -> list:
     return models
 
 
-def _embed(models: list, names: list[str], postings: Postings, options: BuildOptions) -> dict:
+def _embed(models: list, names: list[str], postings: Postings, options: BuildOptions
+           ) -> tuple[dict, dict]:
     """Embeddings per source of ``postings``, plus ``concat`` when an image and a text model are
-    present (as predict.py forms it)."""
+    present (as predict.py forms it); and, with ``--catalog-augment N``, the N views of every
+    photo per image source (view 0 is the stored embedding itself)."""
     embeddings = embed_sources(dict(zip(names, models)), postings, use_concat=options.use_concat,
-                               batch_size=options.batch_size, progress=options.progress)
+                               batch_size=options.batch_size, progress=options.progress,
+                               views=parse_tta(options.tta))
+    views = {}
+    if options.catalog_augment > 1:
+        for name, model in zip(names, models):
+            if ModelKind(model.kind) is not ModelKind.IMAGE:
+                continue
+            matrix = embed_postings_views(model, postings, augment_spec(options.catalog_augment),
+                                          batch_size=options.batch_size,
+                                          progress=options.progress)
+            matrix[:, 0] = embeddings[name]
+            views[name] = matrix
     if postings.bad_images and any(ModelKind(model.kind).uses_images for model in models):
         # Their image embeddings are zeros: no query reaches them through a photo source.
         shown = "\n".join(f"  {postings.posting_ids[row]}: {reason}"
@@ -441,7 +457,7 @@ def _embed(models: list, names: list[str], postings: Postings, options: BuildOpt
         logger.warning("%d catalogue posting(s) have a photo that cannot be used; they are "
                        "found by their titles and phash only:\n%s%s", len(postings.bad_images),
                        shown, "\n  ..." if len(postings.bad_images) > 10 else "")
-    return embeddings
+    return embeddings, views
 
 
 def _concat_parts(models: list, names: list[str]) -> list[str] | None:
@@ -461,7 +477,7 @@ def build_index(options: BuildOptions) -> dict:
     models = load_models(options.models)
     names = source_names(models)
     logger.info("catalogue: %d postings, %d model(s)", len(postings), len(models))
-    embeddings = _embed(models, names, postings, options)
+    embeddings, views = _embed(models, names, postings, options)
     thumbnails = _thumbnails(postings, options.progress) if (
         options.thumbnails and postings.has_images) else None
     model_entries = [
@@ -477,7 +493,7 @@ def build_index(options: BuildOptions) -> dict:
                       postings.label_groups, embeddings, thumbnails, model_entries,
                       _concat_parts(models, names) if options.use_concat else None,
                       thresholds, history, ann, options, has_images=postings.has_images,
-                      existing=None)
+                      existing=None, views=views)
     logger.info("catalogue index written to %s in %.1f s", out, time.perf_counter() - started)
     return manifest
 
@@ -507,9 +523,14 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
         raise UserError("the catalogue was built " + ("with" if manifest["has_images"] else
                         "without") + " images; give the new postings the same way")
     options.use_concat = bool(manifest.get("concat"))
-    new_embeddings = _embed(models, names, postings, options)
+    stored_views = manifest.get("views") or {}
+    options.tta = stored_views.get("tta") or ""  # new rows are embedded as the old ones were
+    options.catalog_augment = int(stored_views.get("catalog_augment") or 1)
+    new_embeddings, new_views = _embed(models, names, postings, options)
     embeddings = {name: np.concatenate([index.embeddings[name], new_embeddings[name]])
                   for name in index.embeddings}
+    views = {name: np.concatenate([index.views[name], new_views[name]])
+             for name in index.views}
     thumbnails = None
     if index.has_thumbnails:
         old_blob = (index.directory / THUMBNAILS).read_bytes()
@@ -535,7 +556,7 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
     manifest = _write(Path(index_dir), index.posting_ids + postings.posting_ids,
                       index.titles + postings.titles, phashes, labels, embeddings, thumbnails,
                       manifest["models"], manifest.get("concat"), thresholds, history, ann,
-                      options, has_images=manifest["has_images"], existing=index)
+                      options, has_images=manifest["has_images"], existing=index, views=views)
     logger.info("added %d postings (%d in all) in %.1f s", len(postings), rows,
                 time.perf_counter() - started)
     return manifest
@@ -584,7 +605,7 @@ def _check_destination(options: BuildOptions) -> Path:
 
 def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnails, models,
            concat, thresholds, history, ann, options: BuildOptions, *, has_images: bool,
-           existing) -> dict:
+           existing, views: dict) -> dict:
     """Write every file of the index into a temporary folder beside ``out``, the manifest last,
     then swap it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -604,8 +625,13 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
         for number, (name, matrix) in enumerate(embeddings.items()):
             relative = f"embeddings/source-{number}.npy"
             np.save(temporary / relative, np.ascontiguousarray(matrix, dtype=np.float32))
-            embedding_entries.append({"source": name, "file": relative,
-                                      "dim": int(matrix.shape[1])})
+            entry = {"source": name, "file": relative, "dim": int(matrix.shape[1])}
+            if name in views:
+                entry["views_file"] = relative.replace(".npy", ".views.npy")
+                entry["views"] = int(views[name].shape[1])
+                np.save(temporary / entry["views_file"],
+                        np.ascontiguousarray(views[name], dtype=np.float32))
+            embedding_entries.append(entry)
         started = time.perf_counter()
         state = model_free_state(titles, phashes if has_phash else None,
                                  settings=DEFAULT_SETTINGS, max_chunk_mb=options.max_chunk_mb)
@@ -639,13 +665,16 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
                 relative = entry["file"].replace("embeddings/", "ann/").replace(".npy", ".faiss")
                 old = (existing.manifest.get("ann", {}).get(name) if existing is not None
                        else None)
+                # An augmented source is searched over all its views (ViewsSearch).
+                rows = (views[name].reshape(-1, views[name].shape[-1]) if name in views
+                        else embeddings[name])
                 if old is not None:
                     # Keep the trained cells; only the new rows are assigned to them.
                     search = IvfSearch.load(existing.directory / old["file"])
-                    search.add(embeddings[name][search.num_rows:])
+                    search.add(rows[search.num_rows:])
                     trained_rows = old["trained_rows"]
                 else:
-                    search = IvfSearch.build(embeddings[name])
+                    search = IvfSearch.build(rows)
                     trained_rows = search.num_rows
                 search.save(temporary / relative)
                 ann_entries[name] = {"file": relative, "cells": search.num_cells,
@@ -676,6 +705,8 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
             "concat": concat,
             "tfidf": tfidf,
             "model_free_settings": DEFAULT_SETTINGS.to_dict(),
+            "views": {"tta": options.tta or None,
+                      "catalog_augment": int(options.catalog_augment)},
             "thresholds": thresholds,
             "ann_mode": ann["mode"],
             "ann": ann_entries,

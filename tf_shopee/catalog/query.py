@@ -42,7 +42,13 @@ from tf_shopee.catalog.index import (
     load_index,
     resolve_models,
 )
-from tf_shopee.catalog.search import DEFAULT_NPROBE, ExactSearch, IvfSearch, resolve_mode
+from tf_shopee.catalog.search import (
+    DEFAULT_NPROBE,
+    ExactSearch,
+    IvfSearch,
+    ViewsSearch,
+    resolve_mode,
+)
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import write_json_atomic
 from tf_shopee.matching.blend import blend_query_rows
@@ -113,6 +119,9 @@ class CatalogMatcher:
         mode = resolve_mode(search, len(index))
         stored = index.manifest.get("ann") or {}
         for name, matrix in index.embeddings.items():
+            views = index.views.get(name)
+            if views is not None:  # catalogue-side augmentation: every view is searched
+                matrix = views.reshape(-1, views.shape[-1])
             if mode == "ann":
                 if name in stored:
                     self.searchers[name] = IvfSearch.load(
@@ -126,6 +135,8 @@ class CatalogMatcher:
                                                            DEFAULT_NPROBE)
             else:
                 self.searchers[name] = ExactSearch(matrix, max_chunk_mb=options.max_chunk_mb)
+            if views is not None:
+                self.searchers[name] = ViewsSearch(self.searchers[name], views.shape[1])
 
     @property
     def sources(self) -> list[str]:
@@ -226,7 +237,7 @@ class CatalogMatcher:
             models, postings,
             use_concat=self.options.use_concat and bool(self.index.manifest.get("concat")),
             batch_size=self.options.batch_size, cache_dir=self.options.cache_dir,
-            progress=self.options.progress, skip_missing_inputs=True)
+            progress=self.options.progress, skip_missing_inputs=True, views=self.options.views)
 
     def _model_free(self, postings: Postings, *, has_titles: bool) -> dict[str, Neighbours]:
         index, options = self.index, self.options
@@ -410,6 +421,8 @@ def run_catalog_prediction(options: PredictOptions) -> dict:
                  "source": result.plan.decision.min2_source,
                  "floor": result.plan.decision.min2_floor},
         "submission": str(options.out),
+        "options": options.describe(),
+        "catalog_views": index.manifest.get("views"),
     }
     if options.evaluate:
         report.update(evaluate_queries(result.matches, result.neighbours, postings.label_groups,

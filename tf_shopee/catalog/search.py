@@ -211,3 +211,45 @@ def import_faiss():
         ) from None
     faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
     return faiss
+
+
+class ViewsSearch:
+    """A catalogue whose items are several embeddings each (catalogue-side augmentation,
+    ``catalog build --catalog-augment N``), searched as one item: an item's score for a query is
+    the best of its views'.
+
+    Args:
+        searcher: an :class:`ExactSearch` or :class:`IvfSearch` over the (items × views, D) rows,
+            item-major (item i's views are rows i*V .. i*V + V - 1).
+        views: V.
+    """
+
+    def __init__(self, searcher, views: int):
+        if views < 1 or searcher.num_rows % views:
+            raise UserError(f"a catalogue of {searcher.num_rows} view rows cannot hold {views} "
+                            "views per item")
+        self.searcher = searcher
+        self.views = int(views)
+        self.mode = searcher.mode
+
+    @property
+    def num_rows(self) -> int:
+        """Catalogue items searched."""
+        return self.searcher.num_rows // self.views
+
+    def search(self, queries: np.ndarray, *, k: int, min_score: float | None = None) -> Neighbours:
+        """The ``k`` nearest items of each query by their best view (padding ``-1`` / ``-inf``)."""
+        wide = self.searcher.search(queries, k=min(k * self.views, self.searcher.num_rows),
+                                    min_score=min_score)
+        count = len(wide.indices)
+        indices = np.full((count, k), -1, np.int32)
+        scores = np.full((count, k), -np.inf, np.float32)
+        items = np.where(wide.indices >= 0, wide.indices // self.views, -1)
+        for row in range(count):
+            valid = items[row] >= 0
+            # Rows are sorted best first, so an item's first occurrence is its best view.
+            found, first = np.unique(items[row][valid], return_index=True)
+            order = np.argsort(first)[:k]
+            indices[row, :len(order)] = found[order]
+            scores[row, :len(order)] = wide.scores[row][valid][first[order]]
+        return Neighbours(indices, scores)

@@ -3,13 +3,16 @@
 :func:`embed_postings` is the one place a model is called on postings (predict.py, the catalogue
 index and its queries all go through it). A photo that cannot be used costs only its own row: it
 gets a zero embedding and a reason in ``postings.bad_images``, and its title and phash still
-match it. Embeddings are cached by model identity and data identity, so choosing other thresholds
-never embeds again.
+match it. Embeddings are cached by model identity and data identity, so choosing other
+thresholds never embeds again.
+
+Image models may embed several views of each photo (:mod:`tf_shopee.data.views`): test-time
+augmentation averages them into one embedding (``views=parse_tta("flip,crop")``), catalogue-side
+augmentation keeps them apart (:func:`embed_postings_views`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -30,7 +33,7 @@ DEFAULT_BATCH_SIZE = 64
 
 
 def embed_postings(model, postings: Postings, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                   cache_dir: str = "", progress: bool = True) -> np.ndarray:
+                   cache_dir: str = "", progress: bool = True, views=None) -> np.ndarray:
     """Embed ``postings`` with one loaded export (:func:`tf_shopee.export.load_exported`).
 
     Returns L2-normalised float32 embeddings, one row per posting. A posting whose image cannot
@@ -46,7 +49,11 @@ def embed_postings(model, postings: Postings, *, batch_size: int = DEFAULT_BATCH
         batch_size: postings per model call.
         cache_dir: folder of the embedding cache; empty: no cache.
         progress: show a progress bar.
+        views: a :class:`~tf_shopee.data.views.ViewSpec` (image models): each photo's embedding
+            is the normalised mean of its views' (test-time augmentation); None or a plain spec:
+            the photo as the model's serving graph decodes it.
     """
+    views = _checked_views(model, views)
     kind = ModelKind(model.kind)
     uses_images = kind.uses_images
     if uses_images and not postings.has_images:
@@ -56,7 +63,9 @@ def embed_postings(model, postings: Postings, *, batch_size: int = DEFAULT_BATCH
         )
     cache_path = None
     if cache_dir:
-        key = f"{_model_key(model.directory)}-{postings.data_key()}"
+        key = f"{_model_key(model)}-{postings.data_key()}"
+        if views is not None:
+            key += f"-views_{views.describe().replace(',', '_').replace('=', '')}"
         cache_path = Path(cache_dir) / f"{kind}-{key}.npy"
         cached = _read_cache(cache_path, (len(postings), model.embedding_dim), uses_images)
         if cached is not None:
@@ -66,10 +75,15 @@ def embed_postings(model, postings: Postings, *, batch_size: int = DEFAULT_BATCH
             return embeddings
     started = time.perf_counter()
     embeddings = _embed_in_batches(model, kind, postings, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, views=views)
+    if views is not None:
+        from tf_shopee.data.views import mean_of_views
+
+        embeddings = mean_of_views(embeddings)
     seconds = time.perf_counter() - started
-    logger.info("%s: embedded %d postings in %.1f s (%.1f/s)", kind, len(postings), seconds,
-                len(postings) / max(seconds, 1e-9))
+    logger.info("%s: embedded %d postings%s in %.1f s (%.1f/s)", kind, len(postings),
+                "" if views is None else f" ({views.count} views each: {views.describe()})",
+                seconds, len(postings) / max(seconds, 1e-9))
     if cache_path is not None:
         if uses_images:
             # Written before the embeddings, which mark the entry complete.
@@ -111,22 +125,56 @@ def _read_cache(cache_path: Path, shape: tuple[int, int], uses_images: bool):
     return None
 
 
-def _model_key(model_dir: str) -> str:
-    """Identity of an export: its metadata and the checksum of its variables index."""
-    digest = hashlib.sha256()
-    root = Path(model_dir)
-    for relative in ("tf_shopee_export.json", "saved_model.pb", "variables/variables.index"):
-        path = root / relative
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def embed_postings_views(model, postings: Postings, views, *,
+                         batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True
+                         ) -> np.ndarray:
+    """float32 ``[N, V, D]``: every view of every posting's photo, each L2-normalised
+    (catalogue-side augmentation: the views are searched as one item). Unusable photos get
+    zeros and a reason in ``postings.bad_images``, as in :func:`embed_postings`."""
+    views = _checked_views(model, views, plain_allowed=True)
+    kind = ModelKind(model.kind)
+    if not postings.has_images:
+        raise UserError(f"model {model.directory}: catalogue views need photos (--images DIR "
+                        "or TFRecords with images)")
+    started = time.perf_counter()
+    embeddings = _embed_in_batches(model, kind, postings, batch_size=batch_size,
+                                   progress=progress, views=views)
+    logger.info("%s: embedded %d postings x %d views (%s) in %.1f s", kind, len(postings),
+                views.count, views.describe(), time.perf_counter() - started)
+    return embeddings
+
+
+def _checked_views(model, views, plain_allowed: bool = False):
+    """``views`` when the model can embed them; None for no views at all."""
+    if views is None or (views.is_plain and not plain_allowed):
+        return None
+    if model.kind != ModelKind.IMAGE or not hasattr(model, "embed_views"):
+        raise UserError(f"test-time and catalogue views need an image model; {model.directory} "
+                        f"is a {model.kind} model (drop --tta / --catalog-augment for it)")
+    return views
+
+
+def _model_key(model) -> str:
+    """Identity of an export (a SavedModel folder or a ``.tflite`` file): its fingerprint."""
+    from tf_shopee.export import model_fingerprint
+
+    fingerprint = getattr(model, "fingerprint", None) or model_fingerprint(model.directory)
+    return fingerprint[:16]
 
 
 def _embed_in_batches(model, kind: ModelKind, postings: Postings, *, batch_size: int,
-                      progress: bool) -> np.ndarray:
+                      progress: bool, views=None) -> np.ndarray:
     total = len(postings)
     uses_images, uses_titles = kind.uses_images, kind.uses_titles
-    embeddings = np.zeros((total, model.embedding_dim), np.float32)
+    shape = (total, model.embedding_dim) if views is None else (total, views.count,
+                                                                 model.embedding_dim)
+    embeddings = np.zeros(shape, np.float32)
+
+    def embed(images, titles):
+        if views is not None:
+            return model.embed_views(images, views, batch_size=batch_size)
+        return model.embed(images=images, titles=titles, batch_size=batch_size)
+
     with tqdm(total=total, desc=f"embed {kind}", unit="posting",
               disable=not progress) as bar:
         for start in range(0, total, batch_size):
@@ -138,8 +186,7 @@ def _embed_in_batches(model, kind: ModelKind, postings: Postings, *, batch_size:
             if rows:
                 titles = [postings.titles[row] for row in rows] if uses_titles else None
                 try:
-                    embeddings[rows] = model.embed(images=images, titles=titles,
-                                                   batch_size=batch_size)
+                    embeddings[rows] = embed(images, titles)
                 except UserError:
                     raise
                 except Exception as error:
@@ -151,10 +198,8 @@ def _embed_in_batches(model, kind: ModelKind, postings: Postings, *, batch_size:
                     # An image Pillow reads but TensorFlow's decoder does not: find it.
                     for row, image in zip(rows, images):
                         try:
-                            embeddings[row] = model.embed(
-                                images=[image],
-                                titles=[postings.titles[row]] if uses_titles else None,
-                            )[0]
+                            embeddings[row] = embed(
+                                [image], [postings.titles[row]] if uses_titles else None)[0]
                         except Exception as row_error:  # noqa: BLE001
                             postings.bad_images[row] = (
                                 f"{_image_name(postings, row)}: TensorFlow cannot decode it "

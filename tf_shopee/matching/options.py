@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tf_shopee.data.views import parse_tta
 from tf_shopee.errors import UserError
 from tf_shopee.matching.decision import METHODS, check_threshold
 from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE
@@ -43,6 +44,8 @@ class MatchOptions:
         cache_dir: the embedding cache folder (empty: none; a :class:`PredictOptions` keeps it
             in ``.embedding_cache`` beside ``out``).
         progress: progress bars and log lines.
+        tta: test-time views of every photo, averaged (``--tta``: ``flip``, ``crop`` or
+            ``flip,crop``; empty: none); image models only.
     """
 
     models: list[str] = field(default_factory=list)
@@ -63,6 +66,7 @@ class MatchOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     cache_dir: str = ""
     progress: bool = True
+    tta: str = ""
 
     def __post_init__(self):
         self.check()
@@ -88,6 +92,7 @@ class MatchOptions:
             if not (isinstance(value, float) and 0.0 <= value <= 1.0):
                 raise UserError(f"--inb-grid: blend thresholds are similarities in [0, 1], got "
                                 f"{value!r}")
+        self.views = parse_tta(self.tta)  # UserError naming --tta for an unknown view
         if self.threshold_method not in METHODS:
             raise UserError(f"--threshold-method must be one of {', '.join(METHODS)}, got "
                             f"{self.threshold_method!r}")
@@ -114,6 +119,7 @@ class MatchOptions:
             "inb_grid": list(self.inb_grid),
             "k": self.k,
             "max_matches": self.max_matches,
+            "tta": self.tta or None,
         }
 
 

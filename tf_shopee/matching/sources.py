@@ -132,6 +132,7 @@ def embed_sources(
     cache_dir: str = "",
     progress: bool = True,
     skip_missing_inputs: bool = False,
+    views=None,
 ) -> dict[str, np.ndarray]:
     """Embed ``postings`` with every model, and add ``concat`` when an image and a text model
     are both present (and ``use_concat``).
@@ -143,6 +144,8 @@ def embed_sources(
         batch_size, cache_dir, progress: see :func:`tf_shopee.matching.embedding.embed_postings`.
         skip_missing_inputs: leave out models whose input the postings lack (a title-only
             catalogue query has no photo), instead of an error.
+        views: test-time views of the photos (a :class:`~tf_shopee.data.views.ViewSpec`),
+            averaged per posting; used by image models only.
 
     Returns:
         source name → (N, D) float32 L2-normalised embeddings.
@@ -155,8 +158,9 @@ def embed_sources(
                  or (kind.uses_titles and not has_titles))
         if skip_missing_inputs and lacks:
             continue
-        embeddings[name] = embed_postings(model, postings, batch_size=batch_size,
-                                          cache_dir=cache_dir, progress=progress)
+        embeddings[name] = embed_postings(
+            model, postings, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+            views=views if kind is ModelKind.IMAGE else None)
         kinds[name] = kind
     parts = concat_parts(kinds) if use_concat else None
     if parts:
