@@ -9,6 +9,7 @@ export, so a result can always be traced back to the settings that made it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import typing
@@ -16,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf_shopee.errors import UserError
-
-MODEL_KINDS = ("image", "text", "multimodal")
+from tf_shopee.models.kind import ModelKind
 
 
 @dataclass
@@ -110,11 +110,15 @@ class ArcFaceConfig:
 class ModelConfig:
     """Which model to train and its towers."""
 
-    kind: str = "image"  # image | text | multimodal
+    kind: ModelKind = ModelKind.IMAGE  # image | text | multimodal
     embedding_dim: int = 512
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
     text: TextModelConfig = field(default_factory=TextModelConfig)
     arc_face: ArcFaceConfig = field(default_factory=ArcFaceConfig)
+
+    def __post_init__(self):
+        # From a JSON file, --set or code, the kind is a ModelKind from here on.
+        self.kind = ModelKind.parse(self.kind, where="model.kind")
 
 
 @dataclass
@@ -196,8 +200,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check values that no type annotation can express; raise UserError naming the option."""
-        if self.model.kind not in MODEL_KINDS:
-            raise UserError(f"model.kind must be one of {MODEL_KINDS}, got {self.model.kind!r}")
+        self.model.kind = ModelKind.parse(self.model.kind, where="model.kind")
         if self.model.embedding_dim <= 0:
             raise UserError("model.embedding_dim must be positive")
         if self.train.batch_size <= 0:
@@ -272,7 +275,12 @@ def _coerce(value, hint, key: str):
             return float(value)
         if hint is str:
             return "" if value is None else str(value)
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return hint(value)
     except (TypeError, ValueError):
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            choices = ", ".join(str(member.value) for member in hint)
+            raise UserError(f"config key {key} must be one of {choices}, got {value!r}") from None
         raise UserError(f"config key {key} expects {hint.__name__}, got {value!r}") from None
     return value
 
@@ -295,8 +303,9 @@ def set_by_path(config, dotted_key: str, raw_value) -> None:
             target = getattr(target, part)
 
 
-def tiny_overrides(kind: str) -> list[str]:
+def tiny_overrides(kind: ModelKind) -> list[str]:
     """The smallest configuration of each model, for CPU smoke runs (``train.py --tiny``)."""
+    kind = ModelKind(kind)
     overrides = [
         "data.image_size=64",
         "data.shuffle_buffer=256",
@@ -323,7 +332,7 @@ def tiny_overrides(kind: str) -> list[str]:
         # behind the weights, and inference-mode embeddings collapse without re-estimating them.
         "train.batch_norm_recalibration_batches=20",
     ]
-    if kind == "image":
+    if kind is ModelKind.IMAGE:
         # Measured on the demo's 2,400 training photos (about 2.5 per group): with margin 0.3
         # and scale 30 the tiny CNN's loss does not go down at all and validation F1 falls;
         # a normalised softmax (margin 0, scale 16) on batches of 32 without dropout learns

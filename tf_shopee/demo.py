@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.io_utils import write_json_atomic
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.demo")
 
@@ -40,7 +41,7 @@ DEMO_FOLDS = 5
 # Fold 0 is only ever predicted, for the table: no epoch and no threshold is chosen on it. Fold 1
 # (SEARCH_FOLD) is the validation fold of training (best epoch) and the threshold-search fold.
 HELD_OUT_FOLD = 0
-MODEL_KINDS = ("image", "text")
+MODEL_KINDS = (ModelKind.IMAGE, ModelKind.TEXT)  # the models the demo trains
 
 
 def _banner(text: str) -> None:
@@ -131,14 +132,15 @@ STAGES = {
 SEARCH_FOLD = 1
 
 
-def demo_config(kind: str, tfrecord_dir: Path, *, epochs: int, seed: int, image_size: int,
-                weights: str = "imagenet"):
+def demo_config(kind: ModelKind, tfrecord_dir: Path, *, epochs: int, seed: int,
+                image_size: int, weights: str = "imagenet"):
     """The demo's training configuration of one model kind."""
     from tf_shopee.config import RunConfig, tiny_overrides
 
+    kind = ModelKind(kind)
     config = RunConfig(name=f"demo_{kind}")
     config.override(tiny_overrides(kind))
-    if kind == "image":
+    if kind is ModelKind.IMAGE:
         config.override([*IMAGE_RECIPE, f"model.image.weights={weights}",
                          f"data.image_size={image_size}"])
     config.override([
@@ -170,7 +172,7 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
         exports[kind] = (trained_dir, untrained_dir)
         config = demo_config(kind, tfrecord_dir, epochs=epochs[kind], seed=seed,
                              image_size=image_size)
-        what = ("EfficientNet-Lite0 (ImageNet weights)" if kind == "image"
+        what = ("EfficientNet-Lite0 (ImageNet weights)" if kind is ModelKind.IMAGE
                 else "tiny text model (from scratch)")
         if _exported_with(trained_dir, config) and _exported_with(untrained_dir, None):
             _banner(f"3. {what} already trained: {trained_dir}")
@@ -186,7 +188,7 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
             )
             print(f"   validation F1 {metrics.get('untrained_f1'):.4f} as initialised → "
                   f"{metrics.get('best_f1'):.4f} trained; exported to {trained_dir}")
-        if kind == "image":
+        if kind is ModelKind.IMAGE:
             # The same network with random weights, exported as initialised (train.py
             # --epochs 0): what the ImageNet weights are worth before any fine-tuning.
             random_dir = workdir / "saved_models" / "image_random"

@@ -36,6 +36,7 @@ import numpy as np
 
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import read_json
+from tf_shopee.models.kind import ModelKind
 
 EXPORT_FORMAT = "tf_shopee.embedding_model"
 EXPORT_FORMAT_VERSION = 1
@@ -52,7 +53,7 @@ SERVING_INPUTS = {
 }
 
 
-def _serving_module(embedding_model, *, kind: str, image_size: int, text_preprocessor):
+def _serving_module(embedding_model, *, kind: ModelKind, image_size: int, text_preprocessor):
     """A ``tf.Module`` holding the model (and tokenizer) with a raw-input serving function."""
     import tensorflow as tf
 
@@ -84,12 +85,12 @@ def _serving_module(embedding_model, *, kind: str, image_size: int, text_preproc
     server = EmbeddingServer()
     image_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     title_spec = tf.TensorSpec([None], tf.string, name="titles")
-    if kind == "image":
+    if kind is ModelKind.IMAGE:
         server.serve = tf.function(
             lambda image_bytes: server.embed_raw(image_bytes=image_bytes),
             input_signature=[image_spec],
         )
-    elif kind == "text":
+    elif kind is ModelKind.TEXT:
         server.serve = tf.function(
             lambda titles: server.embed_raw(titles=titles), input_signature=[title_spec]
         )
@@ -140,9 +141,8 @@ def export_model(
     """
     import tensorflow as tf
 
-    if kind not in SERVING_INPUTS:
-        raise UserError(f"model kind must be one of {sorted(SERVING_INPUTS)}, got {kind!r}")
-    if kind in ("text", "multimodal") and text_preprocessor is None:
+    kind = ModelKind.parse(kind, where="export")
+    if kind.uses_titles and text_preprocessor is None:
         raise UserError(f"a {kind} model needs its text_preprocessor to be exported")
     export_dir = Path(export_dir)
     if export_dir.exists() and not _replaceable(export_dir):
@@ -245,7 +245,7 @@ class ExportedModel:
     def __init__(self, directory: Path, metadata: dict, serving_function):
         self.directory = directory
         self.metadata = metadata
-        self.kind = metadata["kind"]
+        self.kind = ModelKind(metadata["kind"])  # read_export_metadata checked it
         self.embedding_dim = int(metadata["embedding_dim"])
         self.threshold = metadata.get("threshold")
         self._serving_function = serving_function
@@ -331,7 +331,7 @@ def load_exported(
         # Registers the tokenizer ops (FastBertNormalize, ...) that a text model's graph uses.
         import tensorflow_text  # noqa: F401
     except ImportError:
-        if metadata["kind"] != "image":
+        if ModelKind(metadata["kind"]).uses_titles:
             raise UserError("loading a text or multimodal export needs tensorflow-text") from None
     try:
         loaded = tf.saved_model.load(str(directory))

@@ -46,6 +46,7 @@ from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.export import METADATA_FILE
 from tf_shopee.matching.options import MatchOptions, parse_threshold_overrides
 from tf_shopee.matching.postings import Postings
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.catalog.app")
 
@@ -375,7 +376,7 @@ def load_app(index_dir: str, models: list[str], *, search: str = "auto",
 
 
 # The demo's models (tf_shopee.demo writes them to DEMO_DIR/saved_models/<kind>).
-DEMO_MODEL_KINDS = ("image", "text")
+DEMO_MODEL_KINDS = (ModelKind.IMAGE, ModelKind.TEXT)
 
 
 def demo_index(demo_dir: str) -> Path:

@@ -35,13 +35,15 @@ from tf_shopee.matching.sources import (
     is_phash_source,
     source_kind,
 )
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.matching")
 
 
 # Which source's nearest candidate "at least one neighbour" (min2) adds when no thresholds file
 # decides, in order of preference: the richest representation present.
-MIN2_SOURCE_PREFERENCE = (CONCAT, "multimodal", "text", "image", TFIDF, PHASH)
+MIN2_SOURCE_PREFERENCE = (CONCAT, ModelKind.MULTIMODAL.value, ModelKind.TEXT.value,
+                          ModelKind.IMAGE.value, TFIDF, PHASH)
 # Without a thresholds file, the lowest cosine min2 accepts from a model source (the floor the
 # shipped model-free search chose for raw TF-IDF cosines before local scaling).
 MODEL_MIN2_FLOOR = 0.3
@@ -75,7 +77,8 @@ def default_decision(planned: PlannedSources, *, searching: bool = False,
         where = f"model export {planned.model_dirs[name]}"
         rules[name] = SourceRule(check_threshold(name, value, where=where))
         origin[name] = "model export"
-    parts = [name for name in ("image", "text") if name in planned.model_thresholds]
+    parts = [name for name in (ModelKind.IMAGE.value, ModelKind.TEXT.value)
+             if name in planned.model_thresholds]
     if CONCAT in planned.names and len(parts) == 2:
         # No validation ever saw the concatenation: start from the mean of its two parts.
         rules[CONCAT] = SourceRule(float(np.mean([rules[name].threshold for name in parts])))

@@ -130,7 +130,7 @@ def train_and_evaluate(
     keras.mixed_precision.set_global_policy(policy_name)
     try:
         text_preprocessor = None
-        if config.model.kind in ("text", "multimodal"):
+        if config.model.kind.uses_titles:
             with name_damaged_shards(facts.directory):
                 text_preprocessor = _text_preprocessor(
                     config, facts, workdir, strategy, chief=chief, resuming=resuming

@@ -117,7 +117,7 @@ class TrainingRun:
     def _train_iterator(self, epoch: int, skip_steps: int):
         config = self.config
         kind = config.model.kind
-        with_image = kind in ("image", "multimodal")
+        with_image = kind.uses_images
 
         def dataset_fn(input_context):
             dataset = make_dataset(
@@ -152,7 +152,7 @@ class TrainingRun:
     def _plain_dataset(self, *, folds=None, exclude_folds=None):
         """One un-augmented, unshuffled pass over some folds (for validation or precise BN)."""
         kind = self.config.model.kind
-        with_image = kind in ("image", "multimodal")
+        with_image = kind.uses_images
         return make_dataset(
             self.facts.directory,
             training=False,
