@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from tf_shopee.config import MIN_IMAGE_SIZE
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.io_utils import atomic_path
 from tf_shopee.synthetic.drawing import draw_product
@@ -42,7 +43,6 @@ CSV_COLUMNS = ("posting_id", "image", "image_phash", "title", "label_group")
 CSV_NAME = "train.csv"
 IMAGES_DIRNAME = "train_images"
 DEFAULT_IMAGE_SIZE = 256
-MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 MAX_POSTINGS = 1_000_000
 
@@ -198,7 +198,8 @@ def generate_dataset(
         postings: Number of postings (rows), at least 2.
         seed: Non-negative random seed; the same seed gives the same CSV and image bytes, whatever
             ``workers`` is.
-        image_size: Side of the square JPEG photos in pixels (32..1024).
+        image_size: Side of the square JPEG photos in pixels, from
+            :data:`tf_shopee.config.MIN_IMAGE_SIZE` (32) to 1024.
         workers: Processes to render with; default: the CPUs this process may use.
         progress: Print a progress line to stderr as families finish.
         group_size: Give every label group this many postings (2..50) instead of drawing sizes
