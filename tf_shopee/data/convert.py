@@ -54,9 +54,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# image_problem lives in tf_shopee.data.images; predict.py still imports it from here until the
-# matching redesign (issue 17) moves that import, so the name stays importable here meanwhile.
-from tf_shopee.data.images import (  # noqa: F401  (image_problem: for predict.py)
+# image_problem lives in tf_shopee.data.images; tf_shopee.matching.embedding still imports it
+# from here, so the name stays importable here until that import moves.
+from tf_shopee.data.images import (  # noqa: F401  (image_problem: for matching.embedding)
     DEFAULT_MAX_PIXELS,
     ImageOptions,
     ImageResult,
