@@ -19,13 +19,19 @@ from pathlib import Path
 from tf_shopee.errors import UserError
 from tf_shopee.models.kind import ModelKind
 
+# The smallest photo side, in pixels, anywhere in the project (training, the synthetic generator,
+# decoding): the image backbones downsample by 32, so a smaller photo leaves them less than one
+# pixel of feature map. Checked with a UserError where a size enters (this config, the synthetic
+# generator's arguments); deeper layers check the same constant with a ValueError.
+MIN_IMAGE_SIZE = 32
+
 
 @dataclass
 class DataConfig:
     """Where the training data is and how it is fed."""
 
     tfrecords: str = ""  # folder written by convert_tfrecords.py (holds manifest.json)
-    image_size: int = 256
+    image_size: int = 256  # photo side in pixels, at least MIN_IMAGE_SIZE
     validation_fold: int = 0  # train on folds != k, validate on fold k; -1 trains on everything
     # Folds kept out of training and validation, comma-separated (e.g. "1"): data the model never
     # saw, to choose thresholds on (predict.py --fold 1 --search-thresholds) without touching the
@@ -220,8 +226,9 @@ class RunConfig:
         if self.data.validation_fold in holdout:
             raise UserError(f"data.holdout_folds {self.data.holdout_folds!r} includes the "
                             f"validation fold {self.data.validation_fold}")
-        if self.data.image_size < 16:
-            raise UserError("data.image_size must be at least 16 pixels")
+        if self.data.image_size < MIN_IMAGE_SIZE:
+            raise UserError(f"data.image_size must be at least {MIN_IMAGE_SIZE} pixels, got "
+                            f"{self.data.image_size}")
         if self.model.image.pooling not in ("avg", "gem"):
             raise UserError(
                 f"model.image.pooling must be avg or gem, got {self.model.image.pooling!r}"

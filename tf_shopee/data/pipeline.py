@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import tensorflow as tf
 
+from tf_shopee.config import MIN_IMAGE_SIZE
 from tf_shopee.data.schema import SHARD_SUFFIX, parse_postings
 from tf_shopee.errors import UserError
 
@@ -149,8 +150,8 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 
     Pure TensorFlow ops: works eagerly, in ``tf.data`` and inside a SavedModel / ``tf.function``.
     """
-    if not isinstance(image_size, numbers.Integral) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if not isinstance(image_size, numbers.Integral) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     image_size = int(image_size)
     image_bytes = tf.convert_to_tensor(image_bytes, dtype=tf.string)
 
@@ -468,9 +469,11 @@ def make_dataset(
     exclude_folds = _normalise_folds(exclude_folds, "exclude_folds")
     if not isinstance(global_batch_size, numbers.Integral) or global_batch_size < 1:
         raise UserError(f"global batch size must be a positive int, got {global_batch_size!r}")
-    if with_image and (not isinstance(image_size, numbers.Integral) or image_size < 1):
+    if with_image and (not isinstance(image_size, numbers.Integral)
+                       or image_size < MIN_IMAGE_SIZE):
         raise UserError(
-            f"image_size must be a positive int when images are read, got {image_size!r}"
+            f"image_size must be an int >= {MIN_IMAGE_SIZE} when images are read, got "
+            f"{image_size!r}"
         )
     global_batch_size = int(global_batch_size)
     if with_image:

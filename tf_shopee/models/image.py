@@ -26,7 +26,7 @@ import re
 import keras
 from keras import ops
 
-from tf_shopee.config import ImageModelConfig
+from tf_shopee.config import MIN_IMAGE_SIZE, ImageModelConfig
 from tf_shopee.errors import UserError, warn_once
 from tf_shopee.models.efficientnet_lite import (
     LITE_VARIANTS,
@@ -271,7 +271,8 @@ def build_image_tower(
             BatchNorm only; ``none``: the pooled features), and whether the backbone's
             BatchNorm layers stay frozen (``freeze_batch_norm``). Frozen BatchNorm layers run in
             inference mode.
-        image_size: side of the square input images in pixels.
+        image_size: side of the square input images in pixels, at least
+            :data:`tf_shopee.config.MIN_IMAGE_SIZE`.
         embedding_dim: width of the output embedding.
         load_pretrained_weights: False builds the same architecture without loading any
             weights (no download, no warning): for rebuilding a trained model before restoring
@@ -286,6 +287,7 @@ def build_image_tower(
     Raises:
         UserError: unknown backbone, bad option, missing or unusable weights file, or ImageNet
             weights that cannot be downloaded.
+        ValueError: ``image_size`` below :data:`tf_shopee.config.MIN_IMAGE_SIZE`.
     """
     _validate_config(config, image_size=image_size, embedding_dim=embedding_dim)
     weights = _normalise_weights_option(config.weights)
@@ -392,9 +394,10 @@ def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim
         raise UserError(f"model.image.dropout must be in [0, 1), got {config.dropout!r}")
     if config.pooling == "gem" and not config.gem_p >= 1.0:
         raise UserError(f"model.image.gem_p must be at least 1, got {config.gem_p!r}")
-    if image_size < 32:
-        raise UserError(f"image size must be at least 32 pixels for the image tower, got "
-                        f"{image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        # A programmer's error: the configuration checked data.image_size when it was read.
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels for the image "
+                         f"tower, got {image_size}")
     if embedding_dim <= 0:
         raise UserError(f"model.embedding_dim must be positive, got {embedding_dim}")
 

@@ -104,11 +104,6 @@ class TextBackbone:
     source: str
     location: str = ""
 
-    @property
-    def is_directory(self) -> bool:
-        """True when the backbone is read from a local directory."""
-        return self.source in ("keras_hub_directory", "hugging_face_directory")
-
 
 def supported_presets() -> list[str]:
     """Names of the keras-hub text presets :func:`resolve_text_backbone` accepts."""

@@ -66,8 +66,8 @@ class TrainStepOutputs:
 class Trainer:
     """The distributed train step: models, optimizers, counters, loss scaling.
 
-    Built inside ``strategy.scope()`` by :func:`build_trainer`; usable on its own (tests build one
-    around any embedding/training model pair).
+    Built inside ``strategy.scope()`` by :func:`tf_shopee.training.job.train_and_evaluate`;
+    usable on its own (tests build one around any embedding/training model pair).
 
     Args:
         strategy: the ``tf.distribute.Strategy``.
