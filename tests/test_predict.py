@@ -158,9 +158,7 @@ def test_threshold_override_changes_matches(synthetic_set, tmp_path):
     assert counts["1.0"] < counts["0.3"]
 
 
-def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path):
-    from tf_shopee.neighbours.phash import hamming_distances
-
+def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path, hamming_distances):
     csv_path = synthetic_set / "data" / "train.csv"
     out = tmp_path / "phash.csv"
     report_path = tmp_path / "report.json"

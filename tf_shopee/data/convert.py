@@ -54,13 +54,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# image_problem lives in tf_shopee.data.images; tf_shopee.matching.embedding still imports it
-# from here, so the name stays importable here until that import moves.
-from tf_shopee.data.images import (  # noqa: F401  (image_problem: for matching.embedding)
+from tf_shopee.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageOptions,
     ImageResult,
-    image_problem,
     image_results,
 )
 from tf_shopee.data.manifest import LABEL_MAP_NAME, MANIFEST_NAME, REJECTS_NAME

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tf_shopee.data.convert import image_problem
+from tf_shopee.data.images import image_problem
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import atomic_path, write_json_atomic
 from tf_shopee.matching.postings import Postings

@@ -367,18 +367,6 @@ def get_backbone(tower: keras.Model) -> keras.Model:
     return tower.get_layer("backbone")
 
 
-def set_trainable(tower: keras.Model, mode: str, *, freeze_batch_norm: bool = False) -> None:
-    """Change which part of an image tower trains (``head`` | ``last_block`` |
-    ``last_N_blocks`` | ``all``).
-
-    The embedding head (pooling, Dense, BatchNorm) always trains; ``freeze_batch_norm`` keeps
-    the backbone's BatchNorm layers frozen whatever the mode. Recompile (or rebuild the
-    optimizer) afterwards: Keras collects trainable variables when the train step is traced.
-    """
-    trainable_stages(mode)  # validates the mode
-    _set_trainable(get_backbone(tower), mode, tower.name, freeze_batch_norm=freeze_batch_norm)
-
-
 def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim: int) -> None:
     if config.pooling not in POOLING_MODES:
         raise UserError(
