@@ -39,6 +39,7 @@ test-all: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not real_data" tests
 
+# A DEMO_DIR holding a set generated with another DEMO_POSTINGS is refused (make clean-demo first).
 demo: install
 	$(PY) -m tf_shopee.demo --workdir $(DEMO_DIR) --postings $(DEMO_POSTINGS)
 

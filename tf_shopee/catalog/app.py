@@ -442,6 +442,9 @@ def main(argv=None) -> None:
     from tf_shopee.predict import _parse_threshold_overrides
 
     arguments = build_argument_parser().parse_args(argv)
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()  # without its start-up chatter (TF_SHOPEE_VERBOSE=1 keeps it)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if arguments.top < 1:
