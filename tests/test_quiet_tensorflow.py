@@ -1,5 +1,6 @@
 """TensorFlow's start-up and runtime chatter stays out of the commands' output, unless asked."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -9,19 +10,22 @@ import pytest
 from tf_shopee import _is_start_up_chatter
 
 # What every command printed on a CPU machine before: the start-up lines (twice), then the
-# runtime's error line about CUDA when the devices are listed.
+# runtime's error line about CUDA when the devices are listed, and absl's INFO lines through
+# the root logger the commands configure at INFO. Prints the level of absl's Python logger.
 IMPORT_AND_LIST_DEVICES = (
-    "import tf_shopee; tf = tf_shopee.import_tensorflow(); tf.config.list_physical_devices()"
+    "import logging, tf_shopee; tf = tf_shopee.import_tensorflow(); "
+    "tf.config.list_physical_devices(); print(logging.getLogger('absl').level)"
 )
 
 
-def _stderr_of_a_fresh_process(**environment) -> str:
+def _run_a_fresh_process(**environment) -> tuple[str, str]:
+    """(stdout, stderr) of a fresh interpreter importing TensorFlow as the commands do."""
     clean = {key: value for key, value in os.environ.items()
              if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_SHOPEE_VERBOSE")}
     finished = subprocess.run([sys.executable, "-c", IMPORT_AND_LIST_DEVICES],
                               env={**clean, **environment}, capture_output=True, text=True,
                               timeout=300, check=True)
-    return finished.stderr
+    return finished.stdout, finished.stderr
 
 
 @pytest.mark.parametrize("line, chatter", [
@@ -38,14 +42,16 @@ def test_only_the_runtimes_information_and_warning_lines_are_chatter(line, chatt
 
 
 def test_a_command_prints_none_of_tensorflows_chatter_by_default():
-    stderr = _stderr_of_a_fresh_process()
+    stdout, stderr = _run_a_fresh_process()
     assert "absl::InitializeLog" not in stderr
     assert "oneDNN custom operations" not in stderr
     assert "cuInit" not in stderr
+    assert stdout.split() == [str(logging.WARNING)]  # absl's INFO lines are dropped
 
 
 def test_tf_shopee_verbose_brings_tensorflows_lines_back():
-    stderr = _stderr_of_a_fresh_process(TF_SHOPEE_VERBOSE="1")
+    stdout, stderr = _run_a_fresh_process(TF_SHOPEE_VERBOSE="1")
     assert "oneDNN custom operations" in stderr
     # Still once each, not twice (TensorFlow writes its start-up lines from two libraries).
     assert stderr.count("oneDNN custom operations") == 1
+    assert stdout.split() == [str(logging.NOTSET)]

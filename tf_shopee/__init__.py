@@ -11,9 +11,9 @@ happens we set environment defaults, because TensorFlow reads them only at impor
   and none of them asks the user to do anything. Errors still reach the user as Python
   exceptions, and our own warnings (Python logging and prints) are not affected.
 
-Both are ``setdefault``: a user's own setting wins. ``TF_SHOPEE_VERBOSE=1`` sets neither log
-default and keeps TensorFlow's start-up lines (see :func:`import_tensorflow`): everything
-TensorFlow says comes back, for debugging a device or driver problem.
+Both are ``setdefault``: a user's own setting wins. ``TF_SHOPEE_VERBOSE=1`` sets no log default
+and keeps TensorFlow's start-up lines and absl's INFO lines (see :func:`import_tensorflow`):
+everything TensorFlow says comes back, for debugging a device or driver problem.
 """
 
 import os
@@ -68,6 +68,13 @@ def import_tensorflow():
                 seen.add(key)
                 sys.stderr.write(line)
             sys.stderr.flush()
+    if not VERBOSE:
+        # absl's Python logger reports TensorFlow internals at INFO ("Sharding callback
+        # duration: 203 microseconds" in every training run) through the root logger our
+        # commands configure at INFO; its warnings still show.
+        import logging
+
+        logging.getLogger("absl").setLevel(logging.WARNING)
     return tensorflow
 
 
