@@ -11,10 +11,12 @@ from tf_shopee import _is_start_up_chatter
 
 # What every command printed on a CPU machine before: the start-up lines (twice), then the
 # runtime's error line about CUDA when the devices are listed, and absl's INFO lines through
-# the root logger the commands configure at INFO. Prints the level of absl's Python logger.
+# the root logger the commands configure at INFO. Prints the levels of TensorFlow's and absl's
+# Python loggers.
 IMPORT_AND_LIST_DEVICES = (
     "import logging, tf_shopee; tf = tf_shopee.import_tensorflow(); "
-    "tf.config.list_physical_devices(); print(logging.getLogger('absl').level)"
+    "tf.config.list_physical_devices(); "
+    "print(logging.getLogger('tensorflow').level, logging.getLogger('absl').level)"
 )
 
 
@@ -46,7 +48,7 @@ def test_a_command_prints_none_of_tensorflows_chatter_by_default():
     assert "absl::InitializeLog" not in stderr
     assert "oneDNN custom operations" not in stderr
     assert "cuInit" not in stderr
-    assert stdout.split() == [str(logging.WARNING)]  # absl's INFO lines are dropped
+    assert stdout.split() == [str(logging.WARNING)] * 2  # their INFO lines are dropped
 
 
 def test_tf_shopee_verbose_brings_tensorflows_lines_back():
@@ -54,4 +56,4 @@ def test_tf_shopee_verbose_brings_tensorflows_lines_back():
     assert "oneDNN custom operations" in stderr
     # Still once each, not twice (TensorFlow writes its start-up lines from two libraries).
     assert stderr.count("oneDNN custom operations") == 1
-    assert stdout.split() == [str(logging.NOTSET)]
+    assert stdout.split() == [str(logging.NOTSET)] * 2  # both loggers left as they were

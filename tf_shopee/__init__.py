@@ -12,7 +12,8 @@ happens we set environment defaults, because TensorFlow reads them only at impor
   exceptions, and our own warnings (Python logging and prints) are not affected.
 
 Both are ``setdefault``: a user's own setting wins. ``TF_SHOPEE_VERBOSE=1`` sets no log default
-and keeps TensorFlow's start-up lines and absl's INFO lines (see :func:`import_tensorflow`):
+and keeps TensorFlow's start-up lines and its and absl's Python INFO lines (see
+:func:`import_tensorflow`):
 everything TensorFlow says comes back, for debugging a device or driver problem.
 """
 
@@ -69,12 +70,13 @@ def import_tensorflow():
                 sys.stderr.write(line)
             sys.stderr.flush()
     if not VERBOSE:
-        # absl's Python logger reports TensorFlow internals at INFO ("Sharding callback
-        # duration: 203 microseconds" in every training run) through the root logger our
-        # commands configure at INFO; its warnings still show.
+        # TensorFlow's and absl's Python loggers report internals at INFO ("Assets written to:
+        # ...", "Sharding callback duration: 203 microseconds" in every training run) through the
+        # root logger our commands configure at INFO; their warnings still show.
         import logging
 
-        logging.getLogger("absl").setLevel(logging.WARNING)
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return tensorflow
 
 

@@ -343,10 +343,10 @@ def run_demo(workdir: str | Path, *, postings: int = 3000, seed: int = 0, image_
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _say_where_it_trains()
     started = time.perf_counter()
     tfrecord_dir = generate_and_convert(workdir, postings=postings, seed=seed,
                                         image_size=image_size)
+    _say_where_it_trains()
     exports = train_models(workdir, tfrecord_dir,
                            epochs={"image": image_epochs, "text": text_epochs}, seed=seed,
                            image_size=image_size)
