@@ -145,7 +145,7 @@ def test_a_real_browser_uploads_a_photo_and_sees_the_product_first(grocery_app, 
         # The photos load (thumbnails served by the app).
         assert driver.execute_script(
             "return [...document.querySelectorAll('#matches img')].every(i => i.naturalWidth > 0)")
-        if os.environ.get("TF_SHOPEE_SCREENSHOT"):  # the README's picture: photo and title
+        if os.environ.get("TF_SHOPEE_SCREENSHOT"):  # docs/catalogue.md's picture: photo and title
             driver.find_element(By.ID, "photo").send_keys(str(_query_photo(tmp_path)))
             driver.find_element(By.ID, "title").send_keys("oat milk")
             driver.find_element(By.ID, "submit").click()

@@ -440,6 +440,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     """Entry point: build or load the index, then serve until interrupted."""
     arguments = build_argument_parser().parse_args(argv)
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()  # without its start-up chatter (TF_SHOPEE_VERBOSE=1 keeps it)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if arguments.top < 1:

@@ -149,6 +149,9 @@ def main(argv=None) -> dict:
             return manifest
         print(describe(arguments.index, verify=arguments.verify))
         return read_manifest(arguments.index)
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()  # build and add embed: without its start-up chatter (TF_SHOPEE_VERBOSE=1)
     options = _options(arguments)
     if not (options.csv or options.tfrecords):
         raise UserError("give --csv (with --images for photos) or --tfrecords")
