@@ -13,6 +13,7 @@ sentence for the user.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +30,9 @@ QUERY_SIDE = 1024
 SHOWN_SIDE = 174
 # Formats the models' decoder (tf.io.decode_image) reads as they are.
 _MODEL_FORMATS = ("JPEG", "PNG")
+# Pillow warns from 89 megapixels on; photos are refused far below that here (MAX_PIXELS), so its
+# warning would only repeat, in the log, what the refusal says.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError,
                   Image.DecompressionBombError)
 
@@ -73,6 +77,10 @@ def decode_photo(data: bytes, *, side: int | None = None, max_pixels: int = MAX_
         return image, size
     except PhotoError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own check, at open, far above ours
+        raise PhotoError(f"{name} has hundreds of megapixels; photos of up to "
+                         f"{max_pixels / 1e6:.0f} megapixels are read (JPEGs of any size: they "
+                         "are decoded at a reduced scale)") from None
     except _DECODE_ERRORS as error:
         reason = str(error).split("\n")[0][:200] or type(error).__name__
         raise PhotoError(f"{name} is not a photo that can be read (JPEG, PNG, GIF, BMP or "

@@ -157,6 +157,10 @@ class CatalogMatcher:
             missing.append(CONCAT)
         return missing
 
+    def plan_for(self, names: list[str]) -> MatchPlan:
+        """The decision queries with these sources get (what the app describes)."""
+        return self._plan(dict.fromkeys(names), {})
+
     def match(self, postings: Postings, *, embeddings: dict | None = None,
               rank_only: bool = False) -> QueryResult:
         """Neighbours, per-source matches and the combined matches of ``postings`` against the
