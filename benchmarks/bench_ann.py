@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Approximate catalogue search (FAISS IVF, tf_shopee.catalog.search) against the exact matcher.
 
-    python benchmarks/bench_ann.py --n 1000000 --dim 256 --json benchmarks/results/bench_ann_1m.json
+    python -m benchmarks.bench_ann --n 1000000 --dim 256 --json benchmarks/results/bench_ann_1m.json
 
 Protocol:
 
@@ -33,15 +33,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import command_line
 
 K = 51
 
@@ -58,7 +55,7 @@ def _normalised(matrix: np.ndarray) -> np.ndarray:
 def hierarchical_embeddings(n: int, queries: int, dim: int, seed: int = 0):
     """Catalogue (n, dim) and query (queries, dim) embeddings from the product hierarchy of the
     module docstring, and the product label of every row."""
-    from bench_matching import group_sizes
+    from benchmarks.bench_matching import group_sizes
 
     rng = np.random.default_rng(seed)
     sizes = group_sizes(rng, n)
@@ -131,7 +128,7 @@ def run(arguments) -> dict:
     catalogue, queries, _, _ = generate(arguments.n, arguments.queries, arguments.dim,
                                         arguments.seed)
     result = {
-        "command": "python benchmarks/bench_ann.py " + " ".join(sys.argv[1:]),
+        "command": command_line("bench_ann", None),
         "n": arguments.n, "dim": arguments.dim, "k": K, "queries": arguments.queries,
         "exact_queries": arguments.exact_queries, "data": arguments.data, "seed": arguments.seed,
         "generated_seconds": round(time.perf_counter() - started, 1),
