@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """A bounded load test of the catalogue web app (tf_shopee.catalog.app), on 127.0.0.1 only.
 
-    python benchmarks/bench_app.py --index INDEX --photos DIR [--requests 1000] [--concurrency 20]
-        [--json benchmarks/results/bench_app.json]
+    python -m benchmarks.bench_app --index INDEX --photos DIR [--requests 1000]
+        [--concurrency 20] [--json benchmarks/results/bench_app.json]
 
 ``tests/catalog/test_app_load.py`` runs it in the suite (1,000 requests at concurrency 20 over a
 synthetic catalogue with tiny image and text models) and writes ``bench_app.json``.
@@ -49,7 +49,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPOSITORY, command_line
+
 KINDS = ("search", "browse", "bad")
 
 
@@ -325,7 +326,7 @@ def main(argv=None) -> dict:
     finally:
         process.terminate()
         process.wait(timeout=60)
-    report["command"] = "python benchmarks/bench_app.py " + " ".join(argv or sys.argv[1:])
+    report["command"] = command_line("bench_app", argv)
     print(json.dumps({key: report[key] for key in ("requests", "errors", "wrong_status",
                                                    "latency", "server_memory")}, indent=2))
     if arguments.json:

@@ -6,12 +6,9 @@ benchmarks/results/bench_app.json."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from catalog_helpers import REPOSITORY
-
-sys.path.insert(0, str(REPOSITORY / "benchmarks"))
 
 REQUESTS = 1000
 CONCURRENCY = 20
@@ -22,8 +19,7 @@ MEMORY_SLACK_MB = 150
 
 @pytest.mark.slow
 def test_the_app_under_load(catalogue_set, tiny_models, tmp_path):
-    import bench_app
-
+    from benchmarks import bench_app
     from tf_shopee.catalog.index import BuildOptions, build_index
     from tf_shopee.io_utils import relative_paths, write_json_atomic
 
