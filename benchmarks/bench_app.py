@@ -42,6 +42,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -68,15 +69,17 @@ def start_app(index: str, *, port: int | None = None, timeout: float = 300
               ) -> tuple[subprocess.Popen, str]:
     """The app in its own process, ready (``/api/health`` answers); (process, base URL)."""
     port = port or free_port()
+    # Its log goes to a file: a pipe nobody reads fills up and blocks the server's next log line.
+    log = tempfile.NamedTemporaryFile(prefix="bench_app_", suffix=".log", delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "tf_shopee.catalog.app", "--index", str(index), "--host",
-         "127.0.0.1", "--port", str(port)], cwd=REPOSITORY, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+         "127.0.0.1", "--port", str(port)], cwd=REPOSITORY, stdout=log, stderr=log)
+    process.log_path = log.name
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the app stopped: {process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"the app stopped: {Path(log.name).read_text()[-2000:]}")
         try:
             if _get(url, "/api/health")[0] == 200:
                 return process, url
@@ -326,6 +329,7 @@ def main(argv=None) -> dict:
     finally:
         process.terminate()
         process.wait(timeout=60)
+        Path(process.log_path).unlink(missing_ok=True)
     report["command"] = command_line("bench_app", argv)
     print(json.dumps({key: report[key] for key in ("requests", "errors", "wrong_status",
                                                    "latency", "server_memory")}, indent=2))

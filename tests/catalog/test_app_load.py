@@ -6,6 +6,7 @@ benchmarks/results/bench_app.json."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from catalog_helpers import REPOSITORY
@@ -37,6 +38,7 @@ def test_the_app_under_load(catalogue_set, tiny_models, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=60)
+        Path(process.log_path).unlink(missing_ok=True)
     shown = json.dumps({key: report[key] for key in ("errors", "error_examples", "wrong_status",
                                                      "wrong_examples", "server_memory")})
     assert report["errors"] == 0, shown
