@@ -347,3 +347,17 @@ def test_damaged_or_foreign_savedmodels_are_refused_when_loaded(catalogue_set, t
             catalogue_set / "data" / "train_images", "--model", model, "--out",
             tmp_path / f"index_{model.name}", "--quiet"], capsys)
         assert status == 2 and message in stderr, stderr
+
+
+def test_a_manifest_edited_to_drop_its_models_is_refused(catalogue_set, tiny_models, tmp_path):
+    """``models: []`` silently dropped the model sources: the index answered without them."""
+    out = tmp_path / "index"
+    build_index(BuildOptions(csv=str(catalogue_set / "part_a.csv"),
+                             images=str(catalogue_set / "data" / "train_images"),
+                             models=[str(tiny_models["image"])], out=str(out), progress=False))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["models"] = []
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    completed = _predict(out, catalogue_set, tmp_path)
+    assert completed.returncode == 2
+    assert "model sources cannot be dropped or added by editing its manifest" in completed.stderr
