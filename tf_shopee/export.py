@@ -335,12 +335,33 @@ def load_exported(
             raise UserError("loading a text or multimodal export needs tensorflow-text") from None
     try:
         loaded = tf.saved_model.load(str(directory))
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        raise UserError(f"cannot load the SavedModel in {directory}: {error}") from None
+    except (OSError, ValueError, IndexError, KeyError, tf.errors.OpError) as error:
+        # IndexError: a variables file cut short (TensorFlow reads past its end).
+        raise UserError(f"cannot load the SavedModel in {directory} (damaged or unfinished "
+                        f"copy?): {type(error).__name__}: {str(error)[:300]}") from None
     if "serving_default" not in loaded.signatures:
         raise UserError(f"{directory} has no serving_default signature")
     serving_function = loaded.signatures["serving_default"]
+    _check_signature(directory, metadata, serving_function)
     # Keep the loaded object alive: the signature function refers to its variables.
     model = ExportedModel(directory, metadata, serving_function)
     model._loaded = loaded
     return model
+
+
+def _check_signature(directory: Path, metadata: dict, serving_function) -> None:
+    """Refuse a SavedModel whose serving signature is not what :func:`export_model` writes for
+    the metadata's kind (e.g. another SavedModel with a copied ``tf_shopee_export.json``):
+    calling it would fail on every posting, each reported as a bad photo or title."""
+    inputs = serving_function.structured_input_signature[1]
+    outputs = serving_function.structured_outputs
+    expected = set(SERVING_INPUTS[metadata["kind"]])
+    embeddings = outputs.get("embeddings") if isinstance(outputs, dict) else None
+    if (set(inputs) != expected or any(spec.dtype.name != "string" for spec in inputs.values())
+            or embeddings is None or embeddings.shape[-1] != int(metadata["embedding_dim"])):
+        found = ", ".join(f"{name}: {spec.dtype.name}" for name, spec in inputs.items())
+        raise UserError(
+            f"{directory} is not a tf_shopee {metadata['kind']} export: its serving signature "
+            f"takes ({found}) and gives {sorted(outputs) if isinstance(outputs, dict) else '?'}"
+            f", where one takes {sorted(expected)} as strings and gives 'embeddings' of "
+            f"{metadata['embedding_dim']} (a SavedModel with a copied {METADATA_FILE}?)")

@@ -161,6 +161,14 @@ def test_scratch_without_titles_or_vocabulary_file_is_a_user_error(tmp_path):
         text.build_title_preprocessor(tiny_config(), vocabulary_path=tmp_path / "missing.txt")
 
 
+def test_titles_without_a_letter_or_digit_are_a_user_error_not_a_stop_iteration(tmp_path):
+    # Issue 21: train.py --model text on a set whose titles are all empty or punctuation.
+    with pytest.raises(UserError, match="none of the 4 training titles has a letter or digit"):
+        text.build_title_preprocessor(tiny_config(), titles=["", "!!! ...", " ", "--"],
+                                      vocabulary_path=tmp_path / "vocab.txt")
+    assert not (tmp_path / "vocab.txt").exists()
+
+
 def test_vocabulary_without_special_tokens_is_a_user_error(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("a\nb\n[PAD]\n", encoding="utf-8")

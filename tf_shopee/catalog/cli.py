@@ -41,6 +41,12 @@ def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
                         "the index")
     parser.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
                         help="a source's threshold to keep with the index (repeatable)")
+    parser.add_argument("--encoding", default=None, metavar="NAME",
+                        help="the CSV's text encoding, e.g. cp1252 (default: detected; UTF-8, "
+                        "else a single-byte code page, as predict.py does)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="stop at once when another build or add is writing the same index "
+                        "(default: wait for it to finish)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
@@ -58,6 +64,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--model saved_models/image --model saved_models/text --out index/\n"
         "  python -m tf_shopee.catalog add --index index/ --csv new.csv --images photos\n"
         "  python -m tf_shopee.catalog info --index index/\n\n"
+        "Writers of one index take turns: a second build or add waits for the first (or stops "
+        "with --no-wait); readers (predict.py --catalog, the app) always see one whole version.\n"
         "Exit status: 0 done; 2 for bad input (message on stderr).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,14 +100,14 @@ def _options(arguments) -> BuildOptions:
         thumbnails=not getattr(arguments, "no_thumbnails", False), ann=arguments.ann,
         batch_size=arguments.batch_size, max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet, overwrite=getattr(arguments, "overwrite", False),
+        encoding=arguments.encoding, wait=not arguments.no_wait,
     )
 
 
 def describe(directory: str, *, verify: bool = False) -> str:
     """A plain-text summary of an index: rows, sources, models, thresholds, files, history."""
 
-    manifest = read_manifest(directory)
-    verify_files(directory, manifest, checksums=verify)
+    manifest = verify_files(directory, checksums=verify)  # one version: manifest and files
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     lines = [
         f"catalogue index {directory} (format {manifest['format_version']}, "

@@ -54,6 +54,7 @@ from tf_shopee.matching.postings import Postings, read_postings
 from tf_shopee.matching.report import write_matches
 from tf_shopee.matching.sources import (
     COMBINED,
+    CONCAT,
     PHASH,
     PHASH_TEXT,
     TFIDF,
@@ -116,7 +117,7 @@ class CatalogMatcher:
             if mode == "ann":
                 if name in stored:
                     self.searchers[name] = IvfSearch.load(
-                        index.directory / stored[name]["file"], nprobe=nprobe or DEFAULT_NPROBE)
+                        index.kept_path(stored[name]["file"]), nprobe=nprobe or DEFAULT_NPROBE)
                 else:
                     logger.warning(
                         "%s: the index holds no approximate index (built with --ann never, or "
@@ -137,10 +138,38 @@ class CatalogMatcher:
             names += [PHASH, PHASH_TEXT] if self.options.use_tfidf else [PHASH]
         return names
 
-    def match(self, postings: Postings, *, embeddings: dict | None = None) -> QueryResult:
+    def undecided_sources(self) -> list[str]:
+        """The embedding sources that no decision covers: models exported without a threshold
+        (``train.py --epochs 0``, ``quality_image.py``) and not given one by a thresholds file or
+        ``--threshold`` (at build or here); ``concat`` when a part lacks one. Without a rule
+        they cannot say "match", only rank (:meth:`match` with ``rank_only``)."""
+        manifest = self.index.manifest
+        if self.options.thresholds_file or manifest["thresholds"].get("file"):
+            return []
+        given = {**manifest["thresholds"].get("overrides", {}),
+                 **self.options.threshold_overrides}
+        decided = {entry["source"] for entry in manifest["models"]
+                   if entry.get("threshold") is not None or entry["source"] in given}
+        missing = [entry["source"] for entry in manifest["models"]
+                   if entry["source"] not in decided]
+        concat = manifest.get("concat")
+        if concat and CONCAT not in given and not set(concat) <= decided:
+            missing.append(CONCAT)
+        return missing
+
+    def plan_for(self, names: list[str]) -> MatchPlan:
+        """The decision queries with these sources get (what the app describes)."""
+        return self._plan(dict.fromkeys(names), {})
+
+    def match(self, postings: Postings, *, embeddings: dict | None = None,
+              rank_only: bool = False) -> QueryResult:
         """Neighbours, per-source matches and the combined matches of ``postings`` against the
-        catalogue; ``embeddings`` (source → query embeddings) skips the models."""
+        catalogue; ``embeddings`` (source → query embeddings) skips the models. With
+        ``rank_only`` only the neighbours are found (``matches`` and ``thresholds`` are
+        empty, ``plan`` None): a ranking for catalogues without a decision."""
         neighbours, search, embeddings = self.neighbours(postings, embeddings=embeddings)
+        if rank_only:
+            return QueryResult(neighbours, {}, {}, None, search)
         plan = self._plan(neighbours, embeddings)
         matches = decide(neighbours, plan, self.options,
                          catalog_backgrounds=self.catalog_backgrounds(plan),
@@ -201,7 +230,7 @@ class CatalogMatcher:
                             "that this catalogue's sources can use")
         return neighbours, search, embeddings
 
-    def match_rows(self, rows: list[int]) -> QueryResult:
+    def match_rows(self, rows: list[int], *, rank_only: bool = False) -> QueryResult:
         """:meth:`match` for catalogue rows themselves (their stored titles, hashes and
         embeddings; no model call). Each row finds itself too: callers drop it."""
         index = self.index
@@ -212,7 +241,7 @@ class CatalogMatcher:
             else [index.image_phashes[row] for row in rows],
         )
         return self.match(postings, embeddings={name: matrix[rows] for name, matrix
-                                                in index.embeddings.items()})
+                                                in index.embeddings.items()}, rank_only=rank_only)
 
     def _image_sources(self) -> set[str]:
         """The embedding sources that depend on the photo."""
@@ -273,17 +302,22 @@ class CatalogMatcher:
                             if entry.get("threshold") is not None and entry["source"] in neighbours}
         model_dirs = {entry["source"]: entry.get("path", entry["source"])
                       for entry in manifest["models"] if entry["source"] in neighbours}
+        stored_file = manifest["thresholds"].get("file")
         options = dataclasses.replace(
             self.options,
+            # This version's file, open since the load (a path would follow a later swap).
             thresholds_file=self.options.thresholds_file or (
-                str(self.index.directory / manifest["thresholds"]["file"])
-                if manifest["thresholds"].get("file") else ""),
+                self.index.kept_path(stored_file) if stored_file else ""),
             threshold_overrides={**manifest["thresholds"].get("overrides", {}),
                                  **self.options.threshold_overrides},
         )
         planned = PlannedSources(names=list(neighbours), model_dirs=model_dirs,
                                  model_thresholds=model_thresholds)
         plan = resolve_plan(planned, options, allow_absent=True)
+        if stored_file and not self.options.thresholds_file:
+            shown = f"file {self.index.directory / stored_file}"
+            plan.origin = {name: shown if origin.startswith("file /proc/") else origin
+                           for name, origin in plan.origin.items()}
         if plan.inb_iterations:
             raise UserError(
                 f"the decision blends {', '.join(plan.inb_iterations)} with its neighbours "

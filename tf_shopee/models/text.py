@@ -447,6 +447,12 @@ def learn_wordpiece_vocabulary(
     titles = [str(title) for title in titles]
     if not titles:
         raise UserError("cannot learn a WordPiece vocabulary: no training titles")
+    if not any(character.isalnum() for title in titles for character in title):
+        # The learner finds no word to split and stops with a bare StopIteration.
+        raise UserError(
+            f"none of the {len(titles):,} training titles has a letter or digit (all empty or "
+            "punctuation): a text or multimodal model has nothing to learn from; train an image "
+            "model (--model image), or give the postings their titles")
     if vocabulary_size <= len(RESERVED_TOKENS):
         raise UserError(
             f"model.text.vocabulary_size must exceed {len(RESERVED_TOKENS)}, got {vocabulary_size}"
