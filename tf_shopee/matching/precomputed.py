@@ -77,7 +77,8 @@ def encode_posting(posting_id: str, image_phash: str, bad_image: str,
         if vector is not None:
             features[EMBEDDING_FEATURE + source] = tf.train.Feature(
                 float_list=tf.train.FloatList(value=np.asarray(vector, np.float32)))
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)  # the same bytes in every process
 
 
 @dataclass
@@ -107,8 +108,18 @@ def read_shard(path: str | os.PathLike, dimensions: Mapping[str, int]) -> Shard:
     for source in dimensions:
         spec[EMBEDDING_FEATURE + source] = tf.io.VarLenFeature(tf.float32)
     columns: dict[str, list] = {name: [] for name in spec}
-    dataset = tf.data.TFRecordDataset(str(path)).batch(4096).map(
-        lambda records: tf.io.parse_example(records, spec))
+
+    def parse(records):
+        parsed = tf.io.parse_example(records, spec)
+        for source in dimensions:
+            values = parsed[EMBEDDING_FEATURE + source]
+            rows = tf.shape(records)[0]
+            lengths = tf.math.bincount(tf.cast(values.indices[:, 0], tf.int32), minlength=rows,
+                                       maxlength=rows)
+            parsed[EMBEDDING_FEATURE + source] = (tf.sparse.to_dense(values), lengths)
+        return parsed
+
+    dataset = tf.data.TFRecordDataset(str(path)).batch(4096).map(parse)
     try:
         for batch in dataset.as_numpy_iterator():
             for name in ("posting_id", "image_phash", "bad_image"):
@@ -120,19 +131,18 @@ def read_shard(path: str | os.PathLike, dimensions: Mapping[str, int]) -> Shard:
                         " run beam embed again (it rewrites what is damaged)") from None
     shard = Shard(columns["posting_id"], columns["image_phash"], columns["bad_image"])
     for source, dim in dimensions.items():
-        matrix = np.zeros((len(shard.posting_ids), dim), np.float32)
-        present = np.zeros(len(shard.posting_ids), bool)
-        offset = 0
-        for sparse_batch in columns[EMBEDDING_FEATURE + source]:
-            rows = sparse_batch.indices[:, 0] + offset
-            widths = np.bincount(sparse_batch.indices[:, 0],
-                                 minlength=int(sparse_batch.dense_shape[0]))
-            if np.any((widths != 0) & (widths != dim)):
+        matrices, presents = [], []
+        for dense, lengths in columns[EMBEDDING_FEATURE + source]:
+            if np.any((lengths != 0) & (lengths != dim)):
                 raise UserError(f"embedding shard {path}: a {source} embedding is not "
                                 f"{dim}-dimensional as the manifest says")
-            matrix[rows, sparse_batch.indices[:, 1]] = sparse_batch.values
-            present[rows] = True
-            offset += int(sparse_batch.dense_shape[0])
+            matrix = np.zeros((len(lengths), dim), np.float32)
+            if dense.shape[1]:
+                matrix[:, :dense.shape[1]] = dense
+            matrices.append(matrix)
+            presents.append(lengths == dim)
+        matrix = np.concatenate(matrices) if matrices else np.zeros((0, dim), np.float32)
+        present = np.concatenate(presents) if presents else np.zeros(0, bool)
         shard.embeddings[source] = matrix
         shard.present[source] = present
     return shard
