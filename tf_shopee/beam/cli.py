@@ -103,8 +103,12 @@ def main(argv=None) -> dict:
     """Entry point of ``python -m tf_shopee.beam``."""
     parser = build_argument_parser()
     arguments, pipeline_args = parser.parse_known_args(argv)
+    # force: importing Beam (for the parser's defaults) already configured the root logger.
     logging.basicConfig(level=logging.WARNING if arguments.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
+    # Beam's own INFO lines (bundles, harness start and stop) would drown the progress lines.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         import apache_beam  # noqa: F401
     except ImportError:
