@@ -137,6 +137,17 @@ def test_catalogue_with_embeddings_equals_the_catalogue_embedding_itself(beam_se
     assert report_beam["f1"] == report_itself["f1"]
     assert report_beam["recall_at_1"] == report_itself["recall_at_1"]
 
+    # An IVF-PQ index of the same catalogue: every cell probed and every candidate rescored
+    # exactly at this size, so its matches are the exact search's.
+    build_index(options("part_a.csv", tmp_path / "pq", embeddings=str(embedded["out"]),
+                        ann="always", ann_index="ivf_pq"))
+    add_to_index(str(tmp_path / "pq"), options("part_b.csv", embeddings=str(embedded["out"])))
+    assert {entry["kind"] for entry in load_index(tmp_path / "pq").manifest["ann"].values()} == {
+        "ivf_pq"}
+    report_pq, matches_pq = query("pq", "--embeddings", str(embedded["out"]), "--search", "ann")
+    assert set(report_pq["search"].values()) == {"ann"}
+    assert matches_pq == matches_beam
+
 
 def test_refuses_another_model_and_incomplete_shards(beam_set, embedded, tmp_path):
     postings = read_postings(csv=str(beam_set["root"] / "all.csv"))

@@ -216,7 +216,10 @@ class IvfSearch:
         dim = sample.shape[1]
         quantizer = faiss.IndexFlatIP(dim)
         if kind == "ivf_pq":
-            index = faiss.IndexIVFPQ(quantizer, dim, int(cells), pq_subquantizers(dim), 8,
+            # 8-bit codes need 256 centroids per sub-quantiser, each trained on ~39 rows; a
+            # small catalogue gets fewer bits (the exact rescoring makes up for coarse codes).
+            bits = int(min(8, max(1, math.floor(math.log2(max(2, len(sample) // 39))))))
+            index = faiss.IndexIVFPQ(quantizer, dim, int(cells), pq_subquantizers(dim), bits,
                                      faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFFlat(quantizer, dim, int(cells), faiss.METRIC_INNER_PRODUCT)
