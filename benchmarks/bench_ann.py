@@ -2,8 +2,8 @@
 """Approximate catalogue search (FAISS IVF-Flat and IVF-PQ, tf_shopee.catalog.search) against the
 exact matcher.
 
-    python benchmarks/bench_ann.py --n 1000000 --dim 256 --json benchmarks/results/bench_ann_1m.json
-    python benchmarks/bench_ann.py --n 1000000 --data minilm --index ivf_flat,ivf_pq \
+    python -m benchmarks.bench_ann --n 1000000 --dim 256 --json benchmarks/results/bench_ann_1m.json
+    python -m benchmarks.bench_ann --n 1000000 --data minilm --index ivf_flat,ivf_pq \
         --json benchmarks/results/bench_ann_1m_minilm.json
 
 Protocol:
@@ -53,15 +53,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import SHOPEE_TRAIN_CSV, command_line
 
 K = 51
 
@@ -78,7 +75,7 @@ def _normalised(matrix: np.ndarray) -> np.ndarray:
 def hierarchical_embeddings(n: int, queries: int, dim: int, seed: int = 0):
     """Catalogue (n, dim) and query (queries, dim) embeddings from the product hierarchy of the
     module docstring, and the product label of every row."""
-    from bench_matching import group_sizes
+    from benchmarks.bench_matching import group_sizes
 
     rng = np.random.default_rng(seed)
     sizes = group_sizes(rng, n)
@@ -107,7 +104,7 @@ def hierarchical_embeddings(n: int, queries: int, dim: int, seed: int = 0):
 
 def flat_embeddings(n: int, queries: int, dim: int, seed: int = 0):
     """bench_matching.py's generator: the first n rows are the catalogue, the rest queries."""
-    from bench_matching import product_embeddings
+    from benchmarks.bench_matching import product_embeddings
 
     embeddings, labels = product_embeddings(n + queries, dim, seed=seed)
     return embeddings[:n], embeddings[n:], labels[:n], labels[n:]
@@ -117,7 +114,7 @@ class PeakMemory:
     """Peak resident memory above the level at entry (bench_matching.py's sampler, every 5 ms)."""
 
     def __enter__(self):
-        from bench_matching import RssSampler
+        from benchmarks.bench_matching import RssSampler
 
         self.sampler = RssSampler()
         self.start = self.sampler.peak
@@ -159,7 +156,7 @@ def run(arguments) -> dict:
         catalogue, queries, _, _ = generate(arguments.n, arguments.queries, arguments.dim,
                                             arguments.seed)
     result = {
-        "command": "python benchmarks/bench_ann.py " + " ".join(sys.argv[1:]),
+        "command": command_line("bench_ann", None),
         "n": arguments.n, "dim": arguments.dim, "k": K, "queries": arguments.queries,
         "exact_queries": arguments.exact_queries, "data": arguments.data, "seed": arguments.seed,
         "generated_seconds": round(time.perf_counter() - started, 1),
@@ -288,7 +285,7 @@ def minilm_title_embeddings(cache_dir: Path) -> np.ndarray:
     from tf_shopee.config import TextModelConfig
     from tf_shopee.models.text import build_text_tower, build_title_preprocessor
 
-    source = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
+    source = SHOPEE_TRAIN_CSV
     if not source.is_file():
         raise SystemExit(f"--data minilm needs the real Shopee titles at {source}")
     titles = pd.read_csv(source, usecols=["title"])["title"].fillna("").tolist()

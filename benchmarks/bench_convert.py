@@ -16,7 +16,7 @@ the worker pool start-up is inside the timing because every run pays it. Each co
 (this process plus its joined workers) are recorded too, with the load average: on a shared
 machine the wall-clock gain of a second worker only shows when the other core is idle.
 
-    python benchmarks/bench_convert.py --postings 400
+    python -m benchmarks.bench_convert --postings 400
     # → benchmarks/results/bench_convert.json and a table on stdout
 """
 

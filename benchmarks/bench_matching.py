@@ -32,7 +32,7 @@ chunk loop (``TfidfVectorizer().fit_transform``, ``(X[chunk] @ X.T).toarray()``,
 + sort, chunk rows sized to ``--max-chunk-mb``) on random-word product titles with the same group
 structure. Both must find the same neighbours (same-group count and k-th score sum recorded).
 
-    python benchmarks/bench_matching.py --n 34250 --dim 512 \\
+    python -m benchmarks.bench_matching --n 34250 --dim 512 \\
         --json benchmarks/results/bench_matching.json --scaling 10000,20000,40000,80000
 
 On a shared machine the numbers move with the load; the load average before and after is recorded.
@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import REPOSITORY, command_line
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_matching.json"
 EMBEDDING_METHODS = (
@@ -311,14 +313,16 @@ def worker(args) -> dict:
 
 def spawn(method: str, n: int, args, repeat: int | None = None) -> dict:
     command = [
-        sys.executable, __file__, "--worker", method, "--n", str(n), "--dim", str(args.dim),
+        sys.executable, "-m", "benchmarks.bench_matching", "--worker", method,
+        "--n", str(n), "--dim", str(args.dim),
         "--threshold", str(args.threshold), "--max-chunk-mb", str(args.max_chunk_mb),
         "--repeat", str(repeat or args.repeat), "--seed", str(args.seed),
     ]  # fmt: skip
     # PASSIVE: waiting OpenMP threads sleep instead of spinning on a core another job needs.
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_WAIT_POLICY="PASSIVE")
     load_before = os.getloadavg()[0]
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment,
+                               cwd=REPOSITORY)
     if completed.returncode != 0:
         raise SystemExit(f"{method} at n={n} failed:\n{completed.stderr[-3000:]}")
     report = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -430,7 +434,7 @@ def main(argv=None) -> None:
         for g in np.unique(labels)[:2000]
     )
     result = {
-        "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+        "command": command_line("bench_matching", argv),
         "n": args.n,
         "dim": args.dim,
         "k": K,

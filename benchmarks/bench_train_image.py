@@ -22,7 +22,7 @@ timed; then ``--steps`` steps are timed: wall seconds and the process's CPU seco
 less than wall time when other jobs share the cores). The best run of each method is reported,
 and the ratio trainer / keras_fit of images per second (wall) and of CPU seconds per image.
 
-    python benchmarks/bench_train_image.py --json benchmarks/results/bench_train_image.json
+    python -m benchmarks.bench_train_image --json benchmarks/results/bench_train_image.json
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ import sys
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "bench_train_image.json"
+from benchmarks.common import REPOSITORY, RESULTS, command_line
+
+DEFAULT_JSON = RESULTS / "bench_train_image.json"
 METHODS = ("trainer", "keras_fit")
 NUM_CLASSES = 54
 
@@ -140,12 +141,13 @@ def worker(args) -> dict:
 
 def spawn(method: str, args) -> dict:
     command = [
-        sys.executable, __file__, "--worker", method, "--backbone", args.backbone,
+        sys.executable, "-m", "benchmarks.bench_train_image", "--worker", method,
+        "--backbone", args.backbone,
         "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
         "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
         "--trainable", args.trainable,
     ]
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    environment = dict(os.environ)
     load_before = os.getloadavg()[0]
     completed = subprocess.run(command, capture_output=True, text=True, env=environment,
                                cwd=REPOSITORY)
@@ -178,8 +180,7 @@ def main(argv=None) -> None:
 
     result = {
         "protocol": "see the module docstring",
-        "command": "python " + " ".join([Path(__file__).relative_to(REPOSITORY).as_posix(),
-                                         *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("bench_train_image", argv),
         "settings": {key: getattr(args, key) for key in
                      ("backbone", "image_size", "batch_size", "trainable", "steps",
                       "warmup_steps", "repeat")},

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Catalogue task on real photos: grocery shelf photos matched against catalogue images.
 
-    python benchmarks/quality_catalog.py --image-model saved_models/lite0 \\
+    python -m benchmarks.quality_catalog --image-model saved_models/lite0 \\
         --json benchmarks/results/quality_catalog.json
 
 Protocol (``../shared/data/grocery``, see its README): GroupKFold(n_splits=3) over
@@ -42,8 +42,9 @@ from pathlib import Path
 
 import pandas as pd
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-DEFAULT_GROCERY = REPOSITORY.parent / "shared" / "data" / "grocery"
+from benchmarks.common import GROCERY, REPOSITORY, command_line
+
+DEFAULT_GROCERY = GROCERY
 REFERENCE = {"27": 0.53, "81": 0.31}
 
 
@@ -96,8 +97,7 @@ def main(argv=None) -> dict:
     catalogue = pd.read_csv(grocery / "catalog.csv", dtype={"posting_id": str})
     variants = {"27": catalogue[catalogue["label_group"].isin(labels)], "81": catalogue}
     result = {
-        "command": "python benchmarks/quality_catalog.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
+        "command": command_line("quality_catalog", argv),
         "image_model": str(arguments.image_model),
         "image_model_metadata": {key: metadata.get(key) for key in
                                  ("kind", "embedding_dim", "image_size", "run_name",

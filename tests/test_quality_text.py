@@ -1,7 +1,7 @@
 """benchmarks/quality_text.py without the real data: argument handling, the skip when
 ../shared is absent, the run-once step records, and the shipped configs it trains with."""
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -15,13 +15,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    """Import benchmarks/quality_text.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "quality_text", REPOSITORY / "benchmarks" / "quality_text.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module (benchmarks/ is a package: ``python -m benchmarks.quality_text``)."""
+    return importlib.import_module("benchmarks.quality_text")
 
 
 def test_methods_are_parsed_in_protocol_order():

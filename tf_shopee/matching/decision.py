@@ -386,7 +386,7 @@ def describe_min2(decision: Decision) -> str:
 # The model-free decision predict.py ships for the sources built by
 # tf_shopee.neighbours.model_free.model_free_sources(titles, image_phashes) with its
 # DEFAULT_SETTINGS. Chosen once by
-#     python benchmarks/quality_real.py --json benchmarks/results/quality_real.json
+#     python -m benchmarks.quality_real --json benchmarks/results/quality_real.json
 # with search_decision (method local+size) on the "select" protocol of the real Shopee train.csv
 # (GroupKFold(3) folds 1+2, 22,832 postings; benchmarks/results/quality_real_thresholds.json), NOT
 # on the sets reported (fold 0 and the full set; see the README table). The search kept TF-IDF
