@@ -2,7 +2,7 @@
 """Images per second of ``beam embed`` (DirectRunner, 1 and 2 workers) against predict.py's own
 embedding loop, on the same photos, in one run; and the 50M-listing plan that follows.
 
-    nice -n 10 python benchmarks/bench_beam.py --json benchmarks/results/bench_beam.json
+    nice -n 10 python -m benchmarks.bench_beam --json benchmarks/results/bench_beam.json
 
 Protocol:
 
@@ -45,8 +45,6 @@ from pathlib import Path
 import numpy as np
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-
 SHARD_SIZE = 256
 BATCH_SIZE = 64
 
@@ -117,7 +115,8 @@ def measure(kind: str, data: Path, model: Path, workdir: Path) -> dict:
     """Run one configuration in a fresh process; its timing and load averages."""
     before = load_average()
     completed = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, "--workdir", str(workdir)],
+        [sys.executable, "-m", "benchmarks.bench_beam", "--worker", kind, "--workdir",
+         str(workdir)],
         capture_output=True, text=True, cwd=REPOSITORY,
         env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     if completed.returncode != 0:
@@ -206,10 +205,11 @@ def main(argv=None) -> dict:
                         runs["in_process_again"]["images_per_second"]]
     in_process = float(np.mean(in_process_rates))
     two = runs["beam_2_workers"]["images_per_second"]
+    from benchmarks.common import command_line
     from tf_shopee.export import read_export_metadata
 
     result = {
-        "command": "python benchmarks/bench_beam.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line("bench_beam", argv),
         "postings": arguments.postings, "image_size": arguments.image_size,
         "model": "EfficientNet-Lite0, ImageNet weights, avg pooling, 1280-d, exported",
         "batch_size": BATCH_SIZE, "shard_size": SHARD_SIZE,
