@@ -26,6 +26,9 @@ Protocol:
   in its own process, in the order in_process, beam_2_workers, beam_1_worker, in_process again
   (the in-process rate is the mean of the two, its spread reported), with the load average
   before and after each: the machine is shared, compare ratios within this run.
+* ``steady_state``: the same runs once started: images of every shard but each worker's first,
+  over the time from the first shard's summary to the last (the summaries' modification times),
+  i.e. the rate without the launcher's and the workers' start-up.
 * Embeddings of every beam run are checked against the in-process ones (max abs difference).
 * The 50M plan: the measured per-core rate of the 2-worker run (images/s / 2 cores) scaled to
   Dataflow workers, written as arithmetic in the JSON (``plan_50m``).
@@ -131,6 +134,18 @@ def measure(kind: str, data: Path, model: Path, workdir: Path) -> dict:
     return result
 
 
+def steady_state(out: Path, workers: int) -> dict:
+    """Images/s from the first finished shard to the last (start-up left out)."""
+    summaries = sorted((path.stat().st_mtime, json.loads(path.read_text())["records"])
+                       for path in (out / "shards").glob("shard-*.json"))
+    if len(summaries) <= workers:
+        return {}
+    seconds = summaries[-1][0] - summaries[0][0]
+    images = sum(records for _, records in summaries[workers:])
+    return {"images": images, "seconds": round(seconds, 1),
+            "images_per_second": round(images / seconds, 2)}
+
+
 def largest_difference(workdir: Path, out: Path) -> float:
     from tf_shopee.matching.postings import read_postings
     from tf_shopee.matching.precomputed import load_embeddings
@@ -201,6 +216,8 @@ def main(argv=None) -> dict:
         if kind.startswith("beam"):
             runs[kind]["max_abs_difference_to_in_process"] = largest_difference(
                 workdir, workdir / kind)
+            runs[kind]["steady_state"] = steady_state(workdir / kind,
+                                                      2 if kind == "beam_2_workers" else 1)
     in_process_rates = [runs["in_process"]["images_per_second"],
                         runs["in_process_again"]["images_per_second"]]
     in_process = float(np.mean(in_process_rates))
@@ -219,6 +236,8 @@ def main(argv=None) -> dict:
         "in_process_images_per_second": round(in_process, 2),
         "in_process_spread": in_process_rates,
         "ratio_beam_2_workers_to_in_process": round(two / in_process, 3),
+        "ratio_beam_2_workers_steady_state_to_in_process": round(
+            runs["beam_2_workers"]["steady_state"]["images_per_second"] / in_process, 3),
         "ratio_beam_1_worker_to_in_process": round(
             runs["beam_1_worker"]["images_per_second"] / in_process, 3),
         "plan_50m": plan_50m(two / 2, int(read_export_metadata(model)["embedding_dim"])),
