@@ -41,6 +41,7 @@ from tf_shopee.matching.model_free import model_free_sources
 from tf_shopee.matching.options import MatchOptions, PredictOptions, parse_threshold_overrides
 from tf_shopee.matching.plan import MatchPlan, resolve_plan
 from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.precomputed import load_embeddings
 from tf_shopee.matching.report import format_f1_table, report_bad_images, write_matches
 from tf_shopee.matching.search import DEFAULT_INB_GRID, plot_thresholds, search_decision
 from tf_shopee.matching.sources import (
@@ -76,14 +77,22 @@ def compute_sources(postings: Postings, options: MatchOptions,
     if planned is None:
         planned = planned_sources(postings, options)
     sources = Sources()
-    models = {name: load_exported(model_dir) for name, model_dir in planned.model_dirs.items()}
-    sources.embeddings = embed_sources(
-        models, postings, use_concat=options.use_concat, batch_size=options.batch_size,
-        cache_dir=options.cache_dir, progress=options.progress)
-    sources.model_thresholds = {name: float(model.threshold) for name, model in models.items()
-                                if model.threshold is not None}
-    sources.image_based = image_based_sources(
-        {name: ModelKind(model.kind) for name, model in models.items()})
+    if getattr(options, "embeddings", ""):  # made by python -m tf_shopee.beam embed
+        sources.embeddings = load_embeddings(options.embeddings, planned.model_dirs, postings,
+                                             use_concat=options.use_concat)
+        sources.model_thresholds = {name: float(value)
+                                    for name, value in planned.model_thresholds.items()}
+        kinds = {name: ModelKind(read_export_metadata(model_dir)["kind"])
+                 for name, model_dir in planned.model_dirs.items()}
+    else:
+        models = {name: load_exported(model_dir) for name, model_dir in planned.model_dirs.items()}
+        sources.embeddings = embed_sources(
+            models, postings, use_concat=options.use_concat, batch_size=options.batch_size,
+            cache_dir=options.cache_dir, progress=options.progress)
+        sources.model_thresholds = {name: float(model.threshold) for name, model in models.items()
+                                    if model.threshold is not None}
+        kinds = {name: ModelKind(model.kind) for name, model in models.items()}
+    sources.image_based = image_based_sources(kinds)
     sources.bad_rows = tuple(sorted(postings.bad_images))
     for name, embeddings in sources.embeddings.items():
         started = time.perf_counter()
@@ -202,7 +211,7 @@ def check_outputs(options: PredictOptions, postings: Postings | None = None) -> 
     """
     if postings is None:
         inputs = {"--csv": options.csv, "--tfrecords": options.tfrecords,
-                  "--thresholds": options.thresholds_file}
+                  "--thresholds": options.thresholds_file, "--embeddings": options.embeddings}
         inputs.update({f"--model {model}": model for model in options.models})
         refuse_overwriting_inputs(inputs, _output_paths(options))
         return
@@ -384,6 +393,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("models and thresholds")
     model.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                        help="exported SavedModel folder (repeatable)")
+    model.add_argument("--embeddings", default=defaults.embeddings, metavar="DIR",
+                       help="read the postings' embeddings from this python -m tf_shopee.beam "
+                       "embed output instead of embedding them (no --images needed); it must "
+                       "have been made with every --model (checked by fingerprint)")
     model.add_argument("--thresholds", default=defaults.thresholds_file, metavar="FILE",
                        help="thresholds.json from a threshold search: applied exactly")
     model.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
@@ -475,6 +488,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> PredictOptions:
         search=arguments.search,
         nprobe=arguments.nprobe,
         encoding=arguments.encoding,
+        embeddings=arguments.embeddings,
     )
 
 

@@ -29,6 +29,10 @@ def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --tfrecords: only the postings of this fold")
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                         help="exported SavedModel folder (repeatable)")
+    parser.add_argument("--embeddings", default="", metavar="DIR",
+                        help="read the postings' embeddings from this python -m tf_shopee.beam "
+                        "embed output instead of embedding them (made with the same --model "
+                        "folders, checked by fingerprint; no --images needed)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="postings per model call (default 64)")
     parser.add_argument("--max-chunk-mb", type=int, default=256,
@@ -36,6 +40,10 @@ def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", default="auto", choices=("auto", "always", "never"),
                         help="store a FAISS IVF index per embedding source: auto (from 200,000 "
                         "rows on; default), always, never")
+    parser.add_argument("--ann-index", default="ivf_flat", choices=("ivf_flat", "ivf_pq"),
+                        help="kind of approximate index: ivf_flat (whole vectors; default) or "
+                        "ivf_pq (product-quantised codes, about a fifteenth of the memory, "
+                        "candidates rescored exactly)")
     parser.add_argument("--thresholds", default="", metavar="FILE",
                         help="thresholds.json (from predict.py --search-thresholds) to keep with "
                         "the index")
@@ -98,6 +106,7 @@ def _options(arguments) -> BuildOptions:
         threshold_overrides=parse_threshold_overrides(arguments.threshold),
         use_concat=not getattr(arguments, "no_concat", False),
         thumbnails=not getattr(arguments, "no_thumbnails", False), ann=arguments.ann,
+        ann_index=arguments.ann_index, embeddings=arguments.embeddings,
         batch_size=arguments.batch_size, max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet, overwrite=getattr(arguments, "overwrite", False),
         encoding=arguments.encoding, wait=not arguments.no_wait,
@@ -131,7 +140,8 @@ def describe(directory: str, *, verify: bool = False) -> str:
     lines.append("  tfidf: " + (f"vocabulary of {tfidf['vocabulary_size']} words fitted on the "
                                 "catalogue" if tfidf else "none (no title has a word)"))
     for name, entry in (manifest.get("ann") or {}).items():
-        lines.append(f"  approximate index {name}: FAISS IVF, {entry['cells']} cells trained on "
+        lines.append(f"  approximate index {name}: FAISS {entry.get('kind', 'ivf_flat')}, "
+                     f"{entry['cells']} cells trained on "
                      f"{entry['trained_rows']} rows")
     thresholds = manifest["thresholds"]
     if thresholds.get("file") or thresholds.get("overrides"):

@@ -44,7 +44,6 @@ A + B.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -76,14 +75,15 @@ from tf_shopee.catalog.reader import (  # noqa: F401 - the index's public names,
     read_manifest,
     verify_files,
 )
-from tf_shopee.catalog.search import ANN_MIN_ROWS, IvfSearch
+from tf_shopee.catalog.search import ANN_INDEX_KINDS, ANN_MIN_ROWS, IvfSearch
 from tf_shopee.errors import UserError
 from tf_shopee.export import load_exported
 from tf_shopee.io_utils import PARTIAL_MARK, replace_directory, sha256_file
 from tf_shopee.matching.decision import check_threshold, load_thresholds
-from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE
+from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE, model_fingerprint
 from tf_shopee.matching.model_free import DEFAULT_SETTINGS, model_free_state
 from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.precomputed import load_embeddings
 from tf_shopee.matching.sources import (
     CONCAT,
     PHASH,
@@ -100,17 +100,6 @@ from tf_shopee.models.kind import ModelKind
 logger = logging.getLogger("tf_shopee.catalog")
 
 THUMBNAIL_SIZE = 160
-def model_fingerprint(directory: str | os.PathLike) -> str:
-    """sha256 of an export's identity: its metadata, graph and every variables file."""
-    root = Path(directory)
-    digest = hashlib.sha256()
-    files = [root / "tf_shopee_export.json", root / "saved_model.pb"]
-    files += sorted((root / "variables").glob("*"))
-    for path in files:
-        if path.is_file():
-            digest.update(path.name.encode("utf-8") + b"\x00")
-            digest.update(bytes.fromhex(sha256_file(path)))
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +122,8 @@ class BuildOptions:
     use_concat: bool = True
     thumbnails: bool = True
     ann: str = "auto"  # "auto" (from ANN_MIN_ROWS rows on), "always", "never"
+    ann_index: str = "ivf_flat"  # or "ivf_pq" (a fifteenth of the memory; see catalog.search)
+    embeddings: str = ""  # a beam embed output: read instead of embedding
     batch_size: int = DEFAULT_BATCH_SIZE
     max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB
     progress: bool = True
@@ -147,6 +138,9 @@ class BuildOptions:
             raise UserError(f"--max-chunk-mb must be positive, got {self.max_chunk_mb}")
         if self.ann not in ANN_MODES:
             raise UserError(f"--ann must be {', '.join(ANN_MODES)}, got {self.ann!r}")
+        if self.ann_index not in ANN_INDEX_KINDS:
+            raise UserError(f"--ann-index must be {', '.join(ANN_INDEX_KINDS)}, got "
+                            f"{self.ann_index!r}")
         self.threshold_overrides = {
             check_source_name(name, where=f"--threshold {name}={value}"):
             check_threshold(name, value, where=f"--threshold {name}={value}")
@@ -303,9 +297,15 @@ def resolve_models(manifest: dict, paths: list[str]) -> list:
 
 def _embed(models: list, names: list[str], postings: Postings, options: BuildOptions) -> dict:
     """Embeddings per source of ``postings``, plus ``concat`` when an image and a text model are
-    present (as predict.py forms it)."""
-    embeddings = embed_sources(dict(zip(names, models)), postings, use_concat=options.use_concat,
-                               batch_size=options.batch_size, progress=options.progress)
+    present (as predict.py forms it); read from a ``beam embed`` output with ``--embeddings``."""
+    if options.embeddings:
+        embeddings = load_embeddings(options.embeddings, {name: model.directory for name, model
+                                                          in zip(names, models)}, postings,
+                                     use_concat=options.use_concat, fill_phashes=True)
+    else:
+        embeddings = embed_sources(dict(zip(names, models)), postings,
+                                   use_concat=options.use_concat, batch_size=options.batch_size,
+                                   progress=options.progress)
     if postings.bad_images and any(ModelKind(model.kind).uses_images for model in models):
         # Their image embeddings are zeros: no query reaches them through a photo source.
         shown = "\n".join(f"  {postings.posting_ids[row]}: {reason}"
@@ -450,7 +450,7 @@ def _history_entry(action: str, options: BuildOptions, rows: int) -> dict:
 def _check_not_input(out: Path, options: BuildOptions) -> None:
     resolved = out.resolve()
     inputs = [options.csv, options.images, options.tfrecords, options.thresholds_file,
-              *options.models]
+              options.embeddings, *options.models]
     for value in inputs:
         if not value:
             continue
@@ -582,11 +582,11 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
                     search.add(embeddings[name][search.num_rows:])
                     trained_rows = old["trained_rows"]
                 else:
-                    search = IvfSearch.build(embeddings[name])
+                    search = IvfSearch.build(embeddings[name], kind=options.ann_index)
                     trained_rows = search.num_rows
                 search.save(temporary / relative)
                 ann_entries[name] = {"file": relative, "cells": search.num_cells,
-                                     "trained_rows": trained_rows}
+                                     "trained_rows": trained_rows, "kind": search.kind}
                 if search.num_rows > 4 * trained_rows:
                     logger.warning(
                         "%s: the approximate index's cells were trained on %d rows and now hold "

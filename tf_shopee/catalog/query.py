@@ -51,6 +51,7 @@ from tf_shopee.matching.model_free import ModelFreeSettings, blending_graphs
 from tf_shopee.matching.options import MatchOptions, PredictOptions
 from tf_shopee.matching.plan import MatchPlan, resolve_plan
 from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.precomputed import load_embeddings
 from tf_shopee.matching.report import write_matches
 from tf_shopee.matching.sources import (
     COMBINED,
@@ -116,8 +117,9 @@ class CatalogMatcher:
         for name, matrix in index.embeddings.items():
             if mode == "ann":
                 if name in stored:
-                    self.searchers[name] = IvfSearch.load(
-                        index.kept_path(stored[name]["file"]), nprobe=nprobe or DEFAULT_NPROBE)
+                    self.searchers[name] = IvfSearch.load(  # ivf_pq rescores with the matrix
+                        index.kept_path(stored[name]["file"]), nprobe=nprobe or DEFAULT_NPROBE,
+                        vectors=matrix)
                 else:
                     logger.warning(
                         "%s: the index holds no approximate index (built with --ann never, or "
@@ -428,7 +430,13 @@ def run_catalog_prediction(options: PredictOptions) -> dict:
     logger.info("%d queries against a catalogue of %d postings", len(postings), len(index))
     matcher = CatalogMatcher(index, models, options, search=options.search,
                              nprobe=options.nprobe or None)
-    result = matcher.match(postings)
+    embeddings = None
+    if options.embeddings:  # the queries' embeddings, made by python -m tf_shopee.beam embed
+        embeddings = load_embeddings(
+            options.embeddings, {entry["source"]: model.directory
+                                 for entry, model in zip(index.models, models)}, postings,
+            use_concat=options.use_concat and bool(index.manifest.get("concat")))
+    result = matcher.match(postings, embeddings=embeddings)
     write_matches(options.out, postings.posting_ids, index.posting_ids,
                   result.matches[COMBINED])
     report = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from tf_shopee.data.images import image_problem
 from tf_shopee.errors import UserError
-from tf_shopee.io_utils import atomic_path, write_json_atomic
+from tf_shopee.io_utils import atomic_path, sha256_file, write_json_atomic
 from tf_shopee.matching.postings import Postings
 from tf_shopee.models.kind import ModelKind
 
@@ -109,6 +110,20 @@ def _read_cache(cache_path: Path, shape: tuple[int, int], uses_images: bool):
         return embeddings, bad_images
     logger.warning("embedding cache %s %s: embedding again", cache_path, problem)
     return None
+
+
+def model_fingerprint(directory: str | os.PathLike) -> str:
+    """sha256 of an export's identity: its metadata, graph and every variables file (what a
+    catalogue index and a ``beam embed`` output record of the models they were made with)."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    files = [root / "tf_shopee_export.json", root / "saved_model.pb"]
+    files += sorted((root / "variables").glob("*"))
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode("utf-8") + b"\x00")
+            digest.update(bytes.fromhex(sha256_file(path)))
+    return digest.hexdigest()
 
 
 def _model_key(model_dir: str) -> str:

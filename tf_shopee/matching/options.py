@@ -130,6 +130,8 @@ class PredictOptions(MatchOptions):
         catalog: match against this catalogue index instead of each other.
         search: with ``catalog``: exact, ann or auto search.
         nprobe: with ``catalog`` and ann: cells probed per query (0: the default).
+        embeddings: a ``python -m tf_shopee.beam embed`` output holding the postings'
+            embeddings by every ``--model``: read instead of embedding (no ``--images`` needed).
     """
 
     csv: str = ""
@@ -143,9 +145,13 @@ class PredictOptions(MatchOptions):
     catalog: str = ""
     search: str = "auto"
     nprobe: int = 0
+    embeddings: str = ""
 
     def check(self) -> None:
         super().check()
+        if self.embeddings and not self.models and not self.catalog:
+            raise UserError("--embeddings DIR needs the --model folders its embeddings were made "
+                            "with (they are checked by fingerprint)")
         if not self.cache_dir:  # the default cache sits beside the submission
             self.cache_dir = str(Path(self.out).absolute().parent / ".embedding_cache")
         if self.search not in SEARCH_MODES:
