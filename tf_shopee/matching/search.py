@@ -58,6 +58,9 @@ from tf_shopee.neighbours.scaling import (
     other_slots,
 )
 
+# A threshold moved with the pool's size stays inside these quantiles of the scores of the
+# search data's same-product pairs (the scores it was chosen among).
+SCORE_RANGE_QUANTILES = (0.01, 0.99)
 # Sub-pools of the search data the "size" methods refit thresholds on: fractions of its label
 # groups, and random draws of each.
 SIZE_FRACTIONS = (0.25, 0.5)
@@ -160,15 +163,17 @@ class PairTable:
         return selected
 
     def f1(self, members: Sequence[tuple[str, float]],
-           min2: tuple[str, float | None] | None = None) -> float:
+           min2: tuple[str, float | None] | None = None, *,
+           rows: np.ndarray | None = None) -> float:
         """Exact mean F1 of the union of ``members`` ((column, score threshold), in union order)
-        with min2 from ``(column, floor or None)``."""
+        with min2 from ``(column, floor or None)``; over the rows where ``rows`` (a boolean
+        mask) is true when given, else over every row."""
         selected = self.selection(members)
         counts = np.bincount(self.pair_rows[selected], minlength=self.num_rows)
         hits = np.bincount(self.pair_rows[selected & self.correct], minlength=self.num_rows)
         if counts.max(initial=0) > self.max_matches - 1:
             self._cap_union(members, counts, hits)
-        return self._mean_f1(counts, hits, min2)
+        return self._mean_f1(counts, hits, min2, rows)
 
     def _cap_union(self, members, counts: np.ndarray, hits: np.ndarray) -> None:
         """Recount rows over the cap with only their first ``max_matches - 1`` others in union
@@ -197,10 +202,23 @@ class PairTable:
         hits[over_rows] = np.bincount(rows[kept & self.correct[pairs]],
                                       minlength=self.num_rows)[over_rows]
 
-    def _mean_f1(self, counts, hits, min2) -> float:
+    def _mean_f1(self, counts, hits, min2, rows=None) -> float:
         if min2 is not None:
             counts, hits = self._with_min2(counts, hits, *min2)
-        return float(np.mean(2.0 * (hits + 1) / (counts + 1 + self.true_sizes)))
+        f1 = 2.0 * (hits + 1) / (counts + 1 + self.true_sizes)
+        return float(np.mean(f1 if rows is None else f1[rows]))
+
+    def score_range(self, column: str, quantiles: tuple[float, float]) -> tuple[float, float]:
+        """The ``quantiles`` of the scores of a column's same-product pairs (the scores a
+        threshold of this column meets on the search data)."""
+        entry = self.columns[column]
+        scores = entry.scores[self.correct[entry.pairs]]
+        if scores.size == 0:
+            scores = entry.scores
+        if scores.size == 0:
+            return 0.0, 1.0
+        low, high = np.quantile(scores.astype(np.float64), quantiles)
+        return float(low), float(high)
 
     def _with_min2(self, counts, hits, name: str, floor: float | None):
         column = self.columns[name]
@@ -253,8 +271,6 @@ class PairTable:
         return result
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # The search
 
@@ -271,6 +287,63 @@ class _Option:
     inb_neighbours: int | None
     grid: tuple[float, ...]  # score thresholds
     floors: tuple[float | None, ...]  # min2 floors, score units
+
+
+@dataclass
+class SearchSpace:
+    """Everything a search scores candidates on: each source's options (blending, scaling,
+    grids) and the :class:`PairTable` of their columns. Built once by
+    :func:`build_search_space` and shared by the searches of several methods on the same
+    postings (:mod:`tf_shopee.matching.transfer`)."""
+
+    sources: Mapping[str, Neighbours]
+    labels: np.ndarray
+    inb_variants: dict
+    options: dict[str, list[_Option]]
+    columns: dict[str, Neighbours]
+    table: PairTable
+    window: tuple[int, int]
+
+    def restricted(self, betas: Sequence[float]) -> dict[str, list[_Option]]:
+        """Each source's options whose local scaling weight is one of ``betas``."""
+        allowed = {float(beta) for beta in betas}
+        return {name: [option for option in options if option.beta in allowed]
+                for name, options in self.options.items()}
+
+
+def build_search_space(sources: Mapping[str, Neighbours], labels, *,
+                       inb_variants: Mapping[str, Mapping] | None = None,
+                       betas: Sequence[float] = DEFAULT_BETAS,
+                       grids: Mapping[str, Sequence[float]] | None = None,
+                       min2_floors: Mapping[str, Sequence[float | None]] | None = None,
+                       window: tuple[int, int] = DEFAULT_WINDOW,
+                       max_matches: int = MAX_MATCHES) -> SearchSpace:
+    """The options of every source (every blending variant x every weight of ``betas``) and
+    their pair table, after checking names and rows (UserError otherwise)."""
+    if not sources:
+        raise UserError("search_decision needs at least one source")
+    for name in sources:
+        check_source_name(name, where="search_decision")
+    labels = np.asarray(labels)
+    for name, neighbours in sources.items():
+        if neighbours.num_queries != labels.shape[0]:
+            raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there are "
+                            f"{labels.shape[0]} labels")
+    inb_variants = {name: {_blend_key(key): neighbours for key, neighbours in variants.items()}
+                    for name, variants in (inb_variants or {}).items()}
+    unknown = sorted(set(inb_variants) - set(sources))
+    if unknown:
+        raise UserError(f"inb_variants names unknown source(s) {unknown}")
+    betas = tuple(sorted({0.0, *(float(beta) for beta in betas)}))
+    options, columns = _build_options(sources, inb_variants, betas, grids, min2_floors, window)
+    return SearchSpace(sources, labels, inb_variants, options, columns,
+                       PairTable(columns, labels, max_matches=max_matches), tuple(window))
+
+
+def column_name(name: str, rule: SourceRule) -> str:
+    """The pair-table column a source's rule is scored in (its blending and scaling)."""
+    return (f"{name}|inb={rule.inb}|phash={rule.inb_phash}|n={rule.inb_neighbours}"
+            f"|beta={float(rule.beta)}")
 
 
 @dataclass
@@ -309,6 +382,8 @@ def search_decision(
     size_fractions: Sequence[float] = SIZE_FRACTIONS,
     size_repeats: int = SIZE_REPEATS,
     seed: int = 0,
+    space: SearchSpace | None = None,
+    candidate_slopes: bool = True,
 ) -> dict:
     """Choose a :class:`Decision` on labelled postings by mean F1; it may say no to anything.
 
@@ -346,6 +421,11 @@ def search_decision(
         size_fractions: ``size`` methods: sub-pool sizes, as fractions of the label groups.
         size_repeats: ``size`` methods: random sub-pools drawn per fraction.
         seed: seed of those draws.
+        space: a :func:`build_search_space` of these sources and labels to reuse (its options
+            with the method's betas are searched; ``inb_variants``, ``grids``,
+            ``min2_floors`` and ``window`` are then the space's).
+        candidate_slopes: fit the slopes of every candidate for the record (``size``
+            methods); ``False`` fits only the chosen decision's (the transfer test's refits).
 
     Returns:
         A JSON-ready dict: ``rows``, ``method``, ``decision`` (:meth:`Decision.to_dict`), ``f1``
@@ -358,28 +438,18 @@ def search_decision(
     Raises:
         UserError: on no sources, unknown names, mismatched rows or a bad method.
     """
-    if not sources:
-        raise UserError("search_decision needs at least one source")
     if method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    for name in sources:
-        check_source_name(name, where="search_decision")
-    labels = np.asarray(labels)
-    for name, neighbours in sources.items():
-        if neighbours.num_queries != labels.shape[0]:
-            raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there are "
-                            f"{labels.shape[0]} labels")
-    inb_variants = {name: {_blend_key(key): neighbours for key, neighbours in variants.items()}
-                    for name, variants in (inb_variants or {}).items()}
-    unknown = sorted(set(inb_variants) - set(sources))
-    if unknown:
-        raise UserError(f"inb_variants names unknown source(s) {unknown}")
     if method in ("local", "local+size"):
         betas = tuple(DEFAULT_BETAS if betas is None else betas)
     else:
         betas = (0.0,)
-    options, columns = _build_options(sources, inb_variants, betas, grids, min2_floors, window)
-    table = PairTable(columns, labels, max_matches=max_matches)
+    if space is None:
+        space = build_search_space(sources, labels, inb_variants=inb_variants, betas=betas,
+                                   grids=grids, min2_floors=min2_floors, window=window,
+                                   max_matches=max_matches)
+    labels, inb_variants, window = space.labels, space.inb_variants, space.window
+    options, table = space.restricted(betas), space.table
     order = list(sources)
 
     # Each source alone: its best option and threshold without min2, then with min2.
@@ -410,9 +480,10 @@ def search_decision(
 
     fitted: dict[int, tuple[dict, dict]] = {}
 
-    def fit(state: _State) -> tuple[dict, dict]:
-        """The state's slopes and the points they were fitted to (``size`` methods only)."""
-        if method not in ("size", "local+size"):
+    def fit(state: _State, *, record: bool = False) -> tuple[dict, dict]:
+        """The state's slopes and the points they were fitted to (``size`` methods only;
+        ``record``: a candidate's, fitted only with ``candidate_slopes``)."""
+        if method not in ("size", "local+size") or (record and not candidate_slopes):
             return {}, {}
         if id(state) not in fitted:
             fitted[id(state)] = _fit_size_slopes(
@@ -424,7 +495,7 @@ def search_decision(
 
     for name in order:
         candidates.append(_candidate("single", singles[name], order, method, window, labels,
-                                     fit(singles[name])[0]))
+                                     fit(singles[name], record=True)[0]))
     best_single_name = max(order, key=lambda name: singles[name].f1)
     chosen = singles[best_single_name]
     rounds_used = 0
@@ -439,7 +510,7 @@ def search_decision(
                                     allow_min2=allow_min2)
             rounds_used = max(rounds_used, rounds)
             candidates.append(_candidate("union", state, order, method, window, labels,
-                                         fit(state)[0]))
+                                         fit(state, record=True)[0]))
             if len(state.members) > 1 and state.f1 > max(
                 chosen.f1, singles[best_single_name].f1 + union_margin
             ) + _IMPROVEMENT:
@@ -454,16 +525,16 @@ def search_decision(
     slopes, size_points = fit(chosen)
     for name, slope in slopes.items():
         rules[name] = replace(rules[name], slope=slope)
-    shift_background = {}
+    for name in members:
+        if not is_phash_source(name):
+            # Guard rail: a threshold moved with the pool size stays among the scores that
+            # same-product pairs had in the search data (it never extrapolates past them).
+            low, high = table.score_range(chosen.members[name][0].column, SCORE_RANGE_QUANTILES)
+            rules[name] = replace(rules[name], score_range=(round(low, 6), round(high, 6)))
+    decision = replace(decision, rules=rules)
     if method == "shift":
-        for name in members:
-            if not is_phash_source(name):
-                option = chosen.members[name][0]
-                shift_background[name] = float(np.mean(
-                    background_scores(_option_neighbours(sources, inb_variants, option),
-                                      window=window)))
-    decision = replace(decision, rules=rules, shift_background=shift_background).checked(
-        where="search_decision")
+        decision = with_shift_backgrounds(decision, sources, inb_variants)
+    decision = decision.checked(where="search_decision")
     return {
         "rows": int(labels.shape[0]),
         "max_matches": int(max_matches),
@@ -477,6 +548,21 @@ def search_decision(
         "rounds": rounds_used,
         "size_points": size_points,
     }
+
+
+def with_shift_backgrounds(decision: Decision, sources: Mapping[str, Neighbours],
+                           inb_variants: Mapping[str, Mapping] | None) -> Decision:
+    """The decision with the ``shift`` method's record: the mean background of each similarity
+    member's neighbours (as blended by its rule) on these postings."""
+    shift_background = {}
+    for name in decision.sources:
+        if not is_phash_source(name):
+            rule = decision.rules[name]
+            neighbours = sources[name] if rule.inb is None else inb_variants[name][
+                (rule.inb, rule.inb_phash, rule.inb_neighbours)]
+            shift_background[name] = float(np.mean(
+                background_scores(neighbours, window=decision.window)))
+    return replace(decision, method="shift", shift_background=shift_background)
 
 
 def _fit_size_slopes(sources, inb_variants, chosen: _State, members, labels, *, window,
@@ -586,8 +672,9 @@ def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
                     scored = local_scaling(variant, beta, background)
                 else:
                     scored = variant
-                column = (f"{name}|inb={inb}|phash={inb_phash}|n={inb_neighbours}"
-                          f"|beta={beta}")
+                column = column_name(name, SourceRule(
+                    0.0, beta=float(beta), inb=inb, inb_phash=inb_phash,
+                    inb_neighbours=inb_neighbours))
                 columns[column] = scored
                 options[name].append(_Option(name, inb, inb_phash, float(beta), column,
                                              inb_neighbours, score_grid, score_floors))

@@ -754,6 +754,9 @@ def _validate_text_config(config: TextModelConfig, embedding_dim: int) -> None:
         raise UserError(f"model.text.dropout must be in [0, 1), got {config.dropout}")
     if config.trainable not in ("head", "all"):
         raise UserError(f"model.text.trainable must be head or all, got {config.trainable!r}")
+    if config.projection not in ("dense_bn", "none"):
+        raise UserError(f"model.text.projection must be dense_bn or none, got "
+                        f"{config.projection!r}")
 
 
 def _build_scratch_encoder(config: TextModelConfig, vocabulary_size: int | None):
@@ -889,9 +892,15 @@ def build_text_tower(
     )
     pooled = MaskedMeanPooling(name="text_mean_pooling", dtype="float32")(sequence, padding_mask)
     dropped = keras.layers.Dropout(config.dropout, name="text_dropout")(pooled)
-    dense = keras.layers.Dense(embedding_dim, name="text_embedding")(dropped)
-    # float32 output even under mixed precision: embeddings are compared by cosine downstream.
-    embedding = keras.layers.BatchNormalization(name="text_batch_norm", dtype="float32")(dense)
+    if config.projection == "none":
+        # The mean-pooled encoder output itself (the encoder's width): a pretrained sentence
+        # encoder used as it is, with no layer that only training would set.
+        embedding = dropped
+    else:
+        dense = keras.layers.Dense(embedding_dim, name="text_embedding")(dropped)
+        # float32 output even under mixed precision: embeddings are compared by cosine.
+        embedding = keras.layers.BatchNormalization(name="text_batch_norm",
+                                                    dtype="float32")(dense)
     return keras.Model(
         {"token_ids": token_ids, "padding_mask": padding_mask}, embedding, name="text_tower"
     )
