@@ -569,56 +569,88 @@ def _fit_size_slopes(sources, inb_variants, chosen: _State, members, labels, *, 
                      max_matches, fractions, repeats, seed):
     """Each member's threshold change per doubling of the pool (the ``size`` methods).
 
-    The decision's structure is kept (members, blending, scaling, min2); only the similarity
-    members' thresholds are searched again on random sub-pools of whole label groups, on a grid
-    twice as fine. A line through (log2 postings, threshold) of every sub-pool and of the whole
-    search data gives the slope, in the source's units. phash members keep slope 0: the Hamming
-    distance of two photos does not depend on the pool (their best thresholds were the same on
-    11,416 and 34,250 real Shopee postings), and their F1 curves are flat enough that refitted
-    thresholds would be noise.
+    The decision's options are kept (blending, scaling, min2); only the similarity members'
+    thresholds are searched again on random sub-pools of whole label groups, on a grid twice as
+    fine. A line through (log2 postings, threshold) of every sub-pool and of the whole search
+    data gives the slope, in the source's units. A decision of one source refits it with its
+    min2; in a union, each member is refitted **alone** (its own best threshold, with min2 only
+    when it gives min2), on the whole search data too: the thresholds of a union trade off along
+    a flat ridge of F1, and refitting them jointly drifts along it (on 3,425 Shopee postings the
+    text member of a union came out at 0.51 on sub-pools and 0.775 on the whole, a slope of 0.12
+    per doubling that took both members to 1.0 on a pool five times bigger). phash members keep
+    slope 0: the Hamming distance of two photos does not depend on the pool (their best
+    thresholds were the same on 11,416 and 34,250 real Shopee postings), and their F1 curves are
+    flat enough that refitted thresholds would be noise.
     """
     rng = np.random.default_rng(seed)
     groups = np.unique(labels)
     fitted = [name for name in members if not is_phash_source(name)]
-    points = {name: [(int(labels.shape[0]), user_threshold(name, chosen.members[name][1]))]
-              for name in fitted}
     if not fitted:
         return {}, {}
+    fine = {name: _finer_grid(chosen.members[name][0].grid) for name in fitted}
+    # What is refitted together: the one source with its min2, or each union member alone.
+    fits = [list(members)] if len(members) == 1 else [[name] for name in fitted]
+
+    def fit_state(fit, table, start: dict[str, float] | None) -> _State:
+        state = _State({name: (chosen.members[name][0], chosen.members[name][1] if start is None
+                               else start[name]) for name in fit},
+                       chosen.min2 if chosen.min2 and chosen.min2[0] in fit else None)
+        state.f1 = table.f1(state.key_members(fit), state.key_min2())
+        for _ in range(3):
+            changed = False
+            for name in [member for member in fit if member in fine]:
+                option = state.members[name][0]
+                others = [(state.members[other][0].column, state.members[other][1])
+                          for other in fit if other != name]
+                scores = table.sweep(option.column, fine[name], others, state.key_min2())
+                index = int(np.argmax(scores))
+                if scores[index] > state.f1 + _IMPROVEMENT:
+                    state.members[name] = (option, fine[name][index])
+                    state.f1 = float(scores[index])
+                    changed = True
+            if not changed:
+                break
+        return state
+
+    def pool_table(keep):
+        columns = {}
+        for name in members:
+            option = chosen.members[name][0]
+            neighbours = _option_neighbours(sources, inb_variants, option)
+            if keep is not None:
+                neighbours = subset_neighbours(neighbours, keep)
+                if option.beta:
+                    neighbours = local_scaling(neighbours, option.beta,
+                                               background_scores(neighbours, window=window))
+            elif option.beta:
+                neighbours = local_scaling(neighbours, option.beta,
+                                           background_scores(neighbours, window=window))
+            columns[option.column] = neighbours
+        return PairTable(columns, labels if keep is None else labels[keep],
+                         max_matches=max_matches)
+
+    if len(fits) == 1:
+        start = {name: chosen.members[name][1] for name in members}
+    else:  # each member's own best threshold on the whole search data
+        whole = pool_table(None)
+        start = {}
+        for fit in fits:
+            start.update({name: value for name, (_, value)
+                          in fit_state(fit, whole, None).members.items()})
+    points = {name: [(int(labels.shape[0]), user_threshold(name, start[name]))]
+              for name in fitted}
     for fraction in fractions:
         for _ in range(repeats):
             chosen_groups = rng.choice(groups, max(1, int(round(len(groups) * fraction))),
                                        replace=False)
             keep = np.isin(labels, chosen_groups)
-            columns = {}
-            for name in members:
-                option = chosen.members[name][0]
-                restricted = subset_neighbours(
-                    _option_neighbours(sources, inb_variants, option), keep)
-                if option.beta:
-                    restricted = local_scaling(restricted, option.beta,
-                                               background_scores(restricted, window=window))
-                columns[option.column] = restricted
-            table = PairTable(columns, labels[keep], max_matches=max_matches)
-            state = _State(dict(chosen.members), chosen.min2)
-            state.f1 = table.f1(state.key_members(members), state.key_min2())
-            fine = {name: _finer_grid(chosen.members[name][0].grid) for name in fitted}
-            for _ in range(3):
-                changed = False
-                for name in fitted:
-                    option = state.members[name][0]
-                    others = [(state.members[other][0].column, state.members[other][1])
-                              for other in members if other != name]
-                    scores = table.sweep(option.column, fine[name], others, state.key_min2())
-                    index = int(np.argmax(scores))
-                    if scores[index] > state.f1 + _IMPROVEMENT:
-                        state.members[name] = (option, fine[name][index])
-                        state.f1 = float(scores[index])
-                        changed = True
-                if not changed:
-                    break
-            for name in fitted:
-                points[name].append((int(keep.sum()),
-                                     user_threshold(name, state.members[name][1])))
+            table = pool_table(keep)
+            for fit in fits:
+                state = fit_state(fit, table, start)
+                for name in fit:
+                    if name in fine:
+                        points[name].append((int(keep.sum()),
+                                             user_threshold(name, state.members[name][1])))
     slopes = {}
     for name, values in points.items():
         sizes = np.log2([size for size, _ in values])
