@@ -125,13 +125,15 @@ def _write_csv(frame, path: Path) -> Path:
     return path
 
 
-def _group_folds(frame, folds: int) -> list[np.ndarray]:
+def _group_folds(frame, folds: int, *, numeric: bool = True) -> list[np.ndarray]:
     """Row numbers of each GroupKFold(folds) split over label_group (the convert_tfrecords.py
-    assignment: CSV order, no shuffling)."""
+    assignment: CSV order, no shuffling, labels as integers; ``numeric=False`` splits the
+    labels as text, which orders tied groups otherwise: the split the half-trained MiniLM model
+    was trained on)."""
     from sklearn.model_selection import GroupKFold
 
-    return [np.sort(test) for _, test in GroupKFold(n_splits=folds).split(
-        frame, groups=frame["label_group"])]
+    groups = frame["label_group"].astype(np.int64) if numeric else frame["label_group"]
+    return [np.sort(test) for _, test in GroupKFold(n_splits=folds).split(frame, groups=groups)]
 
 
 class Transfer:
@@ -207,7 +209,7 @@ class Transfer:
         folder = self.workdir / "shopee_half"
         folder.mkdir(parents=True, exist_ok=True)
         frame = pd.read_csv(self.args.data, dtype=str)
-        halves = _group_folds(frame, 2)
+        halves = _group_folds(frame, 2, numeric=False)
         trained = _write_csv(frame.iloc[halves[0]], folder / "trained_half.csv")
         other = _write_csv(frame.iloc[halves[1]], folder / "other_half.csv")
         tfrecords = folder / "tfrecords"
