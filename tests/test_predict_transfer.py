@@ -54,3 +54,34 @@ def test_the_search_ships_the_transfer_tests_choice_and_prints_why(tmp_path, cap
                   str(search / "thresholds.json"), "--out", str(tmp_path / "o.csv"),
                   "--evaluate", "--quiet"])
     assert "<- shipped" in capsys.readouterr().out
+
+
+def test_a_search_on_a_models_training_folds_is_named(tmp_path):
+    """The transfer test cannot see that a model's cosines are tighter on its training
+    products: a search on them is named (warning and thresholds file)."""
+    import shutil
+
+    from tf_shopee.predict import build_argument_parser, models_trained_on_search_postings
+    from tf_shopee.predict import options_from_arguments as options_of
+
+    export, workdir, tfrecords = tmp_path / "export", tmp_path / "run", tmp_path / "tfrecords"
+    for folder in (export, workdir, tfrecords):
+        folder.mkdir()
+    (export / "tf_shopee_export.json").write_text(json.dumps({
+        "format": "tf_shopee.embedding_model", "format_version": 1, "kind": "text",
+        "embedding_dim": 8, "inputs": ["titles"], "workdir": str(workdir)}))
+    (export / "saved_model.pb").write_bytes(b"")  # only the metadata is read here
+    (workdir / "config.json").write_text(json.dumps({"data": {
+        "tfrecords": str(tfrecords), "validation_fold": 0, "holdout_folds": "2"}}))
+
+    def trained(*flags):
+        options = options_of(build_argument_parser().parse_args(
+            ["--tfrecords", str(tfrecords), *flags, "--model", str(export), "--out",
+             str(tmp_path / "m.csv")]))
+        return models_trained_on_search_postings(options)
+
+    assert trained("--fold", "1") == [str(export)]
+    assert trained() == [str(export)]  # every fold, training folds included
+    assert trained("--fold", "0") == [] and trained("--fold", "2") == []
+    shutil.rmtree(workdir)  # the training run is gone: nothing to tell
+    assert trained("--fold", "1") == []

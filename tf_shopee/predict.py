@@ -34,7 +34,7 @@ from tf_shopee import import_tensorflow
 from tf_shopee.catalog.query import format_catalog_table, run_catalog_prediction
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.export import load_exported, read_export_metadata
-from tf_shopee.io_utils import refuse_overwriting_inputs, write_json_atomic
+from tf_shopee.io_utils import read_json, refuse_overwriting_inputs, write_json_atomic
 from tf_shopee.matching.blend import BLEND_PHASH_BITS, blend_embeddings
 from tf_shopee.matching.decision import (
     THRESHOLD_METHOD_CHOICES,
@@ -283,6 +283,35 @@ def blend_variants(sources: Sources, options: MatchOptions) -> dict[str, dict]:
     return variants
 
 
+def models_trained_on_search_postings(options: MatchOptions) -> list[str]:
+    """The ``--model`` folders trained on the postings a search runs on: ``--tfrecords`` is
+    the model's training folder and ``--fold`` one of its training folds (or no fold). A search
+    on a model's training products sees its cosines tighter than on new products, a shift no
+    transfer test on those postings can see: the decision then transfers worse than it looks
+    (benchmarks/quality_transfer.py: 0.013-0.017 F1 below the best method on such rows)."""
+    tfrecords, fold = getattr(options, "tfrecords", ""), getattr(options, "fold", None)
+    if not tfrecords:
+        return []
+    trained = []
+    for model_dir in options.models:
+        workdir = read_export_metadata(model_dir).get("workdir")
+        config_path = Path(workdir) / "config.json" if workdir else None
+        try:
+            data = read_json(config_path)["data"] if config_path else None
+        except (OSError, UserError, KeyError, TypeError):
+            data = None
+        if not data or not data.get("tfrecords"):
+            continue
+        if os.path.realpath(data["tfrecords"]) != os.path.realpath(tfrecords):
+            continue
+        held_out = {int(data.get("validation_fold", -1))} | {
+            int(part) for part in str(data.get("holdout_folds", "")).split(",")
+            if part.strip().isdigit()}
+        if fold is None or fold not in held_out:
+            trained.append(str(model_dir))
+    return trained
+
+
 def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
                                 options: MatchOptions) -> tuple[Decision, dict]:
     """Choose the decision on this labelled set, the threshold method by the transfer test
@@ -291,6 +320,14 @@ def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
     for catalogue queries (no blending, its own transfer test). Write ``thresholds.json`` and
     ``thresholds.png`` into ``options.search_thresholds``; return the decision and the
     file's content."""
+    trained_on = models_trained_on_search_postings(options)
+    if trained_on:
+        logger.warning(
+            "the thresholds are searched on postings that %s was trained on: its scores are "
+            "tighter on them than on new products, which the transfer test cannot see, so the "
+            "decision may hold worse on new products than the search reports; search on a fold "
+            "the model never trained on (train.py --set data.holdout_folds=N, or its "
+            "validation fold)", ", ".join(trained_on))
     inb_variants = blend_variants(sources, options)
     started = time.perf_counter()
     result = search_with_transfer_test(sources.neighbours, labels,
@@ -310,6 +347,7 @@ def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
         "searched_on_rows": len(labels), "k": options.k, "models": list(options.models),
         "use_tfidf": options.use_tfidf, "use_phash": options.use_phash,
         "use_concat": options.use_concat, "threshold_method": options.threshold_method,
+        "models_trained_on_these_postings": trained_on,
     })
     plot_thresholds(out / "thresholds.png", result)
     logger.info("thresholds searched on %d labelled postings in %.1f s (F1 %.4f on them; best "
