@@ -8,8 +8,9 @@ a table of candidate pairs (:class:`PairTable`), not through match lists;
 :func:`~tf_shopee.matching.decision.apply_decision` then applies the chosen decision to neighbour
 lists and reproduces the searched F1 exactly.
 
-Ways of making thresholds survive a bigger catalogue (``method``), compared by
-``benchmarks/quality_transfer.py`` (thresholds chosen on one pool, applied to a bigger one):
+Ways of making thresholds survive a bigger catalogue (``method``); which one a search ships is
+chosen by the transfer test of :mod:`tf_shopee.matching.transfer` on the user's own data
+(``benchmarks/quality_transfer.py`` compares them on three kinds of data):
 
 ``local``
     local scaling with ``beta`` chosen per source by the search (``beta = 0`` is among the
