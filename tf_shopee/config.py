@@ -98,6 +98,9 @@ class TextModelConfig:
     intermediate_dim: int = 512  # scratch only
     dropout: float = 0.1
     trainable: str = "all"  # head | all
+    # After mean pooling: dense_bn (Dense to model.embedding_dim + BatchNorm) | none (the pooled
+    # encoder output itself, e.g. a pretrained sentence encoder used zero-shot)
+    projection: str = "dense_bn"
 
 
 @dataclass
@@ -241,6 +244,8 @@ class RunConfig:
                             "(e.g. last_2_blocks) or all")
         if self.model.text.trainable not in ("head", "all"):
             raise UserError("model.text.trainable must be head or all")
+        if self.model.text.projection not in ("dense_bn", "none"):
+            raise UserError("model.text.projection must be dense_bn or none")
         return self
 
 

@@ -46,7 +46,12 @@ from tf_shopee.catalog.search import DEFAULT_NPROBE, ExactSearch, IvfSearch, res
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import write_json_atomic
 from tf_shopee.matching.blend import blend_query_rows
-from tf_shopee.matching.decision import Decision, apply_decision, format_threshold
+from tf_shopee.matching.decision import (
+    USE_CATALOGUE,
+    Decision,
+    apply_decision,
+    format_threshold,
+)
 from tf_shopee.matching.model_free import ModelFreeSettings, blending_graphs
 from tf_shopee.matching.options import MatchOptions, PredictOptions
 from tf_shopee.matching.plan import MatchPlan, resolve_plan
@@ -60,6 +65,7 @@ from tf_shopee.matching.sources import (
     PHASH_TEXT,
     TFIDF,
     PlannedSources,
+    concat_parts,
     embed_sources,
     image_based_sources,
 )
@@ -315,7 +321,7 @@ class CatalogMatcher:
         )
         planned = PlannedSources(names=list(neighbours), model_dirs=model_dirs,
                                  model_thresholds=model_thresholds)
-        plan = resolve_plan(planned, options, allow_absent=True)
+        plan = resolve_plan(planned, options, allow_absent=True, use=USE_CATALOGUE)
         if stored_file and not self.options.thresholds_file:
             shown = f"file {self.index.directory / stored_file}"
             plan.origin = {name: shown if origin.startswith("file /proc/") else origin
@@ -323,9 +329,33 @@ class CatalogMatcher:
         if plan.inb_iterations:
             raise UserError(
                 f"the decision blends {', '.join(plan.inb_iterations)} with its neighbours "
-                "(INB), which a catalogue cannot do per query: search the thresholds with "
-                "--inb-iterations 0 for catalogue use")
+                "(INB), which a catalogue cannot do per query: search the thresholds again with "
+                "predict.py --search-thresholds (it also writes a decision for catalogue "
+                "queries when the best one blends), or with --inb-iterations 0")
         return plan
+
+    def check_plan(self, postings: Postings, *, precomputed: bool = False) -> MatchPlan:
+        """The decision these queries will be matched with, from the sources they can have
+        (which models their inputs allow, titles, photos), before anything is embedded: a
+        missing threshold or a decision a catalogue cannot apply fails here, not after
+        the embedding. ``precomputed``: the queries' embeddings come from an ``--embeddings``
+        folder, so the image models answer without photos."""
+        has_titles = any(title.strip() for title in postings.titles)
+        has_images = postings.has_images or precomputed
+        has_photos = has_images or any(postings.image_phashes or ())
+        kinds = {entry["source"]: ModelKind(model.kind)
+                 for entry, model in zip(self.index.models, self.models)}
+        names = [name for name, kind in kinds.items()
+                 if not (kind.uses_images and not has_images)
+                 and not (kind.uses_titles and not has_titles)]
+        if (self.options.use_concat and self.index.manifest.get("concat")
+                and concat_parts({name: kinds[name] for name in names})):
+            names.append(CONCAT)
+        tfidf = self.options.use_tfidf and has_titles and self.index.vectorizer is not None
+        names += [TFIDF] if tfidf else []
+        if self.options.use_phash and self.index.image_phashes is not None and has_photos:
+            names += [PHASH, PHASH_TEXT] if tfidf else [PHASH]
+        return self._plan(dict.fromkeys(names), {})
 
 
 def decide(neighbours: dict[str, Neighbours], plan: MatchPlan, options: MatchOptions, *,
@@ -430,6 +460,8 @@ def run_catalog_prediction(options: PredictOptions) -> dict:
     logger.info("%d queries against a catalogue of %d postings", len(postings), len(index))
     matcher = CatalogMatcher(index, models, options, search=options.search,
                              nprobe=options.nprobe or None)
+    # A bad decision fails before the queries are embedded.
+    matcher.check_plan(postings, precomputed=bool(options.embeddings))
     embeddings = None
     if options.embeddings:  # the queries' embeddings, made by python -m tf_shopee.beam embed
         embeddings = load_embeddings(

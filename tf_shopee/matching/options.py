@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf_shopee.errors import UserError
-from tf_shopee.matching.decision import METHODS, check_threshold
+from tf_shopee.matching.decision import AUTO_METHOD, THRESHOLD_METHOD_CHOICES, check_threshold
 from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE
 from tf_shopee.matching.sources import check_source_name
 from tf_shopee.matching.topk import DEFAULT_K, DEFAULT_MAX_CHUNK_MB, DEFAULT_MAX_MATCHES
@@ -31,7 +31,8 @@ class MatchOptions:
         threshold_overrides: source → plain threshold (``--threshold``; bits for phash sources).
         search_thresholds: folder to write the decision a search chooses on these (labelled)
             postings; empty: no search.
-        threshold_method: how a search makes thresholds hold on a bigger pool.
+        threshold_method: how a search makes thresholds hold on a bigger pool; ``auto``: the
+            search's transfer test chooses (:mod:`tf_shopee.matching.transfer`).
         min2: give a lonely posting its nearest neighbour (when the decision has min2).
         inb_iterations: blending rounds of embedding sources; None: as the decision says, 0: off.
         inb_neighbours: neighbours blended per posting that a search tries (None: all of ``k``).
@@ -52,7 +53,7 @@ class MatchOptions:
     thresholds_file: str = ""
     threshold_overrides: dict[str, float] = field(default_factory=dict)
     search_thresholds: str = ""
-    threshold_method: str = "local+size"
+    threshold_method: str = AUTO_METHOD
     min2: bool = True
     inb_iterations: int | None = None
     inb_neighbours: tuple[int | None, ...] = (None,)
@@ -88,8 +89,9 @@ class MatchOptions:
             if not (isinstance(value, float) and 0.0 <= value <= 1.0):
                 raise UserError(f"--inb-grid: blend thresholds are similarities in [0, 1], got "
                                 f"{value!r}")
-        if self.threshold_method not in METHODS:
-            raise UserError(f"--threshold-method must be one of {', '.join(METHODS)}, got "
+        if self.threshold_method not in THRESHOLD_METHOD_CHOICES:
+            raise UserError(f"--threshold-method must be one of "
+                            f"{', '.join(THRESHOLD_METHOD_CHOICES)}, got "
                             f"{self.threshold_method!r}")
         self.threshold_overrides = {
             check_source_name(name, where=f"--threshold {name}={value}"):

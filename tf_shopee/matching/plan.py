@@ -19,6 +19,7 @@ import numpy as np
 from tf_shopee.errors import UserError
 from tf_shopee.matching.decision import (
     DEFAULT_DECISION,
+    USE_SELF_MATCHING,
     Decision,
     SourceRule,
     check_threshold,
@@ -118,7 +119,7 @@ def default_decision(planned: PlannedSources, *, searching: bool = False,
 
 def resolve_plan(planned: PlannedSources, options: MatchOptions,
                  searched: Decision | None = None, *,
-                 allow_absent: bool = False) -> MatchPlan:
+                 allow_absent: bool = False, use: str = USE_SELF_MATCHING) -> MatchPlan:
     """The decision of this run: a search's (``searched``), else ``--thresholds FILE``'s, else
     the defaults; then ``--threshold`` overrides, ``--no-min2`` and ``--inb-iterations``.
 
@@ -130,6 +131,8 @@ def resolve_plan(planned: PlannedSources, options: MatchOptions,
         searched: a decision just searched on this run's labelled postings.
         allow_absent: sources of the file or overrides this run lacks are left out (logged)
             instead of being an error: catalogue queries that lack a title or a photo.
+        use: what the decision is for (``self-matching`` or ``catalogue``): a thresholds file
+            searched with blending holds a second decision for catalogue queries.
 
     Raises:
         UserError: a thresholds file or ``--threshold`` naming a source this run does not
@@ -140,7 +143,7 @@ def resolve_plan(planned: PlannedSources, options: MatchOptions,
         decision, label = searched, f"search on this set ({options.search_thresholds})"
         origin = {name: label for name in decision.sources}
     elif options.thresholds_file:
-        decision = load_thresholds(options.thresholds_file)
+        decision = load_thresholds(options.thresholds_file, use=use)
         absent = [name for name in decision.sources if name not in names]
         if absent and not allow_absent:
             raise UserError(
