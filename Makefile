@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENT_FILES) | sha256sum | cut -
 DEMO_DIR ?= demo_run
 DEMO_POSTINGS ?= 3000
 
-.PHONY: install test test-all test-fast demo app lint clean-demo
+.PHONY: install test test-all test-fast demo app lint docs clean-demo
 
 install: $(STAMP)
 
@@ -39,6 +39,7 @@ test-all: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not real_data" tests
 
+# A DEMO_DIR holding a set generated with another DEMO_POSTINGS is refused (make clean-demo first).
 demo: install
 	$(PY) -m tf_shopee.demo --workdir $(DEMO_DIR) --postings $(DEMO_POSTINGS)
 
@@ -53,6 +54,12 @@ app: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict turns a broken link or anchor, a
+# missing page or a page left out of the nav into an error (tests/test_docs.py runs the same build).
+# NO_MKDOCS_2_WARNING: mkdocs-material 9.8 prints an end-of-life notice on every build otherwise.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

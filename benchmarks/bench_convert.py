@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of CSV → TFRecord conversion (postings/s), 1 image worker vs 2.
 
-Protocol: generate synthetic mini-Shopee sets with ``python -m tf_shopee.data.synthetic`` at two
+Protocol: generate synthetic mini-Shopee sets with ``python -m tf_shopee.synthetic`` at two
 photo sizes, then time :func:`tf_shopee.data.convert.convert_csv` on each with ``--workers 1`` and
 ``--workers 2`` (``--overwrite``, no progress bar, default ``--max-side 512``):
 
@@ -42,7 +42,7 @@ def generate(out_dir: Path, postings: int, seed: int, image_size: int) -> None:
         [
             sys.executable,
             "-m",
-            "tf_shopee.data.synthetic",
+            "tf_shopee.synthetic",
             "--out",
             str(out_dir),
             "--postings",

@@ -62,3 +62,46 @@ def test_a_second_demo_run_reuses_the_models_it_trained(tmp_path, monkeypatch):
     # Another recipe (here: more epochs) is retrained, not reused.
     with pytest.raises(AssertionError, match="trained again"):
         demo.train_models(workdir, tfrecord_dir, epochs={"text": 2}, seed=0)
+
+
+def _existing_demo(workdir, *, rows: int, generated_with: dict | None):
+    """A demo folder as a finished step 1 leaves it: train.csv (and the settings record)."""
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True)
+    lines = ["posting_id,image,image_phash,title,label_group"]
+    lines += [f"p{row},p{row}.jpg,ffffffffffffffff,title {row},{row}" for row in range(rows)]
+    (data_dir / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if generated_with is not None:
+        (data_dir / "generated_with.json").write_text(json.dumps(generated_with))
+    return workdir
+
+
+def test_a_demo_folder_generated_with_other_settings_is_not_reused(tmp_path):
+    """make demo DEMO_POSTINGS=1000 on a folder holding the 3,000-posting set stops, naming
+    make clean-demo, before anything is converted or trained."""
+    from tf_shopee import demo
+    from tf_shopee.errors import UserError
+
+    workdir = _existing_demo(tmp_path / "demo_run", rows=3,
+                             generated_with={"postings": 3000, "seed": 0, "image_size": 96})
+    with pytest.raises(UserError) as raised:
+        demo.generate_and_convert(workdir, postings=1000, seed=0, image_size=96)
+    message = str(raised.value)
+    assert "postings 3000 (asked for 1000)" in message
+    assert f"make clean-demo DEMO_DIR={workdir}" in message
+    assert not (workdir / "tfrecords").exists()
+    # Another seed or photo size is another set too; the same settings pass the check.
+    with pytest.raises(UserError, match=r"seed 0 \(asked for 1\)"):
+        demo._check_existing_set(workdir, {"postings": 3000, "seed": 1, "image_size": 96})
+    demo._check_existing_set(workdir, {"postings": 3000, "seed": 0, "image_size": 96})
+
+
+def test_a_demo_folder_without_a_settings_record_is_checked_by_its_row_count(tmp_path):
+    """A folder left by a demo older than the settings record: the CSV's rows count."""
+    from tf_shopee import demo
+    from tf_shopee.errors import UserError
+
+    workdir = _existing_demo(tmp_path / "old_demo", rows=5, generated_with=None)
+    with pytest.raises(UserError, match=r"postings 5 \(asked for 1000\).*make clean-demo"):
+        demo._check_existing_set(workdir, {"postings": 1000, "seed": 0, "image_size": 96})
+    demo._check_existing_set(workdir, {"postings": 5, "seed": 0, "image_size": 96})

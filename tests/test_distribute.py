@@ -107,3 +107,30 @@ def test_mirrored_over_logical_cpu_devices_in_a_fresh_process():
     if not os.path.exists(distribute.TPU_VM_DEVICE):
         assert "auto MirroredStrategy" in result.stdout
     assert "late split refused True" in result.stdout
+
+
+def _cpu_banners(text: str) -> int:
+    return text.count("only fit for smoke tests")
+
+
+def test_the_cpu_training_banner_is_shown_once_per_process(monkeypatch, capsys):
+    """The demo trains three models in one process: the banner came three times."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("a GPU is present: no CPU-training banner to count")
+    monkeypatch.setattr(distribute, "_cpu_training_announced", False)
+    distribute.get_strategy("one_device")
+    distribute.get_strategy("one_device")
+    assert _cpu_banners(capsys.readouterr().err) == 1
+
+
+def test_a_process_that_expects_cpu_training_gets_no_banner(monkeypatch, capsys):
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("a GPU is present: no CPU-training banner to count")
+    monkeypatch.setattr(distribute, "_cpu_training_announced", False)
+    distribute.expect_cpu_training()
+    distribute.get_strategy("one_device")
+    assert _cpu_banners(capsys.readouterr().err) == 0

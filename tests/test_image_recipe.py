@@ -15,6 +15,7 @@ from test_training import IMAGE_SIZE, tiny_arguments, write_tfrecords
 import tf_shopee  # noqa: F401
 from tf_shopee.config import RunConfig
 from tf_shopee.errors import UserError
+from tf_shopee.models.kind import ModelKind
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _catalogue(folder, labels, *, extra_rows="") -> str:
 
 def _config(tfrecords, catalog_csv, *extra) -> RunConfig:
     config = RunConfig()
-    config.model.kind = "image"
+    config.model.kind = ModelKind.IMAGE
     config.override([f"data.tfrecords={tfrecords}", f"data.catalog_csv={catalog_csv}",
                      "data.validation_fold=0", "data.holdout_folds=1", *extra])
     return config

@@ -21,7 +21,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 def synthetic_set(tmp_path_factory):
     """200 synthetic postings (64 px photos) and their TFRecords with 4 folds."""
     from tf_shopee.data.convert import convert_csv
-    from tf_shopee.data.synthetic import generate_dataset
+    from tf_shopee.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("predict")
     generate_dataset(root / "data", postings=200, seed=3, image_size=64, workers=1)
@@ -158,9 +158,7 @@ def test_threshold_override_changes_matches(synthetic_set, tmp_path):
     assert counts["1.0"] < counts["0.3"]
 
 
-def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path):
-    from tf_shopee.neighbours.phash import hamming_distances
-
+def test_phash_threshold_is_given_in_bits(synthetic_set, tmp_path, hamming_distances):
     csv_path = synthetic_set / "data" / "train.csv"
     out = tmp_path / "phash.csv"
     report_path = tmp_path / "report.json"

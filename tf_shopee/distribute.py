@@ -175,7 +175,25 @@ def _tpu_strategy(tpu_address: str):
     return tf.distribute.TPUStrategy(resolver)
 
 
+# The CPU-training banner is shown once per process: a process that builds several strategies
+# (the demo trains three models) would otherwise repeat it for each.
+_cpu_training_announced = False
+
+
+def expect_cpu_training() -> None:
+    """Declare that this process trains on the CPU on purpose: no CPU-training banner.
+
+    The demo calls it (it is sized for a CPU and says so itself, once, in plain words).
+    """
+    global _cpu_training_announced
+    _cpu_training_announced = True
+
+
 def _warn_cpu_training(what: str) -> None:
+    global _cpu_training_announced
+    if _cpu_training_announced:
+        return
+    _cpu_training_announced = True
     banner = "!" * 78
     print(
         f"{banner}\nWARNING: no GPU or TPU found: training runs on the CPU ({what}).\n"

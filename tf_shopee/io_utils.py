@@ -7,11 +7,14 @@ interrupted job never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -84,18 +87,132 @@ def read_json(path: str | os.PathLike):
 def replace_directory(temporary: str | os.PathLike, destination: str | os.PathLike) -> None:
     """Move the finished folder ``temporary`` to ``destination``, replacing a previous one.
 
-    Two renames: the old folder stays whole under its name until the new one is complete, and
-    is deleted only once the new one is in place.
+    Two renames: the previous folder is first renamed to ``.NAME.old-PID``, then ``temporary``
+    (by convention ``.NAME.partial-PID``) to ``NAME``; the retired folder is deleted last. A
+    process killed between the renames leaves no ``NAME``: :func:`recover_directory_swap`, which
+    every call runs first (and readers may run), puts the previous folder back and removes what
+    dead processes left behind.
     """
     temporary, destination = Path(temporary), Path(destination)
+    recover_directory_swap(destination)
     if not destination.exists():
         os.replace(temporary, destination)
         return
-    retired = destination.parent / f".{destination.name}.old-{os.getpid()}"
+    retired = destination.parent / f".{destination.name}{RETIRED_MARK}{os.getpid()}"
     shutil.rmtree(retired, ignore_errors=True)
     os.replace(destination, retired)
     os.replace(temporary, destination)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+# Name marks of replace_directory's hidden siblings: ".NAME.partial-PID" (a folder being written)
+# and ".NAME.old-PID" (the previous folder, retired during the swap).
+PARTIAL_MARK = ".partial-"
+RETIRED_MARK = ".old-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _dead_writer_leftovers(destination: Path, mark: str) -> list[Path]:
+    """``.NAME<mark>PID`` siblings of ``destination`` whose process is gone."""
+    leftovers = []
+    for path in sorted(destination.parent.glob(f".{destination.name}{mark}*")):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            leftovers.append(path)
+    return leftovers
+
+
+def recover_directory_swap(destination: str | os.PathLike) -> list[str]:
+    """Finish what a process killed inside :func:`replace_directory` left, and say what was done.
+
+    * ``NAME`` missing and a dead process's ``.NAME.old-PID`` present: the kill came between the
+      two renames. The swap is rolled back (the retired folder becomes ``NAME`` again): the
+      killed command never reported success, so the previous version stands.
+    * ``NAME`` present and a dead process's ``.NAME.old-PID`` present: the kill came after the
+      swap; the retired copy is deleted.
+    * A dead process's ``.NAME.partial-PID``: an unfinished write; deleted.
+
+    Folders of live processes are never touched (a writer may be at work). Writers call this
+    under their lock; a reader may call it too: the renames are atomic and only dead processes'
+    folders move.
+
+    Returns:
+        One line per action, for the log.
+    """
+    destination = Path(destination)
+    actions = []
+    if not destination.parent.is_dir():
+        return actions
+    for retired in _dead_writer_leftovers(destination, RETIRED_MARK):
+        if not destination.exists():
+            try:
+                os.replace(retired, destination)
+            except OSError:
+                continue  # another process restored it first
+            actions.append(f"restored {destination} from {retired.name}, left by a run killed "
+                           "while swapping in a new version")
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+            actions.append(f"removed {retired.name}, the previous version a killed run left")
+    for partial in _dead_writer_leftovers(destination, PARTIAL_MARK):
+        shutil.rmtree(partial, ignore_errors=True)
+        actions.append(f"removed {partial.name}, left unfinished by a killed run")
+    return actions
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike, *, wait: bool = True,
+                   what: str = "this folder") -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` (created when missing) for the block.
+
+    The holder's pid and start time are written into the file, so a second process can say who
+    it waits for. The lock goes with the process: a killed holder releases it.
+
+    Args:
+        lock_path: the lock file (beside what it protects).
+        wait: wait for the holder to finish; False raises at once.
+        what: what the lock protects, for the messages.
+
+    Raises:
+        UserError: the lock file cannot be created (read-only folder), or ``wait`` is False and
+            another process holds the lock.
+    """
+    lock_path = Path(lock_path)
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise UserError(
+            f"cannot write in {lock_path.parent} ({error.strerror}): {what} needs a writable "
+            "folder (its lock file, the new version and the swap all go there)"
+        ) from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "?"
+            if not wait:
+                raise UserError(
+                    f"another process ({holder}) is writing {what}: try again when it is done, "
+                    "or leave out --no-wait to wait for it"
+                ) from None
+            print(f"waiting for another process ({holder}) that is writing {what} ...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode(),
+                  0)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:

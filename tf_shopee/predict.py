@@ -34,15 +34,24 @@ from tf_shopee import import_tensorflow
 from tf_shopee.catalog.query import format_catalog_table, run_catalog_prediction
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.export import load_exported, read_export_metadata
-from tf_shopee.io_utils import refuse_overwriting_inputs, write_json_atomic
+from tf_shopee.io_utils import read_json, refuse_overwriting_inputs, write_json_atomic
 from tf_shopee.matching.blend import BLEND_PHASH_BITS, blend_embeddings
-from tf_shopee.matching.decision import METHODS, Decision, apply_decision, write_thresholds
+from tf_shopee.matching.decision import (
+    THRESHOLD_METHOD_CHOICES,
+    USE_CATALOGUE,
+    Decision,
+    apply_decision,
+    blending_members,
+    read_transfer_tests,
+    write_thresholds,
+)
 from tf_shopee.matching.model_free import model_free_sources
 from tf_shopee.matching.options import MatchOptions, PredictOptions, parse_threshold_overrides
 from tf_shopee.matching.plan import MatchPlan, resolve_plan
 from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.precomputed import load_embeddings
 from tf_shopee.matching.report import format_f1_table, report_bad_images, write_matches
-from tf_shopee.matching.search import DEFAULT_INB_GRID, plot_thresholds, search_decision
+from tf_shopee.matching.search import DEFAULT_INB_GRID, plot_thresholds
 from tf_shopee.matching.sources import (
     COMBINED,
     PHASH,
@@ -53,6 +62,7 @@ from tf_shopee.matching.sources import (
     plan_sources,
 )
 from tf_shopee.matching.topk import top_k_neighbours
+from tf_shopee.matching.transfer import format_transfer_table, search_with_transfer_test
 from tf_shopee.metrics import mean_f1_from_matches, recall_at_1
 from tf_shopee.models.kind import ModelKind
 from tf_shopee.neighbours.phash import phash_neighbours
@@ -76,14 +86,22 @@ def compute_sources(postings: Postings, options: MatchOptions,
     if planned is None:
         planned = planned_sources(postings, options)
     sources = Sources()
-    models = {name: load_exported(model_dir) for name, model_dir in planned.model_dirs.items()}
-    sources.embeddings = embed_sources(
-        models, postings, use_concat=options.use_concat, batch_size=options.batch_size,
-        cache_dir=options.cache_dir, progress=options.progress, views=options.views)
-    sources.model_thresholds = {name: float(model.threshold) for name, model in models.items()
-                                if model.threshold is not None}
-    sources.image_based = image_based_sources(
-        {name: ModelKind(model.kind) for name, model in models.items()})
+    if getattr(options, "embeddings", ""):  # made by python -m tf_shopee.beam embed
+        sources.embeddings = load_embeddings(options.embeddings, planned.model_dirs, postings,
+                                             use_concat=options.use_concat)
+        sources.model_thresholds = {name: float(value)
+                                    for name, value in planned.model_thresholds.items()}
+        kinds = {name: ModelKind(read_export_metadata(model_dir)["kind"])
+                 for name, model_dir in planned.model_dirs.items()}
+    else:
+        models = {name: load_exported(model_dir) for name, model_dir in planned.model_dirs.items()}
+        sources.embeddings = embed_sources(
+            models, postings, use_concat=options.use_concat, batch_size=options.batch_size,
+            cache_dir=options.cache_dir, progress=options.progress, views=options.views)
+        sources.model_thresholds = {name: float(model.threshold) for name, model in models.items()
+                                    if model.threshold is not None}
+        kinds = {name: ModelKind(model.kind) for name, model in models.items()}
+    sources.image_based = image_based_sources(kinds)
     sources.bad_rows = tuple(sorted(postings.bad_images))
     for name, embeddings in sources.embeddings.items():
         started = time.perf_counter()
@@ -134,9 +152,13 @@ def run_prediction(options: PredictOptions) -> dict:
     planned = planned_sources(postings, options)
     plan = resolve_plan(planned, options)  # fails on bad names or values before any embedding
     sources = compute_sources(postings, options, planned)
+    transfer_tests = {}
     if options.search_thresholds:
-        searched = search_and_write_thresholds(sources, postings.label_groups, options)
+        searched, _ = search_and_write_thresholds(sources, postings.label_groups, options)
         plan = resolve_plan(planned, options, searched=searched)
+        transfer_tests = read_transfer_tests(Path(options.search_thresholds) / "thresholds.json")
+    elif options.thresholds_file:
+        transfer_tests = read_transfer_tests(options.thresholds_file)
     recall = None
     if options.evaluate:
         # Before blending: recall@1 measures the embeddings themselves.
@@ -167,6 +189,7 @@ def run_prediction(options: PredictOptions) -> dict:
         "models": list(options.models),
         "submission": str(options.out),
         "bad_images": bad_images,
+        "transfer_tests": transfer_tests,
     }
     if postings.encoding is not None:
         report["csv_encoding"] = postings.encoding.to_json()
@@ -202,7 +225,7 @@ def check_outputs(options: PredictOptions, postings: Postings | None = None) -> 
     """
     if postings is None:
         inputs = {"--csv": options.csv, "--tfrecords": options.tfrecords,
-                  "--thresholds": options.thresholds_file}
+                  "--thresholds": options.thresholds_file, "--embeddings": options.embeddings}
         inputs.update({f"--model {model}": model for model in options.models})
         refuse_overwriting_inputs(inputs, _output_paths(options))
         return
@@ -279,16 +302,56 @@ def blend_variants(sources: Sources, options: MatchOptions) -> dict[str, dict]:
     return variants
 
 
+def models_trained_on_search_postings(options: MatchOptions) -> list[str]:
+    """The ``--model`` folders trained on the postings a search runs on: ``--tfrecords`` is
+    the model's training folder and ``--fold`` one of its training folds (or no fold). A search
+    on a model's training products sees its cosines tighter than on new products, a shift no
+    transfer test on those postings can see: the decision then transfers worse than it looks
+    (benchmarks/quality_transfer.py: 0.013-0.017 F1 below the best method on such rows)."""
+    tfrecords, fold = getattr(options, "tfrecords", ""), getattr(options, "fold", None)
+    if not tfrecords:
+        return []
+    trained = []
+    for model_dir in options.models:
+        workdir = read_export_metadata(model_dir).get("workdir")
+        config_path = Path(workdir) / "config.json" if workdir else None
+        try:
+            data = read_json(config_path)["data"] if config_path else None
+        except (OSError, UserError, KeyError, TypeError):
+            data = None
+        if not data or not data.get("tfrecords"):
+            continue
+        if os.path.realpath(data["tfrecords"]) != os.path.realpath(tfrecords):
+            continue
+        held_out = {int(data.get("validation_fold", -1))} | {
+            int(part) for part in str(data.get("holdout_folds", "")).split(",")
+            if part.strip().isdigit()}
+        if fold is None or fold not in held_out:
+            trained.append(str(model_dir))
+    return trained
+
+
 def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
-                                options: MatchOptions) -> Decision:
-    """Choose the decision on this labelled set (:func:`tf_shopee.thresholds.search_decision`
-    over every source, with the blending options of :func:`blend_variants`); write
-    ``thresholds.json`` and ``thresholds.png`` into ``options.search_thresholds``; return the
-    decision."""
+                                options: MatchOptions) -> tuple[Decision, dict]:
+    """Choose the decision on this labelled set, the threshold method by the transfer test
+    (:func:`tf_shopee.matching.transfer.search_with_transfer_test` over every source, with the
+    blending options of :func:`blend_variants`); when it blends neighbours, also a decision
+    for catalogue queries (no blending, its own transfer test). Write ``thresholds.json`` and
+    ``thresholds.png`` into ``options.search_thresholds``; return the decision and the
+    file's content."""
+    trained_on = models_trained_on_search_postings(options)
+    if trained_on:
+        logger.warning(
+            "the thresholds are searched on postings that %s was trained on: its scores are "
+            "tighter on them than on new products, which the transfer test cannot see, so the "
+            "decision may hold worse on new products than the search reports; search on a fold "
+            "the model never trained on (train.py --set data.holdout_folds=N, or its "
+            "validation fold)", ", ".join(trained_on))
     inb_variants = blend_variants(sources, options)
     started = time.perf_counter()
-    result = search_decision(sources.neighbours, labels, method=options.threshold_method,
-                             inb_variants=inb_variants, max_matches=options.max_matches)
+    result = search_with_transfer_test(sources.neighbours, labels,
+                                       method=options.threshold_method,
+                                       inb_variants=inb_variants, max_matches=options.max_matches)
     rounds = search_rounds(options)
     if rounds != 1:  # the blending options were blended that many rounds: the rules say so
         rules = [*result["decision"]["rules"].values(),
@@ -296,19 +359,31 @@ def search_and_write_thresholds(sources: Sources, labels: np.ndarray,
         for rule in rules:
             if rule.get("inb") is not None:
                 rule["inb_iterations"] = rounds
+    decision = Decision.from_dict(result["decision"], where="search result")
+    catalogue = None
+    if blending_members(decision):
+        logger.info("the decision blends %s, which a catalogue cannot do per query: searching a "
+                    "decision for catalogue queries too (no blending)",
+                    ", ".join(blending_members(decision)))
+        catalogue = search_with_transfer_test(sources.neighbours, labels,
+                                              method=options.threshold_method,
+                                              max_matches=options.max_matches, use=USE_CATALOGUE)
     out = Path(options.search_thresholds)
-    write_thresholds(out / "thresholds.json", result, settings={
+    payload = write_thresholds(out / "thresholds.json", result, catalogue=catalogue, settings={
         "searched_on_rows": len(labels), "k": options.k, "models": list(options.models),
         "use_tfidf": options.use_tfidf, "use_phash": options.use_phash,
-        "use_concat": options.use_concat,
+        "use_concat": options.use_concat, "threshold_method": options.threshold_method,
+        "models_trained_on_these_postings": trained_on,
     })
     plot_thresholds(out / "thresholds.png", result)
-    decision = Decision.from_dict(result["decision"], where="search result")
     logger.info("thresholds searched on %d labelled postings in %.1f s (F1 %.4f on them; best "
                 "single source %s %.4f): %s → %s", len(labels), time.perf_counter() - started,
                 result["f1"], result["best_single"]["source"], result["best_single"]["f1"],
                 decision.describe(), out)
-    return decision
+    for use, test in read_transfer_tests(out / "thresholds.json").items():
+        logger.info("transfer test (%s), why method %s was chosen:\n%s", use, test["chosen"],
+                    format_transfer_table(test))
+    return decision, payload
 
 
 
@@ -406,6 +481,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
                        help="test-time augmentation of image models: each photo is embedded as "
                        "the mean of its views: flip (mirror image), crop (centre and corner "
                        "crops of 80%% of the side), or flip,crop (default: none)")
+    model.add_argument("--embeddings", default=defaults.embeddings, metavar="DIR",
+                       help="read the postings' embeddings from this python -m tf_shopee.beam "
+                       "embed output instead of embedding them (no --images needed); it must "
+                       "have been made with every --model (checked by fingerprint)")
     model.add_argument("--thresholds", default=defaults.thresholds_file, metavar="FILE",
                        help="thresholds.json from a threshold search: applied exactly")
     model.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
@@ -414,12 +493,16 @@ def build_argument_parser() -> argparse.ArgumentParser:
     model.add_argument("--search-thresholds", default=defaults.search_thresholds, metavar="DIR",
                        help="choose the decision on this labelled set; write "
                        "DIR/thresholds.json+png")
-    model.add_argument("--threshold-method", default=defaults.threshold_method, choices=METHODS,
+    model.add_argument("--threshold-method", default=defaults.threshold_method,
+                       choices=THRESHOLD_METHOD_CHOICES,
                        help="how the search makes thresholds hold on a bigger pool: local "
                        "scaling, refitting on sub-pools (size), both, a background shift, the "
-                       "search data's matches per posting (count: a pool of unseen products "
-                       "with groups of the same size), or plain fixed thresholds (default "
-                       f"{defaults.threshold_method})")
+                       "search data's matches per posting (count: a pool of unseen products with "
+                       "groups of the same size), or plain fixed thresholds; auto (default): the "
+                       "transfer test chooses, i.e. each method is fitted on sub-pools of a "
+                       "quarter of the label groups, applied to the whole set and scored on the "
+                       "groups held out, and the best transferred F1 ships (the test runs and is "
+                       "printed in every case)")
     model.add_argument("--no-tfidf", action="store_true", help="do not use TF-IDF title matches")
     model.add_argument("--no-phash", action="store_true", help="do not use image_phash matches")
     model.add_argument("--no-concat", action="store_true",
@@ -502,6 +585,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> PredictOptions:
         search=arguments.search,
         nprobe=arguments.nprobe,
         encoding=arguments.encoding,
+        embeddings=arguments.embeddings,
     )
 
 
@@ -523,4 +607,8 @@ def main(argv=None) -> dict:
     print(f"wrote {report['rows']} rows to {options.out}")
     if options.evaluate:
         print(format_f1_table(report))
+        for use, test in report.get("transfer_tests", {}).items():
+            print(f"\ntransfer test of the thresholds ({use}): why method {test['chosen']} "
+                  "was chosen")
+            print(format_transfer_table(test))
     return report

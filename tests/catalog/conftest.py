@@ -12,7 +12,7 @@ from catalog_helpers import export_tiny_model
 def catalogue_set(tmp_path_factory):
     """120 synthetic postings (64 px photos): part_a.csv (rows 0-79), part_b.csv (80-99),
     all.csv (0-99, the catalogue) and queries.csv (100-119)."""
-    from tf_shopee.data.synthetic import generate_dataset
+    from tf_shopee.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("catalogue")
     generate_dataset(root / "data", postings=120, seed=5, image_size=64, workers=1)

@@ -165,3 +165,25 @@ def test_predict_tta_embeds_each_photo_as_the_mean_of_its_views(catalogue_set, t
     # Mirrored after resizing there, before it here: the same up to the resize's rounding.
     np.testing.assert_allclose(flipped, expected, atol=2e-3)
     assert not np.allclose(flipped, plain, atol=2e-3)
+
+
+def test_the_app_embeds_uploads_as_the_index_embedded_its_photos(augmented, catalogue_set):
+    """The app's queries get the index's test-time views unless --tta says otherwise; an
+    uploaded copy of a catalogue photo finds that posting first, at similarity 1 (its stored
+    embedding is the same mean of views)."""
+    import pandas as pd
+
+    from tf_shopee.catalog.live import LiveCatalog
+    from tf_shopee.catalog.photos import prepare_query_photo
+
+    live = LiveCatalog(augmented / "whole", [], check_seconds=3600)
+    assert live.state.matcher.options.tta == "flip"
+    assert LiveCatalog(augmented / "whole", [], tta="none",
+                       check_seconds=3600).state.matcher.options.views.is_plain
+    frame = pd.read_csv(catalogue_set / "all.csv", dtype=str)
+    row = 7
+    photo = prepare_query_photo(catalogue_set.joinpath(*IMAGES, frame["image"][row]).read_bytes())
+    _, ranking = live.search(photo, "")
+    first = ranking.matches[0]
+    assert first.row == row or frame["image"][first.row] == frame["image"][row]
+    assert first.scores["image"] > 0.999

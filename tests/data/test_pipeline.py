@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tf_shopee.config import MIN_IMAGE_SIZE
 from tf_shopee.data.pipeline import (
     augment_image,
     class_keep_probabilities,
@@ -297,6 +298,10 @@ def test_decode_is_identical_eagerly_and_inside_dataset_map():
 def test_decode_rejects_bad_image_size():
     with pytest.raises(ValueError, match="image_size"):
         decode_image(b"", 0)
+    # The project's one lower bound (tf_shopee.config.MIN_IMAGE_SIZE), not just "positive".
+    with pytest.raises(ValueError, match=f"image_size must be an int >= {MIN_IMAGE_SIZE}"):
+        decode_image(b"", MIN_IMAGE_SIZE - 1)
+    assert decode_image(b"", MIN_IMAGE_SIZE).shape == (MIN_IMAGE_SIZE, MIN_IMAGE_SIZE, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,13 +462,14 @@ def test_fold_selection_and_manifest_sizes(image_dir):
     with pytest.raises(UserError, match="fewer than one batch"):
         steps_per_epoch(image_dir, 64)
     with pytest.raises(UserError, match="fold 3 out of range"):
-        make_dataset(image_dir, training=False, global_batch_size=4, image_size=16, folds=[3])
+        make_dataset(image_dir, training=False, global_batch_size=4, image_size=IMAGE_SIZE,
+                     folds=[3])
     with pytest.raises(UserError, match="no postings left"):
         make_dataset(
             image_dir,
             training=False,
             global_batch_size=4,
-            image_size=16,
+            image_size=IMAGE_SIZE,
             folds=[1],
             exclude_folds=[1],
         )
@@ -629,7 +635,8 @@ def test_text_only_dataset_with_images_requested_is_a_user_error(text_dir, tmp_p
     write_dataset(tmp_path, long_tail_postings()[:6], num_shards=1, manifest=False)
     with pytest.raises(UserError, match="text-only"):
         make_dataset(
-            str(tmp_path / "train-*.tfrec"), training=False, global_batch_size=2, image_size=16
+            str(tmp_path / "train-*.tfrec"), training=False, global_batch_size=2,
+            image_size=IMAGE_SIZE,
         )
 
 
@@ -637,13 +644,14 @@ def test_one_empty_image_in_an_image_dataset_fails_naming_the_posting(tmp_path):
     postings = image_postings(4)
     postings[3] = Posting(posting_id="no_photo_7", title="t", label=1, fold=1)
     write_dataset(tmp_path, postings, num_shards=1)
-    dataset = make_dataset(str(tmp_path), training=False, global_batch_size=4, image_size=16)
+    dataset = make_dataset(str(tmp_path), training=False, global_batch_size=4,
+                           image_size=IMAGE_SIZE)
     with pytest.raises(tf.errors.InvalidArgumentError, match="no_photo_7"):
         list(dataset)
 
 
 def test_bad_file_patterns_are_user_errors(tmp_path):
-    arguments = dict(training=False, global_batch_size=2, image_size=16)
+    arguments = dict(training=False, global_batch_size=2, image_size=IMAGE_SIZE)
     with pytest.raises(UserError, match="empty file pattern"):
         make_dataset("", **arguments)
     with pytest.raises(UserError, match="empty list"):
@@ -657,8 +665,11 @@ def test_bad_file_patterns_are_user_errors(tmp_path):
         make_dataset(str(tmp_path), **arguments)
     with pytest.raises(UserError, match="image_size"):
         make_dataset(str(tmp_path), training=False, global_batch_size=2, image_size=None)
+    with pytest.raises(UserError, match=f"image_size must be an int >= {MIN_IMAGE_SIZE}"):
+        make_dataset(str(tmp_path), training=False, global_batch_size=2,
+                     image_size=MIN_IMAGE_SIZE - 1)
     with pytest.raises(UserError, match="batch size"):
-        make_dataset(str(tmp_path), training=False, global_batch_size=0, image_size=16)
+        make_dataset(str(tmp_path), training=False, global_batch_size=0, image_size=IMAGE_SIZE)
 
 
 def test_input_context_gives_each_pipeline_its_own_files_and_per_replica_batches(image_dir):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_shopee.config import ImageModelConfig
+from tf_shopee.config import MIN_IMAGE_SIZE, ImageModelConfig
 from tf_shopee.errors import UserError
 from tf_shopee.models import image as image_module
 from tf_shopee.models.image import (
@@ -18,7 +18,6 @@ from tf_shopee.models.image import (
     GeneralizedMeanPooling2D,
     build_image_tower,
     get_backbone,
-    set_trainable,
 )
 
 TINY = ImageModelConfig(backbone="efficientnet_tiny", weights="none", pooling="gem",
@@ -82,17 +81,14 @@ def test_each_family_builds_embeds_and_freezes_its_last_stage(
     [("last_block", "block7a_"), ("last_2_blocks", "block6a_"), ("last_3_blocks", "block5a_"),
      ("last_9_blocks", "normalization")],  # more stages than there are: everything
 )
-def test_last_n_blocks_trains_the_last_n_stages(tiny_tower, mode, first_trainable_stage):
-    set_trainable(tiny_tower, mode)
-    try:
-        layers = [layer for layer in get_backbone(tiny_tower).layers if layer.weights]
-        trainable = [layer.name for layer in layers if layer.trainable]
-        assert trainable[0].startswith(first_trainable_stage)
-        assert trainable == [layer.name for layer in layers][len(layers) - len(trainable):]
-    finally:
-        set_trainable(tiny_tower, "all")
+def test_last_n_blocks_trains_the_last_n_stages(mode, first_trainable_stage):
+    tower = build_image_tower(tiny_config(trainable=mode), image_size=64, embedding_dim=8)
+    layers = [layer for layer in get_backbone(tower).layers if layer.weights]
+    trainable = [layer.name for layer in layers if layer.trainable]
+    assert trainable[0].startswith(first_trainable_stage)
+    assert trainable == [layer.name for layer in layers][len(layers) - len(trainable):]
     with pytest.raises(UserError, match="last_N_blocks"):
-        set_trainable(tiny_tower, "last_0_blocks")
+        build_image_tower(tiny_config(trainable="last_0_blocks"), image_size=64, embedding_dim=8)
 
 
 def test_every_listed_backbone_name_resolves_to_a_builder():
@@ -167,9 +163,10 @@ def test_freeze_modes_set_trainable_flags_and_frozen_batchnorm_keeps_its_statist
     assert not any(layer.trainable for layer in backbone.layers)  # frozen BN: inference mode
     assert {w.path.split("/")[0] for w in tower.trainable_weights} == head_names
 
+    tower = build_image_tower(tiny_config(trainable="last_block"), image_size=64, embedding_dim=8)
+    backbone = get_backbone(tower)
     stem_bn = backbone.get_layer("stem_bn")
     top_bn = backbone.get_layer("top_bn")
-    set_trainable(tower, "last_block")
     assert not stem_bn.trainable and top_bn.trainable
     stem_before = stem_bn.moving_variance.numpy().copy()
     top_before = top_bn.moving_variance.numpy().copy()
@@ -177,11 +174,11 @@ def test_freeze_modes_set_trainable_flags_and_frozen_batchnorm_keeps_its_statist
     np.testing.assert_array_equal(stem_bn.moving_variance.numpy(), stem_before)  # inference
     assert not np.allclose(top_bn.moving_variance.numpy(), top_before)  # batch statistics
 
-    set_trainable(tower, "all")
-    assert all(layer.trainable for layer in backbone.layers)
+    tower = build_image_tower(tiny_config(trainable="all"), image_size=64, embedding_dim=8)
+    assert all(layer.trainable for layer in get_backbone(tower).layers)
     assert len(tower.trainable_weights) > len(head_names) + 50
     with pytest.raises(UserError, match="trainable"):
-        set_trainable(tower, "everything")
+        build_image_tower(tiny_config(trainable="everything"), image_size=64, embedding_dim=8)
 
 
 def test_local_weights_file_loads_into_another_tower(tmp_path, tiny_tower):
@@ -271,6 +268,12 @@ def test_unknown_backbone_lists_the_choices():
 def test_bad_options_are_user_errors_naming_the_option(changes, option):
     with pytest.raises(UserError, match=f"model.image.{option}"):
         build_image_tower(tiny_config(**changes), image_size=64, embedding_dim=8)
+
+
+def test_an_image_size_below_the_projects_minimum_is_a_programming_error():
+    # The configuration refuses it with a UserError when read; the tower checks the same bound.
+    with pytest.raises(ValueError, match=f"at least {MIN_IMAGE_SIZE} pixels"):
+        build_image_tower(TINY, image_size=MIN_IMAGE_SIZE - 1, embedding_dim=8)
 
 
 def test_random_weights_warn_loudly_once_unless_only_the_architecture_is_wanted(

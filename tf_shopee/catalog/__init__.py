@@ -8,6 +8,11 @@ app to search it.
   behind one interface.
 * :mod:`tf_shopee.catalog.query` — ``predict.py --catalog``: the sources, thresholds, union and
   min2 of self-matching, adapted to queries; F1, top-1 accuracy and recall@1.
+* :mod:`tf_shopee.catalog.reader` — loading one version of an index, paths confined to its
+  folder, every file checked while parsed; :mod:`tf_shopee.catalog.photos` — decoding photos
+  with a pixel limit.
 * :mod:`tf_shopee.catalog.app` — ``make app``: upload a photo and/or type a title, see the best
-  catalogue matches.
+  catalogue matches; the JSON API (FastAPI on uvicorn). Its model of the catalogue (kept current
+  when the index is replaced) is :mod:`tf_shopee.catalog.live`, its pages
+  :mod:`tf_shopee.catalog.pages`, its response bodies :mod:`tf_shopee.catalog.api_models`.
 """

@@ -1,381 +1,417 @@
-"""A small web app over a catalogue index: upload a photo and/or type a title, see the best
-catalogue matches with their photos, scores and the sources that matched; browse any catalogue
-posting's matches.
+"""The catalogue web app: upload a photo and/or type a title, see the best catalogue matches
+with their photos, scores and the sources that matched; browse any posting's matches; the same
+as a JSON API.
 
-    python -m tf_shopee.catalog.app --index INDEX [--model DIR ...] [--port 8000]
+    python -m tf_shopee.catalog.app --index INDEX [--model DIR ...] [--host 127.0.0.1] [--port 8000]
     make app                       # the demo's catalogue (make demo runs first when needed)
     make app INDEX=path/to/index   # any index
 
-Why the standard library's ``http.server`` and not Streamlit, Gradio or FastAPI: the app is four
-pages and one form, runs on a CPU beside TensorFlow, and must start anywhere the project installs;
-a framework would add tens of packages (and Streamlit/Gradio a websocket front end that is harder
-to drive from a test) for no feature the app needs. Requests are served by a thread pool; model
-calls and searches are serialised by a lock (TensorFlow already uses every core for one call).
+Served by uvicorn, written with FastAPI (Starlette underneath): the framework parses HTTP and
+multipart bodies, which the first version did by hand on ``http.server`` and got wrong under
+attack (negative Content-Length, unknown charsets, bodies that never end). What is added here:
 
-Pages: ``/`` (search form), ``POST /search`` (results), ``/browse?page=N`` (catalogue grid),
-``/posting/ROW`` (a catalogue posting and its matches), ``/thumb/ROW.jpg`` (stored thumbnails).
+* :class:`BodyLimit`, around the whole app: a request declaring more than
+  :data:`MAX_UPLOAD_BYTES` is refused before its body is read; a chunked or lying one is cut off
+  when it passes the limit; a body that stops arriving for :data:`BODY_TIMEOUT` seconds gets 408;
+* :class:`TimedH11Protocol`: a connection that does not finish its request headers within
+  :data:`HEADER_TIMEOUT` seconds is closed (uvicorn's keep-alive timeout only covers idle
+  connections between requests);
+* uploads decoded once, with a pixel limit before any full decode, at most
+  :data:`DECODE_SLOTS` at a time (:mod:`tf_shopee.catalog.photos`); every bad upload is a 4xx
+  with a sentence, never an empty reply;
+* no lock around a request: the body is read by the event loop, the decoding runs in the thread
+  pool, and only the model call itself is serialised (:class:`tf_shopee.catalog.live.
+  LiveCatalog`), which also reloads the index when a build or add replaces it.
+
+Pages: ``/`` (search form and what the sources mean), ``POST /search``, ``/browse?page=N``,
+``/postings/ID``, ``/thumbs/ID.jpg``. API (OpenAPI schema at ``/docs``, served offline):
+``POST /api/match``, ``GET /api/postings/{posting_id}``, ``GET /api/health``.
 """
 
-from __future__ import annotations
-
 import argparse
-import base64
-import email.parser
-import email.policy
-import html
+import asyncio
+import errno
 import logging
+import socket
 import sys
 import threading
 import time
-import urllib.parse
-from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import datetime, timezone
 from pathlib import Path
 
-from tf_shopee.catalog.index import (
-    MANIFEST,
-    BuildOptions,
-    build_index,
-    load_index,
-    read_manifest,
-    resolve_models,
+from fastapi import File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from tf_shopee.catalog import pages
+from tf_shopee.catalog.api_models import (
+    HealthResponse,
+    MatchResponse,
+    PostingResponse,
+    decision_info,
+    match_items,
 )
-from tf_shopee.catalog.query import CatalogMatcher
+from tf_shopee.catalog.index import MANIFEST, BuildOptions, build_index, read_manifest
+from tf_shopee.catalog.live import DEFAULT_TOP, LiveCatalog, source_meaning
+from tf_shopee.catalog.photos import MAX_PIXELS, prepare_query_photo
 from tf_shopee.errors import UserError, exit_on_user_error
 from tf_shopee.export import METADATA_FILE
-from tf_shopee.matching.options import MatchOptions, parse_threshold_overrides
-from tf_shopee.matching.postings import Postings
+from tf_shopee.matching.options import parse_threshold_overrides
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.catalog.app")
 
-DEFAULT_TOP = 12
-PAGE_SIZE = 48
 MAX_UPLOAD_BYTES = 20 * 2**20
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d232a}
-header{background:#ee4d2d;color:#fff;padding:12px 24px}header a{color:#fff;margin-right:18px}
-main{padding:16px 24px}form.search{background:#fff;padding:16px;border-radius:8px;
-box-shadow:0 1px 3px #0002;display:flex;gap:12px;flex-wrap:wrap;align-items:end}
-form.search label{display:flex;flex-direction:column;font-size:13px;gap:4px}
-input[type=text]{width:360px;padding:6px}button{padding:8px 18px;background:#ee4d2d;color:#fff;
-border:0;border-radius:4px;cursor:pointer}.grid{display:flex;flex-wrap:wrap;gap:12px;margin-top:16px}
-.card{background:#fff;width:190px;border-radius:8px;box-shadow:0 1px 3px #0002;padding:8px;
-font-size:12px}.card img,.query img{width:174px;height:174px;object-fit:contain;background:#eee}
-.card .title{height:3.6em;overflow:hidden}.card.below{opacity:.6}.rank{font-weight:bold}
-.sources span{display:inline-block;background:#e8f0fe;border-radius:3px;padding:1px 4px;margin:1px}
-.sources span.hit{background:#d7f5dd}.query{display:flex;gap:16px;align-items:center;
-background:#fff;padding:12px;border-radius:8px;margin-top:12px}.error{color:#b00020}
-.nav a{margin-right:10px}
-"""
-
-
-@dataclass
-class Match:
-    """One catalogue posting shown for a query."""
-
-    row: int
-    scores: dict  # source → score of this catalogue row for the query
-    matched_by: list  # sources whose thresholded matches include it
-    below_threshold: bool
-
-
-class CatalogApp:
-    """The app's state: a :class:`tf_shopee.catalog.query.CatalogMatcher` and the rendering.
-
-    Args:
-        matcher: the loaded catalogue and models.
-        top: catalogue postings shown per query.
-    """
-
-    def __init__(self, matcher, *, top: int = DEFAULT_TOP):
-        self.matcher = matcher
-        self.index = matcher.index
-        self.top = top
-        self.lock = threading.Lock()
-
-    # ----------------------------------------------------------------------------- matching
-
-    def search(self, photo: bytes | None, title: str) -> list[Match]:
-        """Best catalogue matches of one query (a photo, a title or both)."""
-        title = (title or "").strip()
-        if not photo and not title:
-            raise UserError("upload a photo or type a title")
-        if photo:
-            _check_photo(photo)
-        postings = Postings(posting_ids=["query"], titles=[title],
-                            image_bytes=[photo] if photo else None)
-        with self.lock:
-            result = self.matcher.match(postings)
-        return self._ranked(result, 0, exclude=None)
-
-    def posting_matches(self, row: int) -> list[Match]:
-        """Catalogue matches of catalogue posting ``row`` (itself left out), from its stored
-        embeddings: no model is called."""
-        with self.lock:
-            result = self.matcher.match_rows([row])
-        return self._ranked(result, 0, exclude=row)
-
-    def _ranked(self, result, query: int, *, exclude: int | None) -> list[Match]:
-        """The combined matches in their order, then the nearest candidates below every
-        threshold, up to ``top``; scores and matching sources per row."""
-        scores: dict[int, dict] = {}
-        for name, found in result.neighbours.items():
-            for row, score in zip(found.indices[query], found.scores[query]):
-                if row >= 0:
-                    scores.setdefault(int(row), {}).setdefault(name, float(score))
-        matched_by: dict[int, list] = {}
-        for name, lists in result.matches.items():
-            if name == "combined":
-                continue
-            for row in lists[query]:
-                matched_by.setdefault(int(row), []).append(name)
-        order = [int(row) for row in result.matches["combined"][query]]
-        nearest = sorted(scores, key=lambda row: -max(scores[row].values()))
-        shown, seen = [], set()
-        for row in order + nearest:
-            if row in seen or row == exclude:
-                continue
-            seen.add(row)
-            shown.append(Match(row, scores.get(row, {}), matched_by.get(row, []),
-                               below_threshold=row not in order))
-            if len(shown) >= self.top:
-                break
-        return shown
-
-    # ----------------------------------------------------------------------------- pages
-
-    def page(self, title: str, body: str) -> bytes:
-        """A whole HTML page."""
-        rows = len(self.index)
-        text = (
-            "<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-            "<header><a href='/'><b>tf_shopee catalogue</b></a><a href='/browse'>browse</a>"
-            f"<span>{rows:,} postings · sources: {html.escape(', '.join(self.matcher.sources))}"
-            "</span></header>"
-            f"<main>{body}</main></body></html>"
-        )
-        return text.encode("utf-8")
-
-    def home(self, *, error: str = "", title: str = "") -> bytes:
-        """The search form."""
-        message = f"<p class='error' id='error'>{html.escape(error)}</p>" if error else ""
-        return self.page("search the catalogue", self._form(title) + message)
-
-    def _form(self, title: str = "") -> str:
-        return (
-            "<form class='search' method='post' action='/search' enctype='multipart/form-data'>"
-            "<label>photo<input type='file' name='photo' id='photo' accept='image/*'></label>"
-            "<label>title<input type='text' name='title' id='title' "
-            f"value='{html.escape(title, quote=True)}' placeholder='e.g. Kopi sachet 10 pcs'>"
-            "</label><button type='submit' id='submit'>find matches</button></form>"
-        )
-
-    def results(self, photo: bytes | None, title: str, matches: list[Match],
-                seconds: float) -> bytes:
-        """The results page of an uploaded query."""
-        query = "<div class='query'>"
-        if photo:
-            encoded = base64.b64encode(_thumbnail_bytes(photo)).decode("ascii")
-            query += f"<img alt='your photo' src='data:image/jpeg;base64,{encoded}'>"
-        query += (f"<div><b>your query</b><br>{html.escape(title) or '<i>no title</i>'}"
-                  f"<br><small>{len(matches)} shown, {seconds:.2f} s</small></div></div>")
-        return self.page("matches", self._form(title) + query + self._grid(matches))
-
-    def posting(self, row: int, matches: list[Match]) -> bytes:
-        """A catalogue posting and its matches."""
-        head = (f"<div class='query'><img alt='' src='/thumb/{row}.jpg'><div>"
-                f"<b>{html.escape(self.index.posting_ids[row])}</b><br>"
-                f"{html.escape(self.index.titles[row])}{self._label(row)}</div></div>"
-                "<h3>its matches in the catalogue</h3>")
-        return self.page(self.index.posting_ids[row], head + self._grid(matches))
-
-    def browse(self, page: int) -> bytes:
-        """A page of the catalogue, ``PAGE_SIZE`` postings."""
-        pages = max(1, -(-len(self.index) // PAGE_SIZE))
-        page = min(max(page, 0), pages - 1)
-        rows = range(page * PAGE_SIZE, min((page + 1) * PAGE_SIZE, len(self.index)))
-        cards = "".join(self._card(row) for row in rows)
-        navigation = "<p class='nav'>" + (f"<a href='/browse?page={page - 1}'>previous</a>"
-                                          if page else "")
-        navigation += f"page {page + 1} of {pages} " + (
-            f"<a href='/browse?page={page + 1}'>next</a>" if page + 1 < pages else "") + "</p>"
-        return self.page("browse", navigation + f"<div class='grid'>{cards}</div>" + navigation)
-
-    def _label(self, row: int) -> str:
-        if self.index.label_groups is None:
-            return ""
-        return f"<br><small>label_group {int(self.index.label_groups[row])}</small>"
-
-    def _card(self, row: int, match: Match | None = None, rank: int | None = None) -> str:
-        posting_id = self.index.posting_ids[row]
-        parts = [f"<div class='card{' below' if match and match.below_threshold else ''}' "
-                 f"data-posting-id='{html.escape(posting_id, quote=True)}'>"]
-        parts.append(f"<a href='/posting/{row}'><img alt='' loading='lazy' "
-                     f"src='/thumb/{row}.jpg'></a>")
-        if rank is not None:
-            parts.append(f"<div><span class='rank'>#{rank}</span> "
-                         f"<a class='posting-id' href='/posting/{row}'>"
-                         f"{html.escape(posting_id)}</a></div>")
-        else:
-            parts.append(f"<div><a class='posting-id' href='/posting/{row}'>"
-                         f"{html.escape(posting_id)}</a></div>")
-        parts.append(f"<div class='title'>{html.escape(self.index.titles[row])}</div>")
-        if match is not None:
-            chips = []
-            for name, score in sorted(match.scores.items(), key=lambda item: -item[1]):
-                hit = " class='hit'" if name in match.matched_by else ""
-                chips.append(f"<span{hit}>{html.escape(name)} {score:.3f}</span>")
-            verdict = ("matched by " + ", ".join(match.matched_by) if match.matched_by
-                       else "nearest, below every threshold" if match.below_threshold
-                       else "matched (nearest neighbour: min2)")
-            parts.append(f"<div class='sources'>{''.join(chips)}</div>"
-                         f"<div class='verdict'>{html.escape(verdict)}</div>")
-        parts.append(self._label(row) + "</div>")
-        return "".join(parts)
-
-    def _grid(self, matches: list[Match]) -> str:
-        if not matches:
-            return "<p>no catalogue posting found by any source</p>"
-        cards = "".join(self._card(match.row, match, rank)
-                        for rank, match in enumerate(matches, start=1))
-        return f"<div class='grid' id='matches'>{cards}</div>"
-
-
-def _check_photo(photo: bytes) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(__import__("io").BytesIO(photo)) as image:
-            image.verify()
-    except (OSError, UnidentifiedImageError, ValueError):
-        raise UserError("the uploaded file is not a photo this app can read (JPEG or PNG)"
-                        ) from None
-
-
-def _thumbnail_bytes(photo: bytes) -> bytes:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(photo)) as image:
-        image = image.convert("RGB")
-        image.thumbnail((174, 174))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        return buffer.getvalue()
-
-
-def _parse_form(content_type: str, body: bytes) -> dict:
-    """Fields of a ``multipart/form-data`` or urlencoded body: name → bytes (files) or str."""
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        return {key: values[-1] for key, values in
-                urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
-    if not content_type.startswith("multipart/form-data"):
-        raise UserError(f"unexpected form encoding {content_type!r}")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body)
-    fields = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not name:
-            continue
-        payload = part.get_payload(decode=True) or b""
-        fields[name] = payload if part.get_filename() is not None else payload.decode(
-            part.get_content_charset() or "utf-8", "replace")
-    return fields
-
-
-def make_handler(app: CatalogApp):
-    """The request handler class bound to ``app``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "tf_shopee-catalog"
-
-        def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-            logger.info("%s %s", self.address_string(), format % args)
-
-        def _send(self, body: bytes, *, status=HTTPStatus.OK, content_type="text/html"):
-            self.send_response(status)
-            self.send_header("Content-Type", f"{content_type}; charset=utf-8"
-                             if content_type.startswith("text") else content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            url = urllib.parse.urlparse(self.path)
-            parts = [part for part in url.path.split("/") if part]
-            try:
-                if not parts:
-                    return self._send(app.home())
-                if parts[0] == "browse":
-                    page = urllib.parse.parse_qs(url.query).get("page", ["0"])[0]
-                    return self._send(app.browse(int(page) if page.isdigit() else 0))
-                if parts[0] == "posting" and len(parts) == 2 and parts[1].isdigit():
-                    row = int(parts[1])
-                    if row < len(app.index):
-                        return self._send(app.posting(row, app.posting_matches(row)))
-                if parts[0] == "thumb" and len(parts) == 2:
-                    stem = parts[1].removesuffix(".jpg")
-                    payload = app.index.thumbnail(int(stem)) if stem.isdigit() else None
-                    if payload:
-                        return self._send(payload, content_type="image/jpeg")
-                    return self._send(_PLACEHOLDER, content_type="image/svg+xml")
-            except UserError as error:
-                return self._send(app.home(error=str(error)), status=HTTPStatus.BAD_REQUEST)
-            self._send(app.page("not found", "<p>no such page</p>"),
-                       status=HTTPStatus.NOT_FOUND)
-
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            if urllib.parse.urlparse(self.path).path != "/search":
-                return self._send(app.page("not found", "<p>no such page</p>"),
-                                  status=HTTPStatus.NOT_FOUND)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_UPLOAD_BYTES:
-                return self._send(app.home(error="the upload is larger than 20 MB"),
-                                  status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            body = self.rfile.read(length)
-            title = ""
-            try:
-                fields = _parse_form(self.headers.get("Content-Type", ""), body)
-                title = fields.get("title", "") if isinstance(fields.get("title"), str) else ""
-                photo = fields.get("photo") if isinstance(fields.get("photo"), bytes) else None
-                started = time.perf_counter()
-                matches = app.search(photo or None, title)
-                self._send(app.results(photo or None, title, matches,
-                                       time.perf_counter() - started))
-            except UserError as error:
-                self._send(app.home(error=str(error), title=title),
-                           status=HTTPStatus.BAD_REQUEST)
-
-    return Handler
-
-
+MAX_TITLE_CHARACTERS = 1000
+MAX_TOP = 100
+HEADER_TIMEOUT = 20.0
+BODY_TIMEOUT = 30.0
+DECODE_SLOTS = 2
+_DECODING = threading.BoundedSemaphore(DECODE_SLOTS)
 _PLACEHOLDER = (b"<svg xmlns='http://www.w3.org/2000/svg' width='174' height='174'>"
                 b"<rect width='100%' height='100%' fill='#ddd'/><text x='50%' y='50%' "
                 b"text-anchor='middle' fill='#777' font-family='sans-serif'>no photo</text></svg>")
 
 
-def serve(app: CatalogApp, host: str, port: int) -> ThreadingHTTPServer:
-    """A started-on-demand server for ``app`` (call ``serve_forever``); port 0 picks a free one."""
-    server = ThreadingHTTPServer((host, port), make_handler(app))
-    server.daemon_threads = True
-    return server
+# --------------------------------------------------------------------------------------------
+# Limits around the framework
 
 
-def load_app(index_dir: str, models: list[str], *, search: str = "auto",
-             top: int = DEFAULT_TOP, thresholds: dict | None = None) -> CatalogApp:
-    """Load an index and its models into a :class:`CatalogApp`."""
-    index = load_index(index_dir)
-    loaded = resolve_models(index.manifest, models)
-    options = MatchOptions(progress=False, threshold_overrides=dict(thresholds or {}))
-    return CatalogApp(CatalogMatcher(index, loaded, options, search=search), top=top)
+class BodyLimit:
+    """ASGI middleware: request bodies of at most ``max_bytes``, arriving without a pause of
+    ``timeout`` seconds (module docstring). Over the limit: 413; too slow: 408; both raised as
+    Starlette ``HTTPException`` from ``receive``, so a form being parsed stops there."""
 
+    def __init__(self, app, *, max_bytes: int | None = None, timeout: float | None = None):
+        self.app = app
+        self.max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
+        self.timeout = BODY_TIMEOUT if timeout is None else timeout
+
+    def _too_large(self) -> str:
+        return f"the upload is larger than {self.max_bytes / 2**20:.0f} MB"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            # h11 has already refused a Content-Length that is not a number.
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                response_class = (JSONResponse if scope["path"].startswith("/api/")
+                                  else PlainTextResponse)
+                body = ({"detail": self._too_large()} if response_class is JSONResponse
+                        else self._too_large())
+                response = response_class(body, status_code=413, headers={"Connection": "close"})
+                return await response(scope, receive, send)
+        received = 0
+        finished = False
+
+        async def limited_receive():
+            nonlocal received, finished
+            if finished:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body stopped arriving for "
+                                         f"{self.timeout:.0f} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._too_large())
+                finished = not message.get("more_body", False)
+            else:
+                finished = True
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+def _timed_protocol_class():
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        """uvicorn's HTTP/1.1 protocol with a deadline for request headers: a connection that
+        has not sent a whole request head within :data:`HEADER_TIMEOUT` seconds of connecting
+        (or of starting its next request) is closed."""
+
+        header_timeout = HEADER_TIMEOUT
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+
+        def _disarm(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def data_received(self, data):
+            if self._waiting_for_headers():
+                self._arm()
+            super().data_received(data)
+            if not self._waiting_for_headers():
+                self._disarm()
+
+        def _expired(self):
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                logger.info("closing a connection that sent no whole request in %.0f s",
+                            self.header_timeout)
+                self.transport.close()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+# --------------------------------------------------------------------------------------------
+# The application
+
+
+def _decode_upload(data: bytes):
+    with _DECODING:  # bounds the memory of concurrent decodes (each up to MAX_PIXELS × 3 bytes)
+        return prepare_query_photo(data)
+
+
+def _checked_title(title) -> str:
+    title = (title if isinstance(title, str) else "").strip()
+    if len(title) > MAX_TITLE_CHARACTERS:
+        raise UserError(f"the title has {len(title):,} characters; at most "
+                        f"{MAX_TITLE_CHARACTERS:,} are read")
+    return title
+
+
+def _whole_number(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise UserError(f"{what} must be a whole number (0, 1, 2, ...), got {text[:20]!r}")
+    return int(text)
+
+
+def create_app(live: LiveCatalog):
+    """The FastAPI application over ``live`` (serve :func:`asgi_app` of it, which adds the body
+    limits)."""
+    app = FastAPIOffline(
+        title="tf_shopee catalogue",
+        description=(
+            "Match a photo and/or a title against a catalogue index built by "
+            "`python -m tf_shopee.catalog build`. Scores are in each source's units: a cosine "
+            "similarity, or for `phash` and `phash_text` a Hamming distance in bits of 64. "
+            "Sources: " + "; ".join(f"`{name}`: {source_meaning(name)}"
+                                    for name in live.state.matcher.sources) + "."),
+        version="1",
+    )
+    app.state.live = live
+
+    def error_page(state, error: str, status: int, title: str = ""):
+        return HTMLResponse(pages.home(state, error=error, title=title), status_code=status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home():
+        return HTMLResponse(pages.home(live.current()))
+
+    @app.post("/search", response_class=HTMLResponse, include_in_schema=False)
+    async def search_page(request: Request):
+        state = live.current()
+        title = ""
+        try:
+            async with request.form(max_files=2, max_fields=8, max_part_size=64 * 1024) as form:
+                title = _checked_title(form.get("title"))
+                upload = form.get("photo")
+                data = await upload.read() if hasattr(upload, "read") else b""
+            photo = await run_in_threadpool(_decode_upload, data) if data else None
+            state, ranking = await run_in_threadpool(live.search, photo, title)
+            return HTMLResponse(pages.results(state, ranking, title=title,
+                                              shown_photo=photo.shown if photo else None))
+        except UserError as error:
+            return error_page(state, str(error), 400, title)
+        except HTTPException as error:
+            return error_page(state, str(error.detail), error.status_code, title)
+
+    @app.get("/browse", response_class=HTMLResponse, include_in_schema=False)
+    def browse(request: Request):
+        state = live.current()
+        try:
+            number = _whole_number(request.query_params.get("page", "0"), "page")
+        except UserError as error:
+            return HTMLResponse(pages.not_found(state, str(error)), status_code=400)
+        return HTMLResponse(pages.browse(state, number))
+
+    @app.get("/postings/{posting_id:path}", response_class=HTMLResponse, include_in_schema=False)
+    def posting_page(posting_id: str):
+        state = live.current()
+        row = state.index.row_of(posting_id)
+        if row is None:
+            return HTMLResponse(pages.not_found(
+                state, f"no posting {posting_id[:100]!r} in this catalogue"), status_code=404)
+        return HTMLResponse(pages.posting(state, row, live.posting_matches(state, row)))
+
+    @app.get("/thumbs/{name:path}", include_in_schema=False)
+    def thumbnail(name: str, v: str = ""):
+        state = live.current()
+        row = state.index.row_of(name.removesuffix(".jpg"))
+        if row is None:
+            return Response(_PLACEHOLDER, media_type="image/svg+xml", status_code=404)
+        payload = state.index.thumbnail(row)
+        # A URL names its version (?v=): cached for good when it is the one served.
+        headers = {"Cache-Control": "public, max-age=604800, immutable"} if (
+            v == state.index.version) else {"Cache-Control": "no-cache"}
+        if not payload:
+            return Response(_PLACEHOLDER, media_type="image/svg+xml", headers=headers)
+        return Response(payload, media_type="image/jpeg", headers=headers)
+
+    @app.post("/api/match", response_model=MatchResponse, tags=["api"],
+              responses={400: {"description": "no photo and no title, a photo that cannot be "
+                                              "read, or too many pixels"},
+                         413: {"description": "a body over 20 MB"}})
+    async def api_match(
+        photo: UploadFile | None = File(
+            None, description=f"a JPEG, PNG, GIF, BMP or WebP photo (up to "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels; JPEGs of any size)"),
+        title: str = Form("", description="the posting's title",
+                          max_length=MAX_TITLE_CHARACTERS),
+        top: int = Form(DEFAULT_TOP, ge=1, le=MAX_TOP, description="catalogue postings returned"),
+    ):
+        """Rank the catalogue for a photo and/or a title: the postings the decision matches,
+        then the nearest others (``matched`` false). Without a decision (models exported
+        without thresholds), a ranking by similarity (``decision.set`` false)."""
+        try:
+            data = await photo.read() if photo is not None else b""
+            query_photo = await run_in_threadpool(_decode_upload, data) if data else None
+            state, ranking = await run_in_threadpool(live.search, query_photo,
+                                                     _checked_title(title), top=top)
+        except UserError as error:
+            return JSONResponse({"detail": str(error)}, status_code=400)
+        return MatchResponse(
+            index_version=state.index.version, title=title.strip(),
+            photo=None if query_photo is None else {
+                "width": query_photo.size[0], "height": query_photo.size[1],
+                "phash": query_photo.phash},
+            decision=decision_info(state), sources=ranking.sources,
+            matches=match_items(state, ranking, pages.thumbnail_url),
+            seconds=round(ranking.seconds, 4))
+
+    @app.get("/api/postings/{posting_id:path}", response_model=PostingResponse, tags=["api"],
+             responses={404: {"description": "no such posting id"}})
+    def api_posting(posting_id: str, top: int = Query(DEFAULT_TOP, ge=1, le=MAX_TOP)):
+        """A catalogue posting and its own matches in the catalogue (itself left out)."""
+        state = live.current()
+        row = state.index.row_of(posting_id)
+        if row is None:
+            return JSONResponse({"detail": f"no posting {posting_id[:100]!r} in this catalogue"},
+                                status_code=404)
+        ranking = live.posting_matches(state, row, top=top)
+        index = state.index
+        return PostingResponse(
+            index_version=index.version, posting_id=posting_id, title=index.titles[row],
+            label_group=None if index.label_groups is None else int(index.label_groups[row]),
+            image_phash=(index.image_phashes[row] or None) if index.image_phashes else None,
+            thumbnail=pages.thumbnail_url(state, posting_id) if index.has_thumbnails else None,
+            decision=decision_info(state),
+            matches=match_items(state, ranking, pages.thumbnail_url))
+
+    @app.get("/api/health", response_model=HealthResponse, tags=["api"])
+    def api_health():
+        """What is served: the index version, its size, sources, models and decision."""
+        state = live.current()
+        return HealthResponse(
+            status="ok", index=str(live.directory), index_version=state.index.version,
+            postings=len(state.index), sources=state.matcher.sources,
+            models=[{"source": entry["source"], "kind": entry["kind"],
+                     "fingerprint": entry["fingerprint"][:12]}
+                    for entry in state.index.models],
+            decision=decision_info(state),
+            loaded_at=datetime.fromtimestamp(state.loaded_at, timezone.utc).isoformat(
+                timespec="seconds"),
+            reload_error=live.reload_error or None)
+
+    return app
+
+
+def asgi_app(live: LiveCatalog):
+    """The application as served: :func:`create_app` inside :class:`BodyLimit`."""
+    return BodyLimit(create_app(live))
+
+
+# --------------------------------------------------------------------------------------------
+# Serving
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for the server (bound here, before uvicorn starts, so that a port in use
+    is a clear message, not a traceback from the event loop).
+
+    Raises:
+        UserError: the port is taken or the address cannot be used, naming ``APP_PORT``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is already in use (another `make app` or server is "
+                f"running there): stop it, or choose another port: make app APP_PORT={port + 1} "
+                f"(python -m tf_shopee.catalog.app --port {port + 1})") from None
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(live: LiveCatalog, *, log_level: str = "info"):
+    """A uvicorn server for ``live`` (run it with ``server.run(sockets=[listen_socket(...)])``)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        asgi_app(live), http=_timed_protocol_class(), lifespan="off", log_level=log_level,
+        timeout_keep_alive=5, backlog=2048, limit_concurrency=512,
+        h11_max_incomplete_event_size=64 * 1024)
+    return uvicorn.Server(config)
+
+
+class ServerThread:
+    """The app served from a background thread (tests, notebooks): ``url``, then ``stop()``."""
+
+    def __init__(self, live: LiveCatalog, host: str = "127.0.0.1", port: int = 0, *,
+                 log_level: str = "warning"):
+        self.socket = listen_socket(host, port)
+        self.server = make_server(live, log_level=log_level)
+        self.url = f"http://{host}:{self.socket.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       daemon=True, name="catalogue-app")
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the app server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.socket.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
 
 # The demo's models (tf_shopee.demo writes them to DEMO_DIR/saved_models/<kind>).
-DEMO_MODEL_KINDS = ("image", "text")
+DEMO_MODEL_KINDS = (ModelKind.IMAGE, ModelKind.TEXT)
 
 
 def demo_index(demo_dir: str) -> Path:
@@ -412,8 +448,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     """The app's command line."""
     parser = argparse.ArgumentParser(
         prog="python -m tf_shopee.catalog.app",
-        description="Web app over a catalogue index: upload a photo and/or type a title to see "
-        "the catalogue's best matches; browse any posting's matches.")
+        description="Web app and JSON API over a catalogue index: upload a photo and/or type a "
+        "title to see the catalogue's best matches; browse any posting's matches. The API's "
+        "schema is at /docs. The app reloads the index when catalog build or add replaces it.")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--index", default="", metavar="INDEX",
                        help="catalogue index (python -m tf_shopee.catalog build)")
@@ -421,9 +458,15 @@ def build_argument_parser() -> argparse.ArgumentParser:
                        help="without --index: the demo's catalogue DEMO_DIR/catalog, built from "
                        "the demo's models when missing (run make demo first; default demo_run)")
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
-                        help="the index's models, when they moved (default: the stored paths)")
+                        help="the index's models (SavedModel folders or LiteRT .tflite files), "
+                        "when they moved (default: the stored paths)")
+    parser.add_argument("--tta", default=None, metavar="VIEWS",
+                        help="test-time views of uploaded photos, averaged: flip, crop, "
+                        "flip,crop or none (default: those the catalogue photos were embedded "
+                        "with, catalog build --tta)")
     parser.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
-                        help="override a source's threshold (repeatable)")
+                        help="a source's threshold (repeatable; bits for phash): sets a match "
+                        "decision for models exported without one")
     parser.add_argument("--search", default="auto", choices=("exact", "ann", "auto"),
                         help="catalogue search: exact, ann (FAISS IVF) or auto (ann for large "
                         "catalogues; default auto)")
@@ -441,22 +484,23 @@ def main(argv=None) -> None:
     arguments = build_argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if arguments.top < 1:
-        raise UserError(f"--top must be at least 1, got {arguments.top}")
+    if not 1 <= arguments.top <= MAX_TOP:
+        raise UserError(f"--top must be from 1 to {MAX_TOP}, got {arguments.top}")
+    if not 0 <= arguments.port <= 65535:
+        raise UserError(f"--port must be from 0 to 65535, got {arguments.port}")
+    # The port first: a second `make app` says so before loading anything.
+    sock = listen_socket(arguments.host, arguments.port)
     index_dir = arguments.index or str(demo_index(arguments.demo))
-    app = load_app(index_dir, arguments.models, search=arguments.search, top=arguments.top,
-                   thresholds=parse_threshold_overrides(arguments.threshold))
+    live = LiveCatalog(index_dir, arguments.models, search=arguments.search, top=arguments.top,
+                       thresholds=parse_threshold_overrides(arguments.threshold),
+                       tta=arguments.tta)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {index_dir} ({len(live.state.index):,} postings) on http://{host}:{port}/ "
+          f"(API schema at http://{host}:{port}/docs; Ctrl-C stops)", flush=True)
     try:
-        server = serve(app, arguments.host, arguments.port)
-    except OSError as error:
-        raise UserError(f"cannot listen on {arguments.host}:{arguments.port}: {error}") from None
-    host, port = server.server_address[:2]
-    print(f"serving {index_dir} ({len(app.index):,} postings) on http://{host}:{port}/ "
-          "(Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
+        make_server(live).run(sockets=[sock])
     finally:
-        server.server_close()
+        sock.close()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                         help="exported model: a SavedModel folder or a LiteRT .tflite file "
                         "(repeatable)")
+    parser.add_argument("--embeddings", default="", metavar="DIR",
+                        help="read the postings' embeddings from this python -m tf_shopee.beam "
+                        "embed output instead of embedding them (made with the same --model "
+                        "folders, checked by fingerprint; no --images needed)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="postings per model call (default 64)")
     parser.add_argument("--max-chunk-mb", type=int, default=256,
@@ -37,11 +41,21 @@ def _add_posting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", default="auto", choices=("auto", "always", "never"),
                         help="store a FAISS IVF index per embedding source: auto (from 200,000 "
                         "rows on; default), always, never")
+    parser.add_argument("--ann-index", default="ivf_flat", choices=("ivf_flat", "ivf_pq"),
+                        help="kind of approximate index: ivf_flat (whole vectors; default) or "
+                        "ivf_pq (product-quantised codes, about a fifteenth of the memory, "
+                        "candidates rescored exactly)")
     parser.add_argument("--thresholds", default="", metavar="FILE",
                         help="thresholds.json (from predict.py --search-thresholds) to keep with "
                         "the index")
     parser.add_argument("--threshold", action="append", default=[], metavar="SOURCE=VALUE",
                         help="a source's threshold to keep with the index (repeatable)")
+    parser.add_argument("--encoding", default=None, metavar="NAME",
+                        help="the CSV's text encoding, e.g. cp1252 (default: detected; UTF-8, "
+                        "else a single-byte code page, as predict.py does)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="stop at once when another build or add is writing the same index "
+                        "(default: wait for it to finish)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
@@ -59,6 +73,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--model saved_models/image --model saved_models/text --out index/\n"
         "  python -m tf_shopee.catalog add --index index/ --csv new.csv --images photos\n"
         "  python -m tf_shopee.catalog info --index index/\n\n"
+        "Writers of one index take turns: a second build or add waits for the first (or stops "
+        "with --no-wait); readers (predict.py --catalog, the app) always see one whole version.\n"
         "Exit status: 0 done; 2 for bad input (message on stderr).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,8 +114,10 @@ def _options(arguments) -> BuildOptions:
         threshold_overrides=parse_threshold_overrides(arguments.threshold),
         use_concat=not getattr(arguments, "no_concat", False),
         thumbnails=not getattr(arguments, "no_thumbnails", False), ann=arguments.ann,
+        ann_index=arguments.ann_index, embeddings=arguments.embeddings,
         batch_size=arguments.batch_size, max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet, overwrite=getattr(arguments, "overwrite", False),
+        encoding=arguments.encoding, wait=not arguments.no_wait,
         tta=getattr(arguments, "tta", ""),
         catalog_augment=getattr(arguments, "catalog_augment", 1),
     )
@@ -108,8 +126,7 @@ def _options(arguments) -> BuildOptions:
 def describe(directory: str, *, verify: bool = False) -> str:
     """A plain-text summary of an index: rows, sources, models, thresholds, files, history."""
 
-    manifest = read_manifest(directory)
-    verify_files(directory, manifest, checksums=verify)
+    manifest = verify_files(directory, checksums=verify)  # one version: manifest and files
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     lines = [
         f"catalogue index {directory} (format {manifest['format_version']}, "
@@ -137,7 +154,8 @@ def describe(directory: str, *, verify: bool = False) -> str:
     lines.append("  tfidf: " + (f"vocabulary of {tfidf['vocabulary_size']} words fitted on the "
                                 "catalogue" if tfidf else "none (no title has a word)"))
     for name, entry in (manifest.get("ann") or {}).items():
-        lines.append(f"  approximate index {name}: FAISS IVF, {entry['cells']} cells trained on "
+        lines.append(f"  approximate index {name}: FAISS {entry.get('kind', 'ivf_flat')}, "
+                     f"{entry['cells']} cells trained on "
                      f"{entry['trained_rows']} rows")
     thresholds = manifest["thresholds"]
     if thresholds.get("file") or thresholds.get("overrides"):
@@ -163,6 +181,9 @@ def main(argv=None) -> dict:
             return manifest
         print(describe(arguments.index, verify=arguments.verify))
         return read_manifest(arguments.index)
+    from tf_shopee import import_tensorflow
+
+    import_tensorflow()  # build and add embed: without its start-up chatter (TF_SHOPEE_VERBOSE=1)
     options = _options(arguments)
     if not (options.csv or options.tfrecords):
         raise UserError("give --csv (with --images for photos) or --tfrecords")

@@ -17,10 +17,19 @@ matching new postings against it needs, so that no catalogue posting is ever emb
       thumbnails.bin + .npy      small JPEGs of the photos and their offsets (the web app's)
       ann/source-N.faiss         approximate-search index per embedding source (large catalogues)
 
-The whole folder is written under a hidden temporary name beside ``INDEX`` and renamed into
-place; ``manifest.json`` is the last file written in it. An interrupted build or add therefore
-leaves either the previous index untouched or no ``INDEX`` at all, never a folder that loads as
-an index; leftovers of killed runs (``.INDEX.partial-PID``) are removed by the next run.
+The whole folder is written under a hidden temporary name beside ``INDEX`` and swapped into
+place by renames (:func:`tf_shopee.io_utils.replace_directory`); ``manifest.json`` is the last
+file written in it, so a folder without one is never taken for an index. Writers (build, add)
+hold an exclusive lock, ``fcntl.flock`` on ``.INDEX.lock`` beside the index, from before they
+read the index until the new version is in place: a second writer waits (or, with
+``--no-wait``, stops at once), so two ``catalog add`` never lose each other's rows. Under the
+lock a writer first repairs what a killed writer left: a swap interrupted between its two renames
+is rolled back, and stale ``.INDEX.partial-PID`` / ``.INDEX.old-PID`` copies are removed.
+Readers take no lock: :mod:`tf_shopee.catalog.reader` reads one version from start to end.
+
+Photos are decoded with a pixel limit (:mod:`tf_shopee.catalog.photos`), and a row whose photo
+was rejected (missing, outside the image folder, undecodable) never has that file opened again:
+it gets no thumbnail and no computed phash.
 
 A model (a SavedModel folder or a LiteRT ``.tflite`` file) is identified by the sha256 of its
 export's metadata, graph and variables, or of the ``.tflite`` file
@@ -43,10 +52,10 @@ A + B.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -56,19 +65,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sparse
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from tf_shopee.catalog.search import ANN_MIN_ROWS, IvfSearch
+from tf_shopee.catalog.locking import writer_lock
+from tf_shopee.catalog.photos import PhotoError, decode_photo, jpeg_bytes
+from tf_shopee.catalog.reader import (  # noqa: F401 - the index's public names, re-exported
+    INDEX_FORMAT,
+    INDEX_FORMAT_VERSION,
+    MANIFEST,
+    POSTINGS,
+    THRESHOLDS,
+    THUMBNAIL_OFFSETS,
+    THUMBNAILS,
+    CatalogIndex,
+    check_manifest,
+    load_index,
+    read_manifest,
+    verify_files,
+)
+from tf_shopee.catalog.search import ANN_INDEX_KINDS, ANN_MIN_ROWS, IvfSearch
 from tf_shopee.data.views import augment_spec, parse_tta
 from tf_shopee.errors import UserError
 from tf_shopee.export import load_exported, model_fingerprint
-from tf_shopee.io_utils import read_json, replace_directory, sha256_file
+from tf_shopee.io_utils import PARTIAL_MARK, replace_directory, sha256_file
 from tf_shopee.matching.decision import check_threshold, load_thresholds
 from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE, embed_postings_views
 from tf_shopee.matching.model_free import DEFAULT_SETTINGS, model_free_state
 from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.precomputed import load_embeddings
 from tf_shopee.matching.sources import (
+    CONCAT,
+    PHASH,
+    PHASH_TEXT,
+    TFIDF,
     check_source_name,
     concat_parts,
     embed_sources,
@@ -79,169 +108,7 @@ from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.catalog")
 
-INDEX_FORMAT = "tf_shopee.catalog"
-INDEX_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-POSTINGS = "postings.csv"
-THRESHOLDS = "thresholds.json"
-THUMBNAILS = "thumbnails.bin"
-THUMBNAIL_OFFSETS = "thumbnails.npy"
 THUMBNAIL_SIZE = 160
-_PARTIAL = ".partial-"
-
-
-@dataclass
-class CatalogIndex:
-    """A loaded catalogue index (see the module docstring for the folder).
-
-    Attributes:
-        directory: the index folder.
-        manifest: the content of ``manifest.json``.
-        posting_ids, titles: one per catalogue row.
-        image_phashes: 16-hex-digit hashes per row (``""`` where unknown), or None.
-        label_groups: int64 labels, or None.
-        embeddings: source name → (rows, dim) float32.
-        views: augmented image source name → (rows, views, dim) float32 (``--catalog-augment``).
-        vectorizer: the fitted TF-IDF vectorizer, or None (no title had a word).
-        tfidf_vectors, tfidf_blended: (rows, F) sparse title vectors before / after blending.
-    """
-
-    directory: Path
-    manifest: dict
-    posting_ids: list[str]
-    titles: list[str]
-    image_phashes: list[str] | None
-    label_groups: np.ndarray | None
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    views: dict[str, np.ndarray] = field(default_factory=dict)
-    vectorizer: object = None
-    tfidf_vectors: object = None
-    tfidf_blended: object = None
-    _thumbnail_offsets: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.posting_ids)
-
-    @property
-    def models(self) -> list[dict]:
-        """The manifest entries of the models (source, kind, fingerprint, path, threshold)."""
-        return self.manifest["models"]
-
-    @property
-    def has_thumbnails(self) -> bool:
-        """Whether small photos of the rows are stored (an index built with images)."""
-        return bool(self.manifest.get("thumbnails"))
-
-    def thumbnail(self, row: int) -> bytes | None:
-        """JPEG bytes of row ``row``'s photo thumbnail, or None."""
-        if not self.has_thumbnails or not 0 <= row < len(self):
-            return None
-        if self._thumbnail_offsets is None:
-            self._thumbnail_offsets = np.load(self.directory / THUMBNAIL_OFFSETS)
-        start, stop = self._thumbnail_offsets[row], self._thumbnail_offsets[row + 1]
-        if stop <= start:
-            return None
-        with open(self.directory / THUMBNAILS, "rb") as stream:
-            stream.seek(int(start))
-            return stream.read(int(stop - start))
-
-    def row_of(self, posting_id: str) -> int | None:
-        """Row of a posting id (None when absent)."""
-        if not hasattr(self, "_rows"):
-            self._rows = {value: row for row, value in enumerate(self.posting_ids)}
-        return self._rows.get(posting_id)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def read_manifest(directory: str | os.PathLike) -> dict:
-    """Read and check ``INDEX/manifest.json``.
-
-    Raises:
-        UserError: the folder is missing, unfinished (no manifest), not a catalogue index, or of
-            another format version.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"catalogue index not found: {directory} (make one with "
-                        "python -m tf_shopee.catalog build)")
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise UserError(
-            f"{directory} is not a catalogue index (no {MANIFEST}; an interrupted build leaves "
-            "none): build it again with python -m tf_shopee.catalog build"
-        )
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-        raise UserError(f"{path}: not a tf_shopee catalogue manifest (format {INDEX_FORMAT!r})")
-    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
-        raise UserError(
-            f"{path}: catalogue format version {manifest.get('format_version')!r}; this tf_shopee "
-            f"reads version {INDEX_FORMAT_VERSION}: build the index again"
-        )
-    return manifest
-
-
-def verify_files(directory: str | os.PathLike, manifest: dict, *, checksums: bool) -> None:
-    """Check that every file the manifest lists exists with its size (and sha256).
-
-    Raises:
-        UserError: naming the first file that is missing or differs.
-    """
-    directory = Path(directory)
-    for relative, entry in manifest["files"].items():
-        path = directory / relative
-        if not path.is_file():
-            raise UserError(f"catalogue index {directory}: {relative} is missing")
-        if path.stat().st_size != entry["bytes"]:
-            raise UserError(f"catalogue index {directory}: {relative} has {path.stat().st_size} "
-                            f"bytes, the manifest says {entry['bytes']} (damaged index)")
-        if checksums and sha256_file(path) != entry["sha256"]:
-            raise UserError(f"catalogue index {directory}: {relative} does not match its sha256")
-
-
-def load_index(directory: str | os.PathLike, *, verify_checksums: bool = False) -> CatalogIndex:
-    """Load a catalogue index written by :func:`build_index` / :func:`add_to_index`."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    verify_files(directory, manifest, checksums=verify_checksums)
-    frame = pd.read_csv(directory / POSTINGS, dtype={"posting_id": str, "title": str,
-                                                     "image_phash": str},
-                        keep_default_na=False)
-    phashes = frame["image_phash"].tolist() if manifest["has_phash"] else None
-    labels = frame["label_group"].to_numpy(np.int64) if manifest["has_labels"] else None
-    index = CatalogIndex(
-        directory=directory, manifest=manifest, posting_ids=frame["posting_id"].tolist(),
-        titles=frame["title"].tolist(), image_phashes=phashes, label_groups=labels,
-    )
-    for entry in manifest["embeddings"]:
-        index.embeddings[entry["source"]] = np.load(directory / entry["file"])
-        if entry.get("views_file"):
-            index.views[entry["source"]] = np.load(directory / entry["views_file"])
-    tfidf = manifest.get("tfidf")
-    if tfidf:
-        index.vectorizer = _vectorizer_from(
-            json.loads((directory / tfidf["vocabulary"]).read_text(encoding="utf-8")),
-            np.load(directory / tfidf["idf"]),
-        )
-        index.tfidf_vectors = sparse.load_npz(directory / tfidf["vectors"]).tocsr()
-        index.tfidf_blended = sparse.load_npz(directory / tfidf["blended"]).tocsr()
-    if len(index.posting_ids) != manifest["rows"]:
-        raise UserError(f"catalogue index {directory}: {POSTINGS} has {len(index.posting_ids)} "
-                        f"rows, the manifest says {manifest['rows']}")
-    return index
-
-
-def _vectorizer_from(terms: list[str], idf: np.ndarray):
-    """A fitted TfidfVectorizer rebuilt from its vocabulary (terms in column order) and idf."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vectorizer = TfidfVectorizer(dtype=np.float32,
-                                 vocabulary={term: column for column, term in enumerate(terms)})
-    vectorizer.idf_ = idf
-    return vectorizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,10 +131,14 @@ class BuildOptions:
     use_concat: bool = True
     thumbnails: bool = True
     ann: str = "auto"  # "auto" (from ANN_MIN_ROWS rows on), "always", "never"
+    ann_index: str = "ivf_flat"  # or "ivf_pq" (a fifteenth of the memory; see catalog.search)
+    embeddings: str = ""  # a beam embed output: read instead of embedding
     batch_size: int = DEFAULT_BATCH_SIZE
     max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB
     progress: bool = True
     overwrite: bool = False
+    encoding: str | None = None  # the CSV's text encoding; None detects it
+    wait: bool = True  # wait for another writer of the same index (False: --no-wait)
     tta: str = ""  # test-time views averaged into each catalogue photo's embedding
     catalog_augment: int = 1  # views per catalogue photo, searched as one item
 
@@ -278,8 +149,15 @@ class BuildOptions:
             raise UserError(f"--max-chunk-mb must be positive, got {self.max_chunk_mb}")
         if self.ann not in ANN_MODES:
             raise UserError(f"--ann must be {', '.join(ANN_MODES)}, got {self.ann!r}")
+        if self.ann_index not in ANN_INDEX_KINDS:
+            raise UserError(f"--ann-index must be {', '.join(ANN_INDEX_KINDS)}, got "
+                            f"{self.ann_index!r}")
         parse_tta(self.tta)
         augment_spec(self.catalog_augment)
+        if self.embeddings and (parse_tta(self.tta).count > 1 or self.catalog_augment > 1):
+            raise UserError("--embeddings holds one plain embedding per photo: --tta and "
+                            "--catalog-augment need the photos embedded here (drop --embeddings "
+                            "or those options)")
         self.threshold_overrides = {
             check_source_name(name, where=f"--threshold {name}={value}"):
             check_threshold(name, value, where=f"--threshold {name}={value}")
@@ -296,18 +174,22 @@ def read_catalogue_postings(options: BuildOptions) -> Postings:
     """The postings of a catalogue CSV (+ images) or TFRecord folder, read as predict.py reads
     them; photos without an ``image_phash`` get one computed (the hash Kaggle's CSV carries)."""
     postings = read_postings(csv=options.csv, images=options.images,
-                             tfrecords=options.tfrecords, fold=options.fold)
+                             tfrecords=options.tfrecords, fold=options.fold,
+                             encoding=options.encoding)
     fill_missing_phashes(postings, progress=options.progress)
     return postings
 
 
 def fill_missing_phashes(postings, *, progress: bool = False) -> None:
     """Compute ``image_phash`` (imagehash's 64-bit pHash, 16 hex digits) for postings that have a
-    photo but no hash, in place. Unreadable photos keep an empty hash (they match by nothing)."""
+    photo but no hash, in place. Unreadable photos (and those over the pixel limit of
+    :mod:`tf_shopee.catalog.photos`) keep an empty hash: they match by the other sources. Rows
+    in ``postings.bad_images`` (missing, outside the image folder) are not opened at all."""
     if not postings.has_images:
         return
     hashes = list(postings.image_phashes or [""] * len(postings))
-    missing = [row for row, value in enumerate(hashes) if not value]
+    missing = [row for row, value in enumerate(hashes)
+               if not value and row not in postings.bad_images]
     if not missing:
         return
     import imagehash  # only when a photo has no hash: it imports SciPy's signal tools
@@ -315,9 +197,9 @@ def fill_missing_phashes(postings, *, progress: bool = False) -> None:
     unreadable = 0
     for row in tqdm(missing, desc="phash", unit="photo", disable=not progress):
         try:
-            with Image.open(io.BytesIO(_image_bytes(postings, row))) as image:
-                hashes[row] = str(imagehash.phash(image))
-        except (OSError, UnidentifiedImageError, ValueError):
+            image, _ = decode_photo(_image_bytes(postings, row))
+            hashes[row] = str(imagehash.phash(image))
+        except (PhotoError, OSError):
             unreadable += 1
     if unreadable:
         logger.warning("%d photo(s) could not be read for a phash; they match by other sources",
@@ -333,20 +215,18 @@ def _image_bytes(postings, row: int) -> bytes:
 
 
 def _thumbnails(postings, progress: bool) -> tuple[bytes, np.ndarray]:
-    """Small JPEGs of every posting's photo, concatenated, and the (rows + 1) offsets."""
+    """Small JPEGs of every posting's photo, concatenated, and the (rows + 1) offsets. A row
+    whose photo was rejected (``postings.bad_images``) gets none and its file is not opened."""
     parts, offsets, total = [], [0], 0
     for row in tqdm(range(len(postings)), desc="thumbnails", unit="photo",
                     disable=not progress):
         payload = b""
-        try:
-            with Image.open(io.BytesIO(_image_bytes(postings, row))) as image:
-                image = image.convert("RGB")
-                image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=85)
-                payload = buffer.getvalue()
-        except (OSError, UnidentifiedImageError, ValueError):
-            pass  # no thumbnail: the app shows a placeholder
+        if row not in postings.bad_images:
+            try:
+                image, _ = decode_photo(_image_bytes(postings, row), side=THUMBNAIL_SIZE)
+                payload = jpeg_bytes(image, THUMBNAIL_SIZE)
+            except (PhotoError, OSError):
+                pass  # no thumbnail: the app shows a placeholder
         parts.append(payload)
         total += len(payload)
         offsets.append(total)
@@ -435,11 +315,17 @@ def resolve_models(manifest: dict, paths: list[str]) -> list:
 def _embed(models: list, names: list[str], postings: Postings, options: BuildOptions
            ) -> tuple[dict, dict]:
     """Embeddings per source of ``postings``, plus ``concat`` when an image and a text model are
-    present (as predict.py forms it); and, with ``--catalog-augment N``, the N views of every
-    photo per image source (view 0 is the stored embedding itself)."""
-    embeddings = embed_sources(dict(zip(names, models)), postings, use_concat=options.use_concat,
-                               batch_size=options.batch_size, progress=options.progress,
-                               views=parse_tta(options.tta))
+    present (as predict.py forms it); read from a ``beam embed`` output with ``--embeddings``.
+    And, with ``--catalog-augment N``, the N views of every photo per image source (view 0 is the
+    stored embedding itself)."""
+    if options.embeddings:
+        embeddings = load_embeddings(options.embeddings, {name: model.directory for name, model
+                                                          in zip(names, models)}, postings,
+                                     use_concat=options.use_concat, fill_phashes=True)
+    else:
+        embeddings = embed_sources(dict(zip(names, models)), postings,
+                                   use_concat=options.use_concat, batch_size=options.batch_size,
+                                   progress=options.progress, views=parse_tta(options.tta))
     views = {}
     if options.catalog_augment > 1:
         for name, model in zip(names, models):
@@ -473,10 +359,24 @@ def build_index(options: BuildOptions) -> dict:
     """
     started = time.perf_counter()
     out = _check_destination(options)
-    postings = read_catalogue_postings(options)
-    models = load_models(options.models)
-    names = source_names(models)
-    logger.info("catalogue: %d postings, %d model(s)", len(postings), len(models))
+    with writer_lock(out, wait=options.wait):
+        _check_replaceable(out, options)  # under the lock: another build may have just written
+        postings = read_catalogue_postings(options)
+        models = load_models(options.models)
+        names = source_names(models)
+        concat = _concat_parts(models, names) if options.use_concat else None
+        check_decision_sources(
+            catalogue_sources(names, concat, postings.titles,
+                              has_phash=bool(postings.image_phashes and any(
+                                  postings.image_phashes))), options)
+        logger.info("catalogue: %d postings, %d model(s)", len(postings), len(models))
+        manifest = _build_locked(out, options, postings, models, names, concat)
+    logger.info("catalogue index written to %s in %.1f s", out, time.perf_counter() - started)
+    return manifest
+
+
+def _build_locked(out: Path, options: BuildOptions, postings: Postings, models: list,
+                  names: list[str], concat: list[str] | None) -> dict:
     embeddings, views = _embed(models, names, postings, options)
     thumbnails = _thumbnails(postings, options.progress) if (
         options.thumbnails and postings.has_images) else None
@@ -489,13 +389,10 @@ def build_index(options: BuildOptions) -> dict:
     thresholds = {"file": None, "overrides": dict(options.threshold_overrides)}
     history = [_history_entry("build", options, len(postings))]
     ann = _ann_plan(options.ann, len(postings), ANN_MIN_ROWS)
-    manifest = _write(out, postings.posting_ids, postings.titles, postings.image_phashes,
-                      postings.label_groups, embeddings, thumbnails, model_entries,
-                      _concat_parts(models, names) if options.use_concat else None,
-                      thresholds, history, ann, options, has_images=postings.has_images,
-                      existing=None, views=views)
-    logger.info("catalogue index written to %s in %.1f s", out, time.perf_counter() - started)
-    return manifest
+    return _write(out, postings.posting_ids, postings.titles, postings.image_phashes,
+                  postings.label_groups, embeddings, thumbnails, model_entries, concat,
+                  thresholds, history, ann, options, has_images=postings.has_images,
+                  existing=None, views=views)
 
 
 def add_to_index(index_dir: str, options: BuildOptions) -> dict:
@@ -506,9 +403,25 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
         The manifest written.
     """
     started = time.perf_counter()
-    index = load_index(index_dir)
     _check_not_input(Path(index_dir), options)
+    with writer_lock(index_dir, wait=options.wait):
+        # Read under the lock: a writer that finished while this one waited is included.
+        index = load_index(index_dir)
+        try:
+            manifest = _add_locked(index_dir, index, options)
+        finally:
+            index.close()
+    logger.info("added %d postings (%d in all) in %.1f s", manifest["history"][-1]["rows"],
+                manifest["rows"], time.perf_counter() - started)
+    return manifest
+
+
+def _add_locked(index_dir: str, index: CatalogIndex, options: BuildOptions) -> dict:
     manifest = index.manifest
+    check_decision_sources(
+        catalogue_sources([entry["source"] for entry in manifest["models"]],
+                          manifest.get("concat"), index.titles if manifest.get("tfidf") else [],
+                          has_phash=manifest["has_phash"] or manifest["has_images"]), options)
     models = resolve_models(manifest, options.models)
     names = [entry["source"] for entry in manifest["models"]]
     postings = read_catalogue_postings(options)
@@ -533,8 +446,8 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
              for name in index.views}
     thumbnails = None
     if index.has_thumbnails:
-        old_blob = (index.directory / THUMBNAILS).read_bytes()
-        old_offsets = np.load(index.directory / THUMBNAIL_OFFSETS)
+        old_blob = index.read_kept(THUMBNAILS)
+        old_offsets = index._thumbnail_offsets
         new_blob, new_offsets = _thumbnails(postings, options.progress)
         thumbnails = (old_blob + new_blob,
                       np.concatenate([old_offsets, old_offsets[-1] + new_offsets[1:]]))
@@ -548,18 +461,15 @@ def add_to_index(index_dir: str, options: BuildOptions) -> dict:
     thresholds = dict(manifest["thresholds"])
     thresholds["overrides"] = {**thresholds["overrides"], **options.threshold_overrides}
     if thresholds["file"] and not options.thresholds_file:
-        options.thresholds_file = str(index.directory / THRESHOLDS)
+        options.thresholds_file = index.kept_path(thresholds["file"])  # this version's file
     history = manifest["history"] + [_history_entry("add", options, len(postings))]
     rows = len(index) + len(postings)
     ann = _ann_plan(manifest.get("ann_mode", "auto") if options.ann == "auto" else options.ann,
                     rows, ANN_MIN_ROWS)
-    manifest = _write(Path(index_dir), index.posting_ids + postings.posting_ids,
-                      index.titles + postings.titles, phashes, labels, embeddings, thumbnails,
-                      manifest["models"], manifest.get("concat"), thresholds, history, ann,
-                      options, has_images=manifest["has_images"], existing=index, views=views)
-    logger.info("added %d postings (%d in all) in %.1f s", len(postings), rows,
-                time.perf_counter() - started)
-    return manifest
+    return _write(Path(index_dir), index.posting_ids + postings.posting_ids,
+                  index.titles + postings.titles, phashes, labels, embeddings, thumbnails,
+                  manifest["models"], manifest.get("concat"), thresholds, history, ann,
+                  options, has_images=manifest["has_images"], existing=index, views=views)
 
 
 def _ann_plan(mode: str, rows: int, min_rows: int) -> dict:
@@ -575,7 +485,7 @@ def _history_entry(action: str, options: BuildOptions, rows: int) -> dict:
 def _check_not_input(out: Path, options: BuildOptions) -> None:
     resolved = out.resolve()
     inputs = [options.csv, options.images, options.tfrecords, options.thresholds_file,
-              *options.models]
+              options.embeddings, *options.models]
     for value in inputs:
         if not value:
             continue
@@ -590,6 +500,11 @@ def _check_destination(options: BuildOptions) -> Path:
         raise UserError("give --out INDEX (the folder to write)")
     out = Path(options.out)
     _check_not_input(out, options)
+    _check_replaceable(out, options)
+    return out
+
+
+def _check_replaceable(out: Path, options: BuildOptions) -> None:
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out} exists and is not a folder")
@@ -600,7 +515,45 @@ def _check_destination(options: BuildOptions) -> Path:
         elif any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not a catalogue index: choose another "
                             "folder")
-    return out
+
+
+# sklearn's TfidfVectorizer's default tokens: two or more word characters.
+_TFIDF_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+def catalogue_sources(model_sources: list[str], concat, titles, *, has_phash: bool) -> list[str]:
+    """The sources a catalogue answers with: its models', ``concat``, ``tfidf`` when a title has
+    a term, ``phash`` (and ``phash_text`` with ``tfidf``) when photos have hashes."""
+    from tf_shopee.neighbours.tfidf import clean_title
+
+    names = list(model_sources) + ([CONCAT] if concat else [])
+    has_terms = any(_TFIDF_TOKEN.search(clean_title(title)) for title in titles)
+    if has_terms:
+        names.append(TFIDF)
+    if has_phash:
+        names += [PHASH, PHASH_TEXT] if has_terms else [PHASH]
+    return names
+
+
+def check_decision_sources(names: list[str], options: BuildOptions) -> None:
+    """Refuse thresholds (``--threshold``, ``--thresholds``) for sources this catalogue does not
+    have, as predict.py refuses them: stored, they would be ignored at every query.
+
+    Raises:
+        UserError: naming the source and the catalogue's sources.
+    """
+    for name, value in options.threshold_overrides.items():
+        if name not in names:
+            raise UserError(f"--threshold {name}={value}: this catalogue has no source {name!r} "
+                            f"(its sources: {', '.join(names) or 'none'})")
+    if options.thresholds_file:
+        decision = load_thresholds(options.thresholds_file)
+        absent = [name for name in decision.sources if name not in names]
+        if absent:
+            raise UserError(
+                f"thresholds file {options.thresholds_file} uses source(s) {', '.join(absent)}, "
+                f"which this catalogue does not have (its sources: {', '.join(names)}): give "
+                "the models and data the thresholds were searched with")
 
 
 def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnails, models,
@@ -608,9 +561,7 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
            existing, views: dict) -> dict:
     """Write every file of the index into a temporary folder beside ``out``, the manifest last,
     then swap it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    temporary = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
+    temporary = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     try:
@@ -670,15 +621,15 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
                         else embeddings[name])
                 if old is not None:
                     # Keep the trained cells; only the new rows are assigned to them.
-                    search = IvfSearch.load(existing.directory / old["file"])
+                    search = IvfSearch.load(existing.kept_path(old["file"]))
                     search.add(rows[search.num_rows:])
                     trained_rows = old["trained_rows"]
                 else:
-                    search = IvfSearch.build(rows)
+                    search = IvfSearch.build(rows, kind=options.ann_index)
                     trained_rows = search.num_rows
                 search.save(temporary / relative)
                 ann_entries[name] = {"file": relative, "cells": search.num_cells,
-                                     "trained_rows": trained_rows}
+                                     "trained_rows": trained_rows, "kind": search.kind}
                 if search.num_rows > 4 * trained_rows:
                     logger.warning(
                         "%s: the approximate index's cells were trained on %d rows and now hold "
@@ -718,12 +669,3 @@ def _write(out: Path, posting_ids, titles, phashes, labels, embeddings, thumbnai
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return manifest
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Delete ``.NAME.partial-PID`` folders left by runs that were killed (their PID is gone)."""
-    for leftover in out.parent.glob(f".{out.name}{_PARTIAL}*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            logger.info("removing %s, left by an interrupted run", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)

@@ -52,18 +52,26 @@ from tf_shopee.catalog.search import (
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import write_json_atomic
 from tf_shopee.matching.blend import blend_query_rows
-from tf_shopee.matching.decision import Decision, apply_decision, format_threshold
+from tf_shopee.matching.decision import (
+    USE_CATALOGUE,
+    Decision,
+    apply_decision,
+    format_threshold,
+)
 from tf_shopee.matching.model_free import ModelFreeSettings, blending_graphs
 from tf_shopee.matching.options import MatchOptions, PredictOptions
 from tf_shopee.matching.plan import MatchPlan, resolve_plan
 from tf_shopee.matching.postings import Postings, read_postings
+from tf_shopee.matching.precomputed import load_embeddings
 from tf_shopee.matching.report import write_matches
 from tf_shopee.matching.sources import (
     COMBINED,
+    CONCAT,
     PHASH,
     PHASH_TEXT,
     TFIDF,
     PlannedSources,
+    concat_parts,
     embed_sources,
     image_based_sources,
 )
@@ -124,8 +132,9 @@ class CatalogMatcher:
                 matrix = views.reshape(-1, views.shape[-1])
             if mode == "ann":
                 if name in stored:
-                    self.searchers[name] = IvfSearch.load(
-                        index.directory / stored[name]["file"], nprobe=nprobe or DEFAULT_NPROBE)
+                    self.searchers[name] = IvfSearch.load(  # ivf_pq rescores with the matrix
+                        index.kept_path(stored[name]["file"]), nprobe=nprobe or DEFAULT_NPROBE,
+                        vectors=matrix)
                 else:
                     logger.warning(
                         "%s: the index holds no approximate index (built with --ann never, or "
@@ -148,10 +157,38 @@ class CatalogMatcher:
             names += [PHASH, PHASH_TEXT] if self.options.use_tfidf else [PHASH]
         return names
 
-    def match(self, postings: Postings, *, embeddings: dict | None = None) -> QueryResult:
+    def undecided_sources(self) -> list[str]:
+        """The embedding sources that no decision covers: models exported without a threshold
+        (``train.py --epochs 0``, ``quality_image.py``) and not given one by a thresholds file or
+        ``--threshold`` (at build or here); ``concat`` when a part lacks one. Without a rule
+        they cannot say "match", only rank (:meth:`match` with ``rank_only``)."""
+        manifest = self.index.manifest
+        if self.options.thresholds_file or manifest["thresholds"].get("file"):
+            return []
+        given = {**manifest["thresholds"].get("overrides", {}),
+                 **self.options.threshold_overrides}
+        decided = {entry["source"] for entry in manifest["models"]
+                   if entry.get("threshold") is not None or entry["source"] in given}
+        missing = [entry["source"] for entry in manifest["models"]
+                   if entry["source"] not in decided]
+        concat = manifest.get("concat")
+        if concat and CONCAT not in given and not set(concat) <= decided:
+            missing.append(CONCAT)
+        return missing
+
+    def plan_for(self, names: list[str]) -> MatchPlan:
+        """The decision queries with these sources get (what the app describes)."""
+        return self._plan(dict.fromkeys(names), {})
+
+    def match(self, postings: Postings, *, embeddings: dict | None = None,
+              rank_only: bool = False) -> QueryResult:
         """Neighbours, per-source matches and the combined matches of ``postings`` against the
-        catalogue; ``embeddings`` (source → query embeddings) skips the models."""
+        catalogue; ``embeddings`` (source → query embeddings) skips the models. With
+        ``rank_only`` only the neighbours are found (``matches`` and ``thresholds`` are
+        empty, ``plan`` None): a ranking for catalogues without a decision."""
         neighbours, search, embeddings = self.neighbours(postings, embeddings=embeddings)
+        if rank_only:
+            return QueryResult(neighbours, {}, {}, None, search)
         plan = self._plan(neighbours, embeddings)
         matches = decide(neighbours, plan, self.options,
                          catalog_backgrounds=self.catalog_backgrounds(plan),
@@ -212,7 +249,7 @@ class CatalogMatcher:
                             "that this catalogue's sources can use")
         return neighbours, search, embeddings
 
-    def match_rows(self, rows: list[int]) -> QueryResult:
+    def match_rows(self, rows: list[int], *, rank_only: bool = False) -> QueryResult:
         """:meth:`match` for catalogue rows themselves (their stored titles, hashes and
         embeddings; no model call). Each row finds itself too: callers drop it."""
         index = self.index
@@ -223,7 +260,7 @@ class CatalogMatcher:
             else [index.image_phashes[row] for row in rows],
         )
         return self.match(postings, embeddings={name: matrix[rows] for name, matrix
-                                                in index.embeddings.items()})
+                                                in index.embeddings.items()}, rank_only=rank_only)
 
     def _image_sources(self) -> set[str]:
         """The embedding sources that depend on the photo."""
@@ -284,23 +321,52 @@ class CatalogMatcher:
                             if entry.get("threshold") is not None and entry["source"] in neighbours}
         model_dirs = {entry["source"]: entry.get("path", entry["source"])
                       for entry in manifest["models"] if entry["source"] in neighbours}
+        stored_file = manifest["thresholds"].get("file")
         options = dataclasses.replace(
             self.options,
+            # This version's file, open since the load (a path would follow a later swap).
             thresholds_file=self.options.thresholds_file or (
-                str(self.index.directory / manifest["thresholds"]["file"])
-                if manifest["thresholds"].get("file") else ""),
+                self.index.kept_path(stored_file) if stored_file else ""),
             threshold_overrides={**manifest["thresholds"].get("overrides", {}),
                                  **self.options.threshold_overrides},
         )
         planned = PlannedSources(names=list(neighbours), model_dirs=model_dirs,
                                  model_thresholds=model_thresholds)
-        plan = resolve_plan(planned, options, allow_absent=True)
+        plan = resolve_plan(planned, options, allow_absent=True, use=USE_CATALOGUE)
+        if stored_file and not self.options.thresholds_file:
+            shown = f"file {self.index.directory / stored_file}"
+            plan.origin = {name: shown if origin.startswith("file /proc/") else origin
+                           for name, origin in plan.origin.items()}
         if plan.inb_iterations:
             raise UserError(
                 f"the decision blends {', '.join(plan.inb_iterations)} with its neighbours "
-                "(INB), which a catalogue cannot do per query: search the thresholds with "
-                "--inb-iterations 0 for catalogue use")
+                "(INB), which a catalogue cannot do per query: search the thresholds again with "
+                "predict.py --search-thresholds (it also writes a decision for catalogue "
+                "queries when the best one blends), or with --inb-iterations 0")
         return plan
+
+    def check_plan(self, postings: Postings, *, precomputed: bool = False) -> MatchPlan:
+        """The decision these queries will be matched with, from the sources they can have
+        (which models their inputs allow, titles, photos), before anything is embedded: a
+        missing threshold or a decision a catalogue cannot apply fails here, not after
+        the embedding. ``precomputed``: the queries' embeddings come from an ``--embeddings``
+        folder, so the image models answer without photos."""
+        has_titles = any(title.strip() for title in postings.titles)
+        has_images = postings.has_images or precomputed
+        has_photos = has_images or any(postings.image_phashes or ())
+        kinds = {entry["source"]: ModelKind(model.kind)
+                 for entry, model in zip(self.index.models, self.models)}
+        names = [name for name, kind in kinds.items()
+                 if not (kind.uses_images and not has_images)
+                 and not (kind.uses_titles and not has_titles)]
+        if (self.options.use_concat and self.index.manifest.get("concat")
+                and concat_parts({name: kinds[name] for name in names})):
+            names.append(CONCAT)
+        tfidf = self.options.use_tfidf and has_titles and self.index.vectorizer is not None
+        names += [TFIDF] if tfidf else []
+        if self.options.use_phash and self.index.image_phashes is not None and has_photos:
+            names += [PHASH, PHASH_TEXT] if tfidf else [PHASH]
+        return self._plan(dict.fromkeys(names), {})
 
 
 def decide(neighbours: dict[str, Neighbours], plan: MatchPlan, options: MatchOptions, *,
@@ -405,7 +471,15 @@ def run_catalog_prediction(options: PredictOptions) -> dict:
     logger.info("%d queries against a catalogue of %d postings", len(postings), len(index))
     matcher = CatalogMatcher(index, models, options, search=options.search,
                              nprobe=options.nprobe or None)
-    result = matcher.match(postings)
+    # A bad decision fails before the queries are embedded.
+    matcher.check_plan(postings, precomputed=bool(options.embeddings))
+    embeddings = None
+    if options.embeddings:  # the queries' embeddings, made by python -m tf_shopee.beam embed
+        embeddings = load_embeddings(
+            options.embeddings, {entry["source"]: model.directory
+                                 for entry, model in zip(index.models, models)}, postings,
+            use_concat=options.use_concat and bool(index.manifest.get("concat")))
+    result = matcher.match(postings, embeddings=embeddings)
     write_matches(options.out, postings.posting_ids, index.posting_ids,
                   result.matches[COMBINED])
     report = {

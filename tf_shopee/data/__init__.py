@@ -1,1 +1,1 @@
-"""Data: synthetic mini-Shopee generator, CSV → TFRecord conversion, TFRecord schema, tf.data."""
+"""Data: CSV → TFRecord conversion, the TFRecord schema and the tf.data input pipeline."""

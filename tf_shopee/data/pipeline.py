@@ -27,7 +27,6 @@ Each batch is a dict::
 
 from __future__ import annotations
 
-import dataclasses
 import glob as glob_module
 import math
 import numbers
@@ -37,6 +36,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import tensorflow as tf
 
+from tf_shopee.config import MIN_IMAGE_SIZE
 from tf_shopee.data.schema import SHARD_SUFFIX, parse_postings
 from tf_shopee.errors import UserError
 
@@ -63,7 +63,7 @@ JPEG_DECODE_RATIOS = (8, 4, 2, 1)
 # Tags mixed into the per-element seed so each random decision gets its own stream.
 _SEED_TAG_AUGMENT = 1
 _SEED_TAG_BALANCE = 2
-_SEED_TAG_CATALOG = 3
+# 3: the catalogue photos' variants (tf_shopee.data.studio.CATALOG_SEED_TAG)
 _SEED_TAG_MIX = 4
 
 
@@ -152,8 +152,8 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 
     Pure TensorFlow ops: works eagerly, in ``tf.data`` and inside a SavedModel / ``tf.function``.
     """
-    if not isinstance(image_size, numbers.Integral) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if not isinstance(image_size, numbers.Integral) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     image_size = int(image_size)
     image_bytes = tf.convert_to_tensor(image_bytes, dtype=tf.string)
 
@@ -416,74 +416,6 @@ def _select_folds(dataset: tf.data.Dataset, folds, exclude_folds) -> tf.data.Dat
 
 
 # ----------------------------------------------------------------------------------------------
-# Catalogue photos as training examples
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CatalogMix:
-    """Catalogue (studio) photos that join the training stream as members of their classes.
-
-    Attributes:
-        image_bytes: encoded photos.
-        labels: the dense label of each (the training data's label map).
-        fraction: share of the training examples drawn from these photos (each draw a new
-            shop-like variant, :func:`tf_shopee.data.studio.studio_to_shelf`).
-        shelf_background_probability: chance a variant is composited on a crop of a shop photo
-            of the training folds; otherwise on a synthetic background.
-    """
-
-    image_bytes: tuple
-    labels: tuple
-    fraction: float = 0.1
-    shelf_background_probability: float = 0.8
-
-    def __post_init__(self):
-        if len(self.image_bytes) != len(self.labels) or not self.image_bytes:
-            raise UserError("catalogue mix: need as many labels as photos, and at least one")
-        if not 0.0 < self.fraction < 1.0:
-            raise UserError(f"data.catalog_fraction must be in (0, 1), got {self.fraction}")
-        if not 0.0 <= self.shelf_background_probability <= 1.0:
-            raise UserError("data.catalog_shelf_background must be in [0, 1], got "
-                            f"{self.shelf_background_probability}")
-
-
-def _catalog_examples(mix: CatalogMix, backgrounds: tf.data.Dataset, *, image_size: int,
-                      seed: int) -> tf.data.Dataset:
-    """An endless stream of shop-like variants of the catalogue photos, as training examples
-    (the keys of :func:`make_dataset`'s batches; posting_id ``catalog``, fold -1)."""
-    from tf_shopee.data.studio import shelf_background, studio_to_shelf, synthetic_background
-
-    photos = tf.data.Dataset.from_tensor_slices(
-        {"image": tf.constant(list(mix.image_bytes), tf.string),
-         "label": tf.constant(list(mix.labels), tf.int32)})
-    photos = photos.repeat().shuffle(max(1, len(mix.image_bytes)), seed=seed).enumerate()
-    background_side = math.ceil(image_size / math.sqrt(0.25))
-
-    def variant(indexed, background_bytes):
-        index, record = indexed
-        element_seed = tf.random.experimental.stateless_fold_in(
-            tf.stack([tf.cast(seed, tf.int64), index]), _SEED_TAG_CATALOG)
-        seeds = tf.random.experimental.stateless_split(element_seed, num=4)
-        use_shelf = tf.random.stateless_uniform([], seed=seeds[0]) < (
-            mix.shelf_background_probability)
-        background = tf.cond(
-            use_shelf,
-            lambda: shelf_background(decode_image_uint8(background_bytes,
-                                                        min_side=background_side),
-                                     seeds[1], image_size),
-            lambda: synthetic_background(seeds[2], image_size))
-        studio = decode_image_uint8(record["image"], min_side=image_size)
-        image = studio_to_shelf(studio, seeds[3], image_size=image_size, background=background)
-        return {"posting_id": tf.constant("catalog"), "title": tf.constant(""),
-                "image_phash": tf.constant(""), "label": record["label"],
-                "fold": tf.constant(-1, tf.int32), "image": image}
-
-    return tf.data.Dataset.zip(photos, backgrounds).map(variant,
-                                                        num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# ----------------------------------------------------------------------------------------------
 # The dataset
 # ----------------------------------------------------------------------------------------------
 
@@ -509,7 +441,7 @@ def make_dataset(
     cache: bool = False,
     num_parallel_reads: int | None = None,
     input_context: tf.distribute.InputContext | None = None,
-    catalog: CatalogMix | None = None,
+    catalog=None,
 ) -> tf.data.Dataset:
     """Build the batched dataset of postings read from TFRecord shards (see the module docstring).
 
@@ -545,7 +477,8 @@ def make_dataset(
             that fits in RAM.
         num_parallel_reads: shards read at once by the interleave; default min(files, 8).
         input_context: ``tf.distribute.InputContext`` for per-worker input pipelines.
-        catalog: catalogue photos mixed into a training stream (:class:`CatalogMix`); their
+        catalog: catalogue photos mixed into a training stream
+            (:class:`tf_shopee.data.studio.CatalogMix`); their
             backgrounds are crops of the selected folds' photos.
 
     Returns:
@@ -555,9 +488,11 @@ def make_dataset(
     exclude_folds = _normalise_folds(exclude_folds, "exclude_folds")
     if not isinstance(global_batch_size, numbers.Integral) or global_batch_size < 1:
         raise UserError(f"global batch size must be a positive int, got {global_batch_size!r}")
-    if with_image and (not isinstance(image_size, numbers.Integral) or image_size < 1):
+    if with_image and (not isinstance(image_size, numbers.Integral)
+                       or image_size < MIN_IMAGE_SIZE):
         raise UserError(
-            f"image_size must be a positive int when images are read, got {image_size!r}"
+            f"image_size must be an int >= {MIN_IMAGE_SIZE} when images are read, got "
+            f"{image_size!r}"
         )
     global_batch_size = int(global_batch_size)
     if with_image:
@@ -713,7 +648,7 @@ def make_dataset(
         backgrounds = _select_folds(backgrounds, folds, exclude_folds)
         backgrounds = backgrounds.map(lambda record: record["image"]).shuffle(
             256, seed=seed + 1).repeat()
-        extra = _catalog_examples(catalog, backgrounds, image_size=image_size, seed=seed)
+        extra = catalog.examples(backgrounds, image_size=image_size, seed=seed)
         dataset = tf.data.Dataset.sample_from_datasets(
             [dataset, extra], weights=[1.0 - catalog.fraction, catalog.fraction],
             seed=seed + _SEED_TAG_MIX)

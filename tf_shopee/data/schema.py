@@ -1,6 +1,6 @@
 """The one TFRecord schema of tf_shopee: how a posting is written and how it is parsed.
 
-Writers (:func:`serialize_posting`) and the reader (:data:`FEATURE_DESCRIPTION`,
+Writers (:func:`serialize_posting`) and the reader (:func:`feature_description`,
 :func:`parse_postings`) live together so they cannot drift apart; ``tests/data/test_schema.py``
 round-trips them. Bump :data:`SCHEMA_VERSION` whenever a feature is added, removed or changes
 meaning: the manifest records it and readers refuse an unknown version.

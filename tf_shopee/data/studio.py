@@ -20,7 +20,13 @@ gives the same image whatever the threading.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import tensorflow as tf
+
+from tf_shopee.data.pipeline import augment_image, decode_image_uint8, resize_image
+from tf_shopee.errors import UserError
 
 # Pixels whose darkest channel is at least this bright count as studio white.
 WHITE_LEVEL = 235.0
@@ -31,6 +37,9 @@ FLOOD_STEPS = MASK_SIDE // 2 + 4
 DEFAULT_SCALE_RANGE = (0.55, 1.0)
 DEFAULT_TILE_PROBABILITY = 0.3
 DEFAULT_SHELF_BACKGROUND_PROBABILITY = 0.8
+# Mixed into each catalogue variant's seed (tf_shopee.data.pipeline's tags 1, 2 and 4 are
+# the augmentation's, the class balancing's and the mix's).
+CATALOG_SEED_TAG = 3
 
 
 def background_mask(image: tf.Tensor) -> tf.Tensor:
@@ -105,7 +114,6 @@ def studio_to_shelf(
     Returns:
         float32 ``[S, S, 3]``, 0..255.
     """
-    from tf_shopee.data.pipeline import augment_image, resize_image
 
     seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), num=7)
     image = tf.cast(image, tf.float32)
@@ -146,9 +154,74 @@ def studio_to_shelf(
 def shelf_background(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
     """A random crop (a quarter to all of the area) of a shop photo, blurred a little and
     resized to ``[S, S, 3]``: the clutter behind a composited product."""
-    from tf_shopee.data.pipeline import augment_image
 
     blurred = augment_image(image, seed, image_size=image_size, crop_area_range=(0.25, 1.0),
                             brightness=None, contrast=None, saturation=None, hue=None)
     small = tf.image.resize(blurred[tf.newaxis], [image_size // 4, image_size // 4], method="area")
     return tf.image.resize(small, [image_size, image_size], method="bilinear")[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Catalogue photos as training examples
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogMix:
+    """Catalogue (studio) photos that join the training stream as members of their classes.
+
+    Attributes:
+        image_bytes: encoded photos.
+        labels: the dense label of each (the training data's label map).
+        fraction: share of the training examples drawn from these photos (each draw a new
+            shop-like variant, :func:`tf_shopee.data.studio.studio_to_shelf`).
+        shelf_background_probability: chance a variant is composited on a crop of a shop photo
+            of the training folds; otherwise on a synthetic background.
+    """
+
+    image_bytes: tuple
+    labels: tuple
+    fraction: float = 0.1
+    shelf_background_probability: float = 0.8
+
+    def __post_init__(self):
+        if len(self.image_bytes) != len(self.labels) or not self.image_bytes:
+            raise UserError("catalogue mix: need as many labels as photos, and at least one")
+        if not 0.0 < self.fraction < 1.0:
+            raise UserError(f"data.catalog_fraction must be in (0, 1), got {self.fraction}")
+        if not 0.0 <= self.shelf_background_probability <= 1.0:
+            raise UserError("data.catalog_shelf_background must be in [0, 1], got "
+                            f"{self.shelf_background_probability}")
+
+    def examples(self, backgrounds: tf.data.Dataset, *, image_size: int, seed: int
+                 ) -> tf.data.Dataset:
+        """An endless stream of shop-like variants of the catalogue photos, as training examples
+        (the keys of :func:`~tf_shopee.data.pipeline.make_dataset`'s batches; posting_id
+        ``catalog``, fold -1); ``backgrounds``: encoded shop photos to cut backgrounds from."""
+        mix = self
+        photos = tf.data.Dataset.from_tensor_slices(
+            {"image": tf.constant(list(mix.image_bytes), tf.string),
+             "label": tf.constant(list(mix.labels), tf.int32)})
+        photos = photos.repeat().shuffle(max(1, len(mix.image_bytes)), seed=seed).enumerate()
+        background_side = math.ceil(image_size / math.sqrt(0.25))
+
+        def variant(indexed, background_bytes):
+            index, record = indexed
+            element_seed = tf.random.experimental.stateless_fold_in(
+                tf.stack([tf.cast(seed, tf.int64), index]), CATALOG_SEED_TAG)
+            seeds = tf.random.experimental.stateless_split(element_seed, num=4)
+            use_shelf = tf.random.stateless_uniform([], seed=seeds[0]) < (
+                mix.shelf_background_probability)
+            background = tf.cond(
+                use_shelf,
+                lambda: shelf_background(decode_image_uint8(background_bytes,
+                                                            min_side=background_side),
+                                         seeds[1], image_size),
+                lambda: synthetic_background(seeds[2], image_size))
+            studio = decode_image_uint8(record["image"], min_side=image_size)
+            image = studio_to_shelf(studio, seeds[3], image_size=image_size, background=background)
+            return {"posting_id": tf.constant("catalog"), "title": tf.constant(""),
+                    "image_phash": tf.constant(""), "label": record["label"],
+                    "fold": tf.constant(-1, tf.int32), "image": image}
+
+        return tf.data.Dataset.zip(photos, backgrounds).map(variant,
+                                                            num_parallel_calls=tf.data.AUTOTUNE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tf_shopee.errors import UserError
+from tf_shopee.models.kind import ModelKind
 
 
 def as_bytes(value, what: str) -> bytes:
@@ -36,7 +37,7 @@ def l2_normalise(features: np.ndarray) -> np.ndarray:
 class ViewEmbedder:
     """Mixin: :meth:`embed_views` for image models that have ``embed_pixels``."""
 
-    kind: str
+    kind: ModelKind
     embedding_dim: int
     image_size: int
 
@@ -57,7 +58,7 @@ class ViewEmbedder:
         """
         from tf_shopee.data.views import make_views
 
-        if self.kind != "image":
+        if self.kind is not ModelKind.IMAGE:
             raise UserError(f"views (test-time or catalogue augmentation) need an image model; "
                             f"{self.directory} is a {self.kind} model")
         if batch_size < 1:

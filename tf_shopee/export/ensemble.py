@@ -29,6 +29,7 @@ from tf_shopee.export.saved_model import (
     load_saved_model,
     read_saved_model_metadata,
 )
+from tf_shopee.models.kind import ModelKind
 
 
 def concat_exports(parts, export_dir, *, weights=None, say=print) -> dict:
@@ -59,7 +60,7 @@ def concat_exports(parts, export_dir, *, weights=None, say=print) -> dict:
                         "folder")
     metadata = [read_saved_model_metadata(part) for part in parts]
     for part, entry in zip(parts, metadata):
-        if entry["kind"] != "image":
+        if entry["kind"] != ModelKind.IMAGE:
             raise UserError(f"{part} holds a {entry['kind']} model: concat takes image exports")
         if PIXELS_SIGNATURE not in (entry.get("signatures") or []):
             raise UserError(f"{part} has no {PIXELS_SIGNATURE} signature (exported before it "
@@ -97,13 +98,13 @@ def concat_exports(parts, export_dir, *, weights=None, say=print) -> dict:
     payload = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
-        "kind": "image",
+        "kind": str(ModelKind.IMAGE),
         "embedding_dim": sum(int(entry["embedding_dim"]) for entry in metadata),
         "image_size": size,
         "num_classes": None,
         "threshold": None,
         "run_name": "concat(" + ", ".join(part.name for part in parts) + ")",
-        "inputs": list(SERVING_INPUTS["image"]),
+        "inputs": list(SERVING_INPUTS[ModelKind.IMAGE]),
         "signatures": ["serving_default", PIXELS_SIGNATURE],
         "trained": True,
         "concat_of": [{"path": str(part.resolve()), "fingerprint": model_fingerprint(part),

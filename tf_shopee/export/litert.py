@@ -47,6 +47,7 @@ from tf_shopee.export.saved_model import (
     read_saved_model_metadata,
     rebuild_keras_model,
 )
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def convert_to_litert(
     if out_path.is_dir():
         raise UserError(f"{out_path} is a folder; give a file name ending in {LITERT_SUFFIX}")
     metadata = read_saved_model_metadata(export_dir)
-    if metadata["kind"] != "image":
+    if metadata["kind"] != ModelKind.IMAGE:
         raise UserError(f"{export_dir} holds a {metadata['kind']} model: only image models "
                         "convert to LiteRT here (tokenizers are not LiteRT ops)")
     if quantization == "int8" and not calibration:
@@ -408,8 +409,8 @@ class LiteRTModel(ViewEmbedder):
             raise UserError(f"batch must be >= 1, got {batch}")
         self.directory = Path(path) if path is not None else None
         self.metadata = metadata
-        self.kind = metadata["kind"]
-        if self.kind != "image":
+        self.kind = ModelKind.parse(metadata["kind"], where=str(path))
+        if self.kind is not ModelKind.IMAGE:
             raise UserError(f"{path}: a LiteRT model here is an image model, got {self.kind!r}")
         self.embedding_dim = int(metadata["embedding_dim"])
         self.image_size = int(metadata["image_size"])

@@ -46,6 +46,7 @@ import numpy as np
 from tf_shopee.errors import UserError, warn_once
 from tf_shopee.export.base import ViewEmbedder, as_bytes
 from tf_shopee.io_utils import read_json
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ SERVING_INPUTS = {
 }
 
 
-def _serving_module(embedding_model, *, kind: str, image_size: int, text_preprocessor):
+def _serving_module(embedding_model, *, kind: ModelKind, image_size: int, text_preprocessor):
     """A ``tf.Module`` holding the model (and tokenizer) with a raw-input serving function."""
     import tensorflow as tf
 
@@ -101,7 +102,7 @@ def _serving_module(embedding_model, *, kind: str, image_size: int, text_preproc
     server = EmbeddingServer()
     image_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     title_spec = tf.TensorSpec([None], tf.string, name="titles")
-    if kind == "image":
+    if kind is ModelKind.IMAGE:
         server.serve = tf.function(
             lambda image_bytes: server.embed_raw(image_bytes=image_bytes),
             input_signature=[image_spec],
@@ -112,7 +113,7 @@ def _serving_module(embedding_model, *, kind: str, image_size: int, text_preproc
             input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
                                            name=PIXELS_INPUT)],
         )
-    elif kind == "text":
+    elif kind is ModelKind.TEXT:
         server.serve = tf.function(
             lambda titles: server.embed_raw(titles=titles), input_signature=[title_spec]
         )
@@ -163,9 +164,8 @@ def export_model(
     """
     import tensorflow as tf
 
-    if kind not in SERVING_INPUTS:
-        raise UserError(f"model kind must be one of {sorted(SERVING_INPUTS)}, got {kind!r}")
-    if kind in ("text", "multimodal") and text_preprocessor is None:
+    kind = ModelKind.parse(kind, where="export")
+    if kind.uses_titles and text_preprocessor is None:
         raise UserError(f"a {kind} model needs its text_preprocessor to be exported")
     export_dir = Path(export_dir)
     if export_dir.exists() and not _replaceable(export_dir):
@@ -187,7 +187,7 @@ def export_model(
         "threshold": None,
         "run_name": None,
         "inputs": list(SERVING_INPUTS[kind]),
-        "signatures": ["serving_default"] + ([PIXELS_SIGNATURE] if kind == "image" else []),
+        "signatures": ["serving_default"] + ([PIXELS_SIGNATURE] if kind is ModelKind.IMAGE else []),
     }
     payload.update(metadata)
 
@@ -196,7 +196,7 @@ def export_model(
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         signatures = {"serving_default": server.serve}
-        if kind == "image":
+        if kind is ModelKind.IMAGE:
             signatures[PIXELS_SIGNATURE] = server.embed_pixels
         tf.saved_model.save(server, str(temporary), signatures=signatures)
         config.save(temporary / CONFIG_FILE)
@@ -277,7 +277,7 @@ class ExportedModel(ViewEmbedder):
     def __init__(self, directory: Path, metadata: dict, serving_function, pixels_function=None):
         self.directory = directory
         self.metadata = metadata
-        self.kind = metadata["kind"]
+        self.kind = ModelKind(metadata["kind"])  # read_export_metadata checked it
         self.embedding_dim = int(metadata["embedding_dim"])
         self.image_size = int(metadata.get("image_size") or 0)
         self.threshold = metadata.get("threshold")
@@ -291,7 +291,7 @@ class ExportedModel(ViewEmbedder):
         from its config.json and variables the first time)."""
         import tensorflow as tf
 
-        if self.kind != "image":
+        if self.kind is not ModelKind.IMAGE:
             raise UserError(f"{self.directory} is a {self.kind} model: pixels need an image model")
         if self._pixels_function is None:
             warn_once(logger, f"{self.directory} has no {PIXELS_SIGNATURE} signature (exported "
@@ -371,7 +371,7 @@ def rebuild_keras_model(directory: str | os.PathLike, metadata: dict | None = No
 
     directory = Path(directory)
     metadata = metadata or read_saved_model_metadata(directory)
-    if metadata["kind"] != "image":
+    if metadata["kind"] != ModelKind.IMAGE:
         raise UserError(f"{directory}: only image exports can be rebuilt for pixel inputs")
     if not (directory / CONFIG_FILE).is_file():
         raise UserError(f"{directory} has no {CONFIG_FILE}: cannot rebuild its model for pixel "
@@ -415,17 +415,38 @@ def load_saved_model(
         # Registers the tokenizer ops (FastBertNormalize, ...) that a text model's graph uses.
         import tensorflow_text  # noqa: F401
     except ImportError:
-        if metadata["kind"] != "image":
+        if ModelKind(metadata["kind"]).uses_titles:
             raise UserError("loading a text or multimodal export needs tensorflow-text") from None
     try:
         loaded = tf.saved_model.load(str(directory))
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        raise UserError(f"cannot load the SavedModel in {directory}: {error}") from None
+    except (OSError, ValueError, IndexError, KeyError, tf.errors.OpError) as error:
+        # IndexError: a variables file cut short (TensorFlow reads past its end).
+        raise UserError(f"cannot load the SavedModel in {directory} (damaged or unfinished "
+                        f"copy?): {type(error).__name__}: {str(error)[:300]}") from None
     if "serving_default" not in loaded.signatures:
         raise UserError(f"{directory} has no serving_default signature")
     serving_function = loaded.signatures["serving_default"]
+    _check_signature(directory, metadata, serving_function)
     pixels_function = loaded.signatures.get(PIXELS_SIGNATURE)
     # Keep the loaded object alive: the signature function refers to its variables.
     model = ExportedModel(directory, metadata, serving_function, pixels_function)
     model._loaded = loaded
     return model
+
+
+def _check_signature(directory: Path, metadata: dict, serving_function) -> None:
+    """Refuse a SavedModel whose serving signature is not what :func:`export_model` writes for
+    the metadata's kind (e.g. another SavedModel with a copied ``tf_shopee_export.json``):
+    calling it would fail on every posting, each reported as a bad photo or title."""
+    inputs = serving_function.structured_input_signature[1]
+    outputs = serving_function.structured_outputs
+    expected = set(SERVING_INPUTS[metadata["kind"]])
+    embeddings = outputs.get("embeddings") if isinstance(outputs, dict) else None
+    if (set(inputs) != expected or any(spec.dtype.name != "string" for spec in inputs.values())
+            or embeddings is None or embeddings.shape[-1] != int(metadata["embedding_dim"])):
+        found = ", ".join(f"{name}: {spec.dtype.name}" for name, spec in inputs.items())
+        raise UserError(
+            f"{directory} is not a tf_shopee {metadata['kind']} export: its serving signature "
+            f"takes ({found}) and gives {sorted(outputs) if isinstance(outputs, dict) else '?'}"
+            f", where one takes {sorted(expected)} as strings and gives 'embeddings' of "
+            f"{metadata['embedding_dim']} (a SavedModel with a copied {METADATA_FILE}?)")

@@ -31,6 +31,7 @@ is given; it was chosen once, on real Shopee data, by ``benchmarks/quality_real.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,8 @@ from tf_shopee.matching.topk import matches_from_neighbours, union_matches
 from tf_shopee.neighbours import Neighbours
 from tf_shopee.neighbours.scaling import DEFAULT_WINDOW, background_scores, local_scaling
 
+logger = logging.getLogger("tf_shopee.matching")
+
 THRESHOLDS_FORMAT = "tf_shopee.thresholds"
 THRESHOLDS_FORMAT_VERSION = 2
 MAX_MATCHES = 50
@@ -58,6 +61,14 @@ HASH_BITS = 64
 # How a search makes thresholds hold on a bigger pool (tf_shopee.matching.search).
 METHODS = ("local+size", "local", "size", "shift", "count", "fixed")
 DEFAULT_METHOD = "local+size"
+# --threshold-method auto: the search's transfer test chooses (tf_shopee.matching.transfer).
+AUTO_METHOD = "auto"
+THRESHOLD_METHOD_CHOICES = (AUTO_METHOD, *METHODS)
+# What a decision is for: matching a set against itself (blending allowed), or queries against
+# a catalogue (no blending: the catalogue side is not re-blended per query).
+USE_SELF_MATCHING = "self-matching"
+USE_CATALOGUE = "catalogue"
+USES = (USE_SELF_MATCHING, USE_CATALOGUE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +147,10 @@ class SourceRule:
             36 photos a product) 20 neighbours beat 51.
         inb_iterations: rounds of blending (each blends the previous round's embeddings over
             their new neighbours, at the same threshold).
+        score_range: ``(low, high)`` in the source's (scaled) units: the scores of same-product
+            pairs in the search data (1st to 99th percentile). A threshold moved with the pool's
+            size (``slope``) is kept inside it, widened to hold ``threshold`` itself, so it never
+            extrapolates past the scores the search saw; ``None`` = no bound (older files).
     """
 
     threshold: float
@@ -145,6 +160,7 @@ class SourceRule:
     inb_phash: float | None = None
     inb_neighbours: int | None = None
     inb_iterations: int = 1
+    score_range: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (the thresholds file's ``rules`` entries)."""
@@ -154,6 +170,8 @@ class SourceRule:
             data["inb_neighbours"] = self.inb_neighbours
         if self.inb_iterations != 1:  # files without it read as one round
             data["inb_iterations"] = self.inb_iterations
+        if self.score_range is not None:
+            data["score_range"] = list(self.score_range)
         return data
 
     @classmethod
@@ -162,7 +180,7 @@ class SourceRule:
         if not isinstance(data, Mapping):
             data = {"threshold": data}
         unknown = sorted(set(data) - {"threshold", "beta", "inb", "inb_phash", "slope",
-                                      "inb_neighbours", "inb_iterations"})
+                                      "inb_neighbours", "inb_iterations", "score_range"})
         if unknown:
             raise UserError(f"{where}: rule of {name!r} has unknown key(s) {unknown}")
         if "threshold" not in data:
@@ -183,6 +201,15 @@ class SourceRule:
         if isinstance(rounds, bool) or not isinstance(rounds, int):
             raise UserError(f"{where}: inb_iterations of {name!r} must be a whole number, got "
                             f"{rounds!r}")
+        score_range = data.get("score_range")
+        if score_range is not None:
+            if not (isinstance(score_range, (list, tuple)) and len(score_range) == 2
+                    and all(isinstance(value, (int, float)) and not isinstance(value, bool)
+                            and math.isfinite(value) for value in score_range)
+                    and score_range[0] <= score_range[1]):
+                raise UserError(f"{where}: score_range of {name!r} must be [low, high], got "
+                                f"{score_range!r}")
+            score_range = (float(score_range[0]), float(score_range[1]))
         return cls(
             threshold=check_threshold(name, data["threshold"], where=where),
             beta=float(values["beta"] or 0.0),
@@ -191,6 +218,7 @@ class SourceRule:
             inb_phash=None if values["inb_phash"] is None else float(values["inb_phash"]),
             inb_neighbours=neighbours,
             inb_iterations=rounds,
+            score_range=score_range,
         ).checked(name, where=where)
 
     def checked(self, name: str, *, where: str) -> "SourceRule":
@@ -231,6 +259,10 @@ class SourceRule:
         value = self.threshold
         if self.slope and pool_ratio > 0:
             value += self.slope * math.log2(pool_ratio)
+            if self.score_range is not None:  # never past the scores the search saw
+                low = min(self.score_range[0], self.threshold)
+                high = max(self.score_range[1], self.threshold)
+                value = min(max(value, low), high)
         if is_phash_source(name):
             return float(min(max(round(value), 0), HASH_BITS))
         return float(min(max(value, 0.0), 1.0))
@@ -450,6 +482,30 @@ def pool_size_of(sources: Mapping[str, Neighbours], *, self_matching: bool,
     return int(max(int(neighbours.indices.max(initial=-1)) for neighbours in sources.values()) + 1)
 
 
+# A decision applied to a pool more than this many times the size of its search data is
+# extrapolated: the log says so (once per search size and pool size).
+MAX_POOL_RATIO = 4.0
+_warned_ratios: set[tuple[int, int]] = set()
+
+
+def warn_pool_ratio(decision: Decision, pool_size: int) -> float | None:
+    """Warn (once per search and pool size) when ``pool_size`` is more than
+    :data:`MAX_POOL_RATIO` times the decision's search data; returns the ratio (None: the
+    decision does not record its search size)."""
+    if not decision.search_rows or not pool_size:
+        return None
+    ratio = pool_size / decision.search_rows
+    key = (decision.search_rows, int(pool_size))
+    if ratio > MAX_POOL_RATIO and key not in _warned_ratios:
+        _warned_ratios.add(key)
+        logger.warning(
+            "the decision was searched on %d postings and is applied to a pool of %d, %.1fx its "
+            "size (more than %gx): its thresholds are extrapolated; F1 may be lower than the "
+            "search measured. Search the thresholds on a labelled set closer to this size if "
+            "you can.", decision.search_rows, pool_size, ratio, MAX_POOL_RATIO)
+    return ratio
+
+
 def decision_neighbours(
     sources: Mapping[str, Neighbours],
     decision: Decision,
@@ -494,6 +550,7 @@ def decision_neighbours(
     if pool_size is None:
         pool_size = pool_size_of(sources, self_matching=self_matching,
                                  catalog_backgrounds=catalog_backgrounds)
+    warn_pool_ratio(decision, pool_size)
     thresholds = decision.thresholds_for(pool_size)
     counted = decision.method == "count" and self_matching
     prepared = {}
@@ -598,9 +655,28 @@ def apply_decision(
 # Thresholds files
 
 
-def thresholds_payload(result: dict, *, settings: Mapping | None = None) -> dict:
-    """The ``thresholds.json`` content for a :func:`search_decision` result."""
+def blending_members(decision: Decision) -> list[str]:
+    """The members of ``decision`` that blend neighbours (INB), which a catalogue cannot do."""
+    return [name for name in decision.sources if decision.rules[name].inb is not None]
+
+
+def thresholds_payload(result: dict, *, settings: Mapping | None = None,
+                       catalogue: dict | None = None) -> dict:
+    """The ``thresholds.json`` content for a :func:`search_decision` result (with its
+    ``transfer`` test when it has one); ``catalogue``: the search result of a decision for
+    catalogue queries, when ``result``'s blends neighbours."""
     decision = result["decision"]
+    blends = blending_members(Decision.from_dict(decision, where="search result"))
+    uses = {USE_SELF_MATCHING: "decision",
+            USE_CATALOGUE: "catalogue_decision" if catalogue else (None if blends else "decision")}
+    extra = {"uses": uses}
+    if result.get("transfer"):
+        extra["transfer"] = result["transfer"]
+    if catalogue:
+        extra["catalogue_decision"] = catalogue["decision"]
+        extra["catalogue_f1"] = catalogue["f1"]
+        if catalogue.get("transfer"):
+            extra["catalogue_transfer"] = catalogue["transfer"]
     return {
         "format": THRESHOLDS_FORMAT,
         "format_version": THRESHOLDS_FORMAT_VERSION,
@@ -617,12 +693,14 @@ def thresholds_payload(result: dict, *, settings: Mapping | None = None) -> dict
         "candidates": result["candidates"],
         "sources": result["sources"],
         "settings": dict(settings or {}),
+        **extra,
     }
 
 
-def write_thresholds(path: str | Path, result: dict, *, settings: Mapping | None = None) -> dict:
+def write_thresholds(path: str | Path, result: dict, *, settings: Mapping | None = None,
+                     catalogue: dict | None = None) -> dict:
     """Write ``thresholds.json`` atomically (see :func:`thresholds_payload`); return its content."""
-    payload = thresholds_payload(result, settings=settings)
+    payload = thresholds_payload(result, settings=settings, catalogue=catalogue)
     write_json_atomic(path, payload)
     return payload
 
@@ -657,8 +735,10 @@ def best_plain_thresholds(path: str | Path) -> dict[str, float]:
     return best
 
 
-def load_thresholds(path: str | Path) -> Decision:
-    """Read the decision of a ``thresholds.json`` written by :func:`write_thresholds`.
+def load_thresholds(path: str | Path, *, use: str = USE_SELF_MATCHING) -> Decision:
+    """Read the decision of a ``thresholds.json`` written by :func:`write_thresholds` for a
+    ``use`` (:data:`USES`): for catalogue queries, the file's ``catalogue_decision`` when its
+    main decision blends neighbours.
 
     Files of format version 1 (per-source thresholds with phash as similarities, a source
     switched off at 2.0) are converted.
@@ -676,7 +756,21 @@ def load_thresholds(path: str | Path) -> Decision:
     if version != THRESHOLDS_FORMAT_VERSION:
         raise UserError(f"{path} has thresholds format version {version!r}; this version reads "
                         f"1 and {THRESHOLDS_FORMAT_VERSION}")
+    if use == USE_CATALOGUE and payload.get("catalogue_decision") is not None:
+        return Decision.from_dict(payload["catalogue_decision"], where=f"{where} (catalogue)")
     return Decision.from_dict(payload.get("decision"), where=where)
+
+
+def read_transfer_tests(path: str | Path) -> dict[str, dict]:
+    """The transfer tests a thresholds file records: use → the test (empty for files written
+    before the test, or by a search without one)."""
+    payload = _read_thresholds_file(Path(path))
+    tests = {}
+    if isinstance(payload.get("transfer"), Mapping):
+        tests[USE_SELF_MATCHING] = payload["transfer"]
+    if isinstance(payload.get("catalogue_transfer"), Mapping):
+        tests[USE_CATALOGUE] = payload["catalogue_transfer"]
+    return tests
 
 
 def _decision_from_version_1(payload: dict, *, where: str) -> Decision:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tf_shopee.data.convert import image_problem
+from tf_shopee.data.images import image_problem
 from tf_shopee.errors import UserError
+from tf_shopee.export import model_fingerprint
 from tf_shopee.io_utils import atomic_path, write_json_atomic
 from tf_shopee.matching.postings import Postings
 from tf_shopee.models.kind import ModelKind
@@ -156,8 +157,6 @@ def _checked_views(model, views, plain_allowed: bool = False):
 
 def _model_key(model) -> str:
     """Identity of an export (a SavedModel folder or a ``.tflite`` file): its fingerprint."""
-    from tf_shopee.export import model_fingerprint
-
     fingerprint = getattr(model, "fingerprint", None) or model_fingerprint(model.directory)
     return fingerprint[:16]
 

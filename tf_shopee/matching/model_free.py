@@ -26,6 +26,7 @@ union; settings and decision were chosen on GroupKFold folds 1+2 only.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -35,6 +36,8 @@ from tf_shopee.matching.sources import PHASH, PHASH_TEXT, TFIDF
 from tf_shopee.neighbours import Neighbours
 from tf_shopee.neighbours.phash import phash_neighbours
 from tf_shopee.neighbours.tfidf import filter_by_cosine, sparse_top_k, tfidf_vectors
+
+logger = logging.getLogger("tf_shopee.matching")
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,11 @@ def model_free_state(
         )
         agreement = filter_by_cosine(image, vectors, settings.agreement_min_cosine)
     blended = vectors
-    graphs = blending_graphs(settings, text, image, agreement)
+    if vectorizer is None:
+        # No title has a term (all empty or punctuation): nothing to blend, tfidf finds nothing.
+        logger.warning("none of the %d titles has a word TF-IDF can use (two letters or digits): "
+                       "the tfidf source matches nothing", len(titles))
+    graphs = blending_graphs(settings, text, image, agreement) if vectorizer is not None else []
     if graphs:
         blended = blend_rows(vectors, graphs)
         text = sparse_top_k(blended, blended, k=settings.k, max_chunk_mb=max_chunk_mb)

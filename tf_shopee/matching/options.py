@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tf_shopee.data.views import parse_tta
 from tf_shopee.errors import UserError
-from tf_shopee.matching.decision import METHODS, check_threshold
+from tf_shopee.matching.decision import AUTO_METHOD, THRESHOLD_METHOD_CHOICES, check_threshold
 from tf_shopee.matching.embedding import DEFAULT_BATCH_SIZE
 from tf_shopee.matching.sources import check_source_name
 from tf_shopee.matching.topk import DEFAULT_K, DEFAULT_MAX_CHUNK_MB, DEFAULT_MAX_MATCHES
@@ -32,7 +32,8 @@ class MatchOptions:
         threshold_overrides: source → plain threshold (``--threshold``; bits for phash sources).
         search_thresholds: folder to write the decision a search chooses on these (labelled)
             postings; empty: no search.
-        threshold_method: how a search makes thresholds hold on a bigger pool.
+        threshold_method: how a search makes thresholds hold on a bigger pool; ``auto``: the
+            search's transfer test chooses (:mod:`tf_shopee.matching.transfer`).
         min2: give a lonely posting its nearest neighbour (when the decision has min2).
         inb_iterations: blending rounds of embedding sources; None: as the decision says, 0: off.
         inb_neighbours: neighbours blended per posting that a search tries (None: all of ``k``).
@@ -55,7 +56,7 @@ class MatchOptions:
     thresholds_file: str = ""
     threshold_overrides: dict[str, float] = field(default_factory=dict)
     search_thresholds: str = ""
-    threshold_method: str = "local+size"
+    threshold_method: str = AUTO_METHOD
     min2: bool = True
     inb_iterations: int | None = None
     inb_neighbours: tuple[int | None, ...] = (None,)
@@ -93,8 +94,9 @@ class MatchOptions:
                 raise UserError(f"--inb-grid: blend thresholds are similarities in [0, 1], got "
                                 f"{value!r}")
         self.views = parse_tta(self.tta)  # UserError naming --tta for an unknown view
-        if self.threshold_method not in METHODS:
-            raise UserError(f"--threshold-method must be one of {', '.join(METHODS)}, got "
+        if self.threshold_method not in THRESHOLD_METHOD_CHOICES:
+            raise UserError(f"--threshold-method must be one of "
+                            f"{', '.join(THRESHOLD_METHOD_CHOICES)}, got "
                             f"{self.threshold_method!r}")
         self.threshold_overrides = {
             check_source_name(name, where=f"--threshold {name}={value}"):
@@ -136,6 +138,8 @@ class PredictOptions(MatchOptions):
         catalog: match against this catalogue index instead of each other.
         search: with ``catalog``: exact, ann or auto search.
         nprobe: with ``catalog`` and ann: cells probed per query (0: the default).
+        embeddings: a ``python -m tf_shopee.beam embed`` output holding the postings'
+            embeddings by every ``--model``: read instead of embedding (no ``--images`` needed).
     """
 
     csv: str = ""
@@ -149,9 +153,16 @@ class PredictOptions(MatchOptions):
     catalog: str = ""
     search: str = "auto"
     nprobe: int = 0
+    embeddings: str = ""
 
     def check(self) -> None:
         super().check()
+        if self.embeddings and not self.models and not self.catalog:
+            raise UserError("--embeddings DIR needs the --model folders its embeddings were made "
+                            "with (they are checked by fingerprint)")
+        if self.embeddings and self.views.count > 1:
+            raise UserError("--embeddings holds one plain embedding per photo: --tta needs the "
+                            "photos embedded here (drop --embeddings or --tta)")
         if not self.cache_dir:  # the default cache sits beside the submission
             self.cache_dir = str(Path(self.out).absolute().parent / ".embedding_cache")
         if self.search not in SEARCH_MODES:

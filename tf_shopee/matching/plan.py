@@ -19,6 +19,7 @@ import numpy as np
 from tf_shopee.errors import UserError
 from tf_shopee.matching.decision import (
     DEFAULT_DECISION,
+    USE_SELF_MATCHING,
     Decision,
     SourceRule,
     check_threshold,
@@ -35,13 +36,15 @@ from tf_shopee.matching.sources import (
     is_phash_source,
     source_kind,
 )
+from tf_shopee.models.kind import ModelKind
 
 logger = logging.getLogger("tf_shopee.matching")
 
 
 # Which source's nearest candidate "at least one neighbour" (min2) adds when no thresholds file
 # decides, in order of preference: the richest representation present.
-MIN2_SOURCE_PREFERENCE = (CONCAT, "multimodal", "text", "image", TFIDF, PHASH)
+MIN2_SOURCE_PREFERENCE = (CONCAT, ModelKind.MULTIMODAL.value, ModelKind.TEXT.value,
+                          ModelKind.IMAGE.value, TFIDF, PHASH)
 # Without a thresholds file, the lowest cosine min2 accepts from a model source (the floor the
 # shipped model-free search chose for raw TF-IDF cosines before local scaling).
 MODEL_MIN2_FLOOR = 0.3
@@ -75,7 +78,8 @@ def default_decision(planned: PlannedSources, *, searching: bool = False,
         where = f"model export {planned.model_dirs[name]}"
         rules[name] = SourceRule(check_threshold(name, value, where=where))
         origin[name] = "model export"
-    parts = [name for name in ("image", "text") if name in planned.model_thresholds]
+    parts = [name for name in (ModelKind.IMAGE.value, ModelKind.TEXT.value)
+             if name in planned.model_thresholds]
     if CONCAT in planned.names and len(parts) == 2:
         # No validation ever saw the concatenation: start from the mean of its two parts.
         rules[CONCAT] = SourceRule(float(np.mean([rules[name].threshold for name in parts])))
@@ -115,7 +119,7 @@ def default_decision(planned: PlannedSources, *, searching: bool = False,
 
 def resolve_plan(planned: PlannedSources, options: MatchOptions,
                  searched: Decision | None = None, *,
-                 allow_absent: bool = False) -> MatchPlan:
+                 allow_absent: bool = False, use: str = USE_SELF_MATCHING) -> MatchPlan:
     """The decision of this run: a search's (``searched``), else ``--thresholds FILE``'s, else
     the defaults; then ``--threshold`` overrides, ``--no-min2`` and ``--inb-iterations``.
 
@@ -127,6 +131,8 @@ def resolve_plan(planned: PlannedSources, options: MatchOptions,
         searched: a decision just searched on this run's labelled postings.
         allow_absent: sources of the file or overrides this run lacks are left out (logged)
             instead of being an error: catalogue queries that lack a title or a photo.
+        use: what the decision is for (``self-matching`` or ``catalogue``): a thresholds file
+            searched with blending holds a second decision for catalogue queries.
 
     Raises:
         UserError: a thresholds file or ``--threshold`` naming a source this run does not
@@ -137,7 +143,7 @@ def resolve_plan(planned: PlannedSources, options: MatchOptions,
         decision, label = searched, f"search on this set ({options.search_thresholds})"
         origin = {name: label for name in decision.sources}
     elif options.thresholds_file:
-        decision = load_thresholds(options.thresholds_file)
+        decision = load_thresholds(options.thresholds_file, use=use)
         absent = [name for name in decision.sources if name not in names]
         if absent and not allow_absent:
             raise UserError(

@@ -8,8 +8,9 @@ a table of candidate pairs (:class:`PairTable`), not through match lists;
 :func:`~tf_shopee.matching.decision.apply_decision` then applies the chosen decision to neighbour
 lists and reproduces the searched F1 exactly.
 
-Ways of making thresholds survive a bigger catalogue (``method``), compared by
-``benchmarks/quality_transfer.py`` (thresholds chosen on one pool, applied to a bigger one):
+Ways of making thresholds survive a bigger catalogue (``method``); which one a search ships is
+chosen by the transfer test of :mod:`tf_shopee.matching.transfer` on the user's own data
+(``benchmarks/quality_transfer.py`` compares them on three kinds of data):
 
 ``local``
     local scaling with ``beta`` chosen per source by the search (``beta = 0`` is among the
@@ -66,6 +67,9 @@ from tf_shopee.neighbours.scaling import (
     other_slots,
 )
 
+# A threshold moved with the pool's size stays inside these quantiles of the scores of the
+# search data's same-product pairs (the scores it was chosen among).
+SCORE_RANGE_QUANTILES = (0.01, 0.99)
 # Sub-pools of the search data the "size" methods refit thresholds on: fractions of its label
 # groups, and random draws of each.
 SIZE_FRACTIONS = (0.25, 0.5)
@@ -168,15 +172,17 @@ class PairTable:
         return selected
 
     def f1(self, members: Sequence[tuple[str, float]],
-           min2: tuple[str, float | None] | None = None) -> float:
+           min2: tuple[str, float | None] | None = None, *,
+           rows: np.ndarray | None = None) -> float:
         """Exact mean F1 of the union of ``members`` ((column, score threshold), in union order)
-        with min2 from ``(column, floor or None)``."""
+        with min2 from ``(column, floor or None)``; over the rows where ``rows`` (a boolean
+        mask) is true when given, else over every row."""
         selected = self.selection(members)
         counts = np.bincount(self.pair_rows[selected], minlength=self.num_rows)
         hits = np.bincount(self.pair_rows[selected & self.correct], minlength=self.num_rows)
         if counts.max(initial=0) > self.max_matches - 1:
             self._cap_union(members, counts, hits)
-        return self._mean_f1(counts, hits, min2)
+        return self._mean_f1(counts, hits, min2, rows)
 
     def _cap_union(self, members, counts: np.ndarray, hits: np.ndarray) -> None:
         """Recount rows over the cap with only their first ``max_matches - 1`` others in union
@@ -205,10 +211,23 @@ class PairTable:
         hits[over_rows] = np.bincount(rows[kept & self.correct[pairs]],
                                       minlength=self.num_rows)[over_rows]
 
-    def _mean_f1(self, counts, hits, min2) -> float:
+    def _mean_f1(self, counts, hits, min2, rows=None) -> float:
         if min2 is not None:
             counts, hits = self._with_min2(counts, hits, *min2)
-        return float(np.mean(2.0 * (hits + 1) / (counts + 1 + self.true_sizes)))
+        f1 = 2.0 * (hits + 1) / (counts + 1 + self.true_sizes)
+        return float(np.mean(f1 if rows is None else f1[rows]))
+
+    def score_range(self, column: str, quantiles: tuple[float, float]) -> tuple[float, float]:
+        """The ``quantiles`` of the scores of a column's same-product pairs (the scores a
+        threshold of this column meets on the search data)."""
+        entry = self.columns[column]
+        scores = entry.scores[self.correct[entry.pairs]]
+        if scores.size == 0:
+            scores = entry.scores
+        if scores.size == 0:
+            return 0.0, 1.0
+        low, high = np.quantile(scores.astype(np.float64), quantiles)
+        return float(low), float(high)
 
     def _with_min2(self, counts, hits, name: str, floor: float | None):
         column = self.columns[name]
@@ -261,8 +280,6 @@ class PairTable:
         return result
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # The search
 
@@ -279,6 +296,63 @@ class _Option:
     inb_neighbours: int | None
     grid: tuple[float, ...]  # score thresholds
     floors: tuple[float | None, ...]  # min2 floors, score units
+
+
+@dataclass
+class SearchSpace:
+    """Everything a search scores candidates on: each source's options (blending, scaling,
+    grids) and the :class:`PairTable` of their columns. Built once by
+    :func:`build_search_space` and shared by the searches of several methods on the same
+    postings (:mod:`tf_shopee.matching.transfer`)."""
+
+    sources: Mapping[str, Neighbours]
+    labels: np.ndarray
+    inb_variants: dict
+    options: dict[str, list[_Option]]
+    columns: dict[str, Neighbours]
+    table: PairTable
+    window: tuple[int, int]
+
+    def restricted(self, betas: Sequence[float]) -> dict[str, list[_Option]]:
+        """Each source's options whose local scaling weight is one of ``betas``."""
+        allowed = {float(beta) for beta in betas}
+        return {name: [option for option in options if option.beta in allowed]
+                for name, options in self.options.items()}
+
+
+def build_search_space(sources: Mapping[str, Neighbours], labels, *,
+                       inb_variants: Mapping[str, Mapping] | None = None,
+                       betas: Sequence[float] = DEFAULT_BETAS,
+                       grids: Mapping[str, Sequence[float]] | None = None,
+                       min2_floors: Mapping[str, Sequence[float | None]] | None = None,
+                       window: tuple[int, int] = DEFAULT_WINDOW,
+                       max_matches: int = MAX_MATCHES) -> SearchSpace:
+    """The options of every source (every blending variant x every weight of ``betas``) and
+    their pair table, after checking names and rows (UserError otherwise)."""
+    if not sources:
+        raise UserError("search_decision needs at least one source")
+    for name in sources:
+        check_source_name(name, where="search_decision")
+    labels = np.asarray(labels)
+    for name, neighbours in sources.items():
+        if neighbours.num_queries != labels.shape[0]:
+            raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there are "
+                            f"{labels.shape[0]} labels")
+    inb_variants = {name: {_blend_key(key): neighbours for key, neighbours in variants.items()}
+                    for name, variants in (inb_variants or {}).items()}
+    unknown = sorted(set(inb_variants) - set(sources))
+    if unknown:
+        raise UserError(f"inb_variants names unknown source(s) {unknown}")
+    betas = tuple(sorted({0.0, *(float(beta) for beta in betas)}))
+    options, columns = _build_options(sources, inb_variants, betas, grids, min2_floors, window)
+    return SearchSpace(sources, labels, inb_variants, options, columns,
+                       PairTable(columns, labels, max_matches=max_matches), tuple(window))
+
+
+def column_name(name: str, rule: SourceRule) -> str:
+    """The pair-table column a source's rule is scored in (its blending and scaling)."""
+    return (f"{name}|inb={rule.inb}|phash={rule.inb_phash}|n={rule.inb_neighbours}"
+            f"|beta={float(rule.beta)}")
 
 
 @dataclass
@@ -317,6 +391,8 @@ def search_decision(
     size_fractions: Sequence[float] = SIZE_FRACTIONS,
     size_repeats: int = SIZE_REPEATS,
     seed: int = 0,
+    space: SearchSpace | None = None,
+    candidate_slopes: bool = True,
 ) -> dict:
     """Choose a :class:`Decision` on labelled postings by mean F1; it may say no to anything.
 
@@ -354,6 +430,11 @@ def search_decision(
         size_fractions: ``size`` methods: sub-pool sizes, as fractions of the label groups.
         size_repeats: ``size`` methods: random sub-pools drawn per fraction.
         seed: seed of those draws.
+        space: a :func:`build_search_space` of these sources and labels to reuse (its options
+            with the method's betas are searched; ``inb_variants``, ``grids``,
+            ``min2_floors`` and ``window`` are then the space's).
+        candidate_slopes: fit the slopes of every candidate for the record (``size``
+            methods); ``False`` fits only the chosen decision's (the transfer test's refits).
 
     Returns:
         A JSON-ready dict: ``rows``, ``method``, ``decision`` (:meth:`Decision.to_dict`), ``f1``
@@ -366,28 +447,18 @@ def search_decision(
     Raises:
         UserError: on no sources, unknown names, mismatched rows or a bad method.
     """
-    if not sources:
-        raise UserError("search_decision needs at least one source")
     if method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    for name in sources:
-        check_source_name(name, where="search_decision")
-    labels = np.asarray(labels)
-    for name, neighbours in sources.items():
-        if neighbours.num_queries != labels.shape[0]:
-            raise UserError(f"source {name!r} has {neighbours.num_queries} rows but there are "
-                            f"{labels.shape[0]} labels")
-    inb_variants = {name: {_blend_key(key): neighbours for key, neighbours in variants.items()}
-                    for name, variants in (inb_variants or {}).items()}
-    unknown = sorted(set(inb_variants) - set(sources))
-    if unknown:
-        raise UserError(f"inb_variants names unknown source(s) {unknown}")
     if method in ("local", "local+size"):
         betas = tuple(DEFAULT_BETAS if betas is None else betas)
     else:
         betas = (0.0,)
-    options, columns = _build_options(sources, inb_variants, betas, grids, min2_floors, window)
-    table = PairTable(columns, labels, max_matches=max_matches)
+    if space is None:
+        space = build_search_space(sources, labels, inb_variants=inb_variants, betas=betas,
+                                   grids=grids, min2_floors=min2_floors, window=window,
+                                   max_matches=max_matches)
+    labels, inb_variants, window = space.labels, space.inb_variants, space.window
+    options, table = space.restricted(betas), space.table
     order = list(sources)
 
     # Each source alone: its best option and threshold without min2, then with min2.
@@ -418,9 +489,10 @@ def search_decision(
 
     fitted: dict[int, tuple[dict, dict]] = {}
 
-    def fit(state: _State) -> tuple[dict, dict]:
-        """The state's slopes and the points they were fitted to (``size`` methods only)."""
-        if method not in ("size", "local+size"):
+    def fit(state: _State, *, record: bool = False) -> tuple[dict, dict]:
+        """The state's slopes and the points they were fitted to (``size`` methods only;
+        ``record``: a candidate's, fitted only with ``candidate_slopes``)."""
+        if method not in ("size", "local+size") or (record and not candidate_slopes):
             return {}, {}
         if id(state) not in fitted:
             fitted[id(state)] = _fit_size_slopes(
@@ -432,7 +504,7 @@ def search_decision(
 
     for name in order:
         candidates.append(_candidate("single", singles[name], order, method, window, labels,
-                                     fit(singles[name])[0]))
+                                     fit(singles[name], record=True)[0]))
     best_single_name = max(order, key=lambda name: singles[name].f1)
     chosen = singles[best_single_name]
     rounds_used = 0
@@ -447,7 +519,7 @@ def search_decision(
                                     allow_min2=allow_min2)
             rounds_used = max(rounds_used, rounds)
             candidates.append(_candidate("union", state, order, method, window, labels,
-                                         fit(state)[0]))
+                                         fit(state, record=True)[0]))
             if len(state.members) > 1 and state.f1 > max(
                 chosen.f1, singles[best_single_name].f1 + union_margin
             ) + _IMPROVEMENT:
@@ -462,24 +534,18 @@ def search_decision(
     slopes, size_points = fit(chosen)
     for name, slope in slopes.items():
         rules[name] = replace(rules[name], slope=slope)
-    shift_background = {}
+    for name in members:
+        if not is_phash_source(name):
+            # Guard rail: a threshold moved with the pool size stays among the scores that
+            # same-product pairs had in the search data (it never extrapolates past them).
+            low, high = table.score_range(chosen.members[name][0].column, SCORE_RANGE_QUANTILES)
+            rules[name] = replace(rules[name], score_range=(round(low, 6), round(high, 6)))
+    decision = replace(decision, rules=rules)
     if method == "shift":
-        for name in members:
-            if not is_phash_source(name):
-                option = chosen.members[name][0]
-                shift_background[name] = float(np.mean(
-                    background_scores(_option_neighbours(sources, inb_variants, option),
-                                      window=window)))
-    match_counts = {}
-    if method == "count":
-        for name in members:
-            if not is_phash_source(name):
-                option, threshold = chosen.members[name]
-                match_counts[name] = round(mean_match_count(
-                    _option_neighbours(sources, inb_variants, option), threshold,
-                    max_matches), 4)
-    decision = replace(decision, rules=rules, shift_background=shift_background,
-                       match_counts=match_counts).checked(where="search_decision")
+        decision = with_shift_backgrounds(decision, sources, inb_variants)
+    elif method == "count":
+        decision = with_match_counts(decision, sources, inb_variants, max_matches=max_matches)
+    decision = decision.checked(where="search_decision")
     return {
         "rows": int(labels.shape[0]),
         "max_matches": int(max_matches),
@@ -495,60 +561,124 @@ def search_decision(
     }
 
 
+def with_shift_backgrounds(decision: Decision, sources: Mapping[str, Neighbours],
+                           inb_variants: Mapping[str, Mapping] | None) -> Decision:
+    """The decision with the ``shift`` method's record: the mean background of each similarity
+    member's neighbours (as blended by its rule) on these postings."""
+    shift_background = {}
+    for name in decision.sources:
+        if not is_phash_source(name):
+            rule = decision.rules[name]
+            neighbours = sources[name] if rule.inb is None else inb_variants[name][
+                (rule.inb, rule.inb_phash, rule.inb_neighbours)]
+            shift_background[name] = float(np.mean(
+                background_scores(neighbours, window=decision.window)))
+    return replace(decision, method="shift", shift_background=shift_background)
+
+
+def with_match_counts(decision: Decision, sources: Mapping[str, Neighbours],
+                      inb_variants: Mapping[str, Mapping] | None, *,
+                      max_matches: int = MAX_MATCHES) -> Decision:
+    """The decision with the ``count`` method's record: the mean matches per posting that each
+    similarity member's threshold gives on these postings (its neighbours as blended by its
+    rule)."""
+    match_counts = {}
+    for name in decision.sources:
+        if not is_phash_source(name):
+            rule = decision.rules[name]
+            neighbours = sources[name] if rule.inb is None else inb_variants[name][
+                (rule.inb, rule.inb_phash, rule.inb_neighbours)]
+            match_counts[name] = round(mean_match_count(
+                neighbours, score_threshold(name, rule.threshold), max_matches), 4)
+    return replace(decision, method="count", match_counts=match_counts)
+
+
 def _fit_size_slopes(sources, inb_variants, chosen: _State, members, labels, *, window,
                      max_matches, fractions, repeats, seed):
     """Each member's threshold change per doubling of the pool (the ``size`` methods).
 
-    The decision's structure is kept (members, blending, scaling, min2); only the similarity
-    members' thresholds are searched again on random sub-pools of whole label groups, on a grid
-    twice as fine. A line through (log2 postings, threshold) of every sub-pool and of the whole
-    search data gives the slope, in the source's units. phash members keep slope 0: the Hamming
-    distance of two photos does not depend on the pool (their best thresholds were the same on
-    11,416 and 34,250 real Shopee postings), and their F1 curves are flat enough that refitted
-    thresholds would be noise.
+    The decision's options are kept (blending, scaling, min2); only the similarity members'
+    thresholds are searched again on random sub-pools of whole label groups, on a grid twice as
+    fine. A line through (log2 postings, threshold) of every sub-pool and of the whole search
+    data gives the slope, in the source's units. A decision of one source refits it with its
+    min2; in a union, each member is refitted **alone** (its own best threshold, with min2 only
+    when it gives min2), on the whole search data too: the thresholds of a union trade off along
+    a flat ridge of F1, and refitting them jointly drifts along it (on 3,425 Shopee postings the
+    text member of a union came out at 0.51 on sub-pools and 0.775 on the whole, a slope of 0.12
+    per doubling that took both members to 1.0 on a pool five times bigger). phash members keep
+    slope 0: the Hamming distance of two photos does not depend on the pool (their best
+    thresholds were the same on 11,416 and 34,250 real Shopee postings), and their F1 curves are
+    flat enough that refitted thresholds would be noise.
     """
     rng = np.random.default_rng(seed)
     groups = np.unique(labels)
     fitted = [name for name in members if not is_phash_source(name)]
-    points = {name: [(int(labels.shape[0]), user_threshold(name, chosen.members[name][1]))]
-              for name in fitted}
     if not fitted:
         return {}, {}
+    fine = {name: _finer_grid(chosen.members[name][0].grid) for name in fitted}
+    # What is refitted together: the one source with its min2, or each union member alone.
+    fits = [list(members)] if len(members) == 1 else [[name] for name in fitted]
+
+    def fit_state(fit, table, start: dict[str, float] | None) -> _State:
+        state = _State({name: (chosen.members[name][0], chosen.members[name][1] if start is None
+                               else start[name]) for name in fit},
+                       chosen.min2 if chosen.min2 and chosen.min2[0] in fit else None)
+        state.f1 = table.f1(state.key_members(fit), state.key_min2())
+        for _ in range(3):
+            changed = False
+            for name in [member for member in fit if member in fine]:
+                option = state.members[name][0]
+                others = [(state.members[other][0].column, state.members[other][1])
+                          for other in fit if other != name]
+                scores = table.sweep(option.column, fine[name], others, state.key_min2())
+                index = int(np.argmax(scores))
+                if scores[index] > state.f1 + _IMPROVEMENT:
+                    state.members[name] = (option, fine[name][index])
+                    state.f1 = float(scores[index])
+                    changed = True
+            if not changed:
+                break
+        return state
+
+    def pool_table(keep):
+        columns = {}
+        for name in members:
+            option = chosen.members[name][0]
+            neighbours = _option_neighbours(sources, inb_variants, option)
+            if keep is not None:
+                neighbours = subset_neighbours(neighbours, keep)
+                if option.beta:
+                    neighbours = local_scaling(neighbours, option.beta,
+                                               background_scores(neighbours, window=window))
+            elif option.beta:
+                neighbours = local_scaling(neighbours, option.beta,
+                                           background_scores(neighbours, window=window))
+            columns[option.column] = neighbours
+        return PairTable(columns, labels if keep is None else labels[keep],
+                         max_matches=max_matches)
+
+    if len(fits) == 1:
+        start = {name: chosen.members[name][1] for name in members}
+    else:  # each member's own best threshold on the whole search data
+        whole = pool_table(None)
+        start = {}
+        for fit in fits:
+            start.update({name: value for name, (_, value)
+                          in fit_state(fit, whole, None).members.items()})
+    points = {name: [(int(labels.shape[0]), user_threshold(name, start[name]))]
+              for name in fitted}
     for fraction in fractions:
         for _ in range(repeats):
             chosen_groups = rng.choice(groups, max(1, int(round(len(groups) * fraction))),
                                        replace=False)
             keep = np.isin(labels, chosen_groups)
-            columns = {}
-            for name in members:
-                option = chosen.members[name][0]
-                restricted = subset_neighbours(
-                    _option_neighbours(sources, inb_variants, option), keep)
-                if option.beta:
-                    restricted = local_scaling(restricted, option.beta,
-                                               background_scores(restricted, window=window))
-                columns[option.column] = restricted
-            table = PairTable(columns, labels[keep], max_matches=max_matches)
-            state = _State(dict(chosen.members), chosen.min2)
-            state.f1 = table.f1(state.key_members(members), state.key_min2())
-            fine = {name: _finer_grid(chosen.members[name][0].grid) for name in fitted}
-            for _ in range(3):
-                changed = False
-                for name in fitted:
-                    option = state.members[name][0]
-                    others = [(state.members[other][0].column, state.members[other][1])
-                              for other in members if other != name]
-                    scores = table.sweep(option.column, fine[name], others, state.key_min2())
-                    index = int(np.argmax(scores))
-                    if scores[index] > state.f1 + _IMPROVEMENT:
-                        state.members[name] = (option, fine[name][index])
-                        state.f1 = float(scores[index])
-                        changed = True
-                if not changed:
-                    break
-            for name in fitted:
-                points[name].append((int(keep.sum()),
-                                     user_threshold(name, state.members[name][1])))
+            table = pool_table(keep)
+            for fit in fits:
+                state = fit_state(fit, table, start)
+                for name in fit:
+                    if name in fine:
+                        points[name].append((int(keep.sum()),
+                                             user_threshold(name, state.members[name][1])))
     slopes = {}
     for name, values in points.items():
         sizes = np.log2([size for size, _ in values])
@@ -602,8 +732,9 @@ def _build_options(sources, inb_variants, betas, grids, min2_floors, window):
                     scored = local_scaling(variant, beta, background)
                 else:
                     scored = variant
-                column = (f"{name}|inb={inb}|phash={inb_phash}|n={inb_neighbours}"
-                          f"|beta={beta}")
+                column = column_name(name, SourceRule(
+                    0.0, beta=float(beta), inb=inb, inb_phash=inb_phash,
+                    inb_neighbours=inb_neighbours))
                 columns[column] = scored
                 options[name].append(_Option(name, inb, inb_phash, float(beta), column,
                                              inb_neighbours, score_grid, score_floors))

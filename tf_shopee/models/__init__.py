@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tf_shopee.config import MODEL_KINDS
 from tf_shopee.errors import UserError
+from tf_shopee.models.kind import ModelKind
 
 if TYPE_CHECKING:
     import keras
@@ -60,8 +60,8 @@ def build_embedding_model(
     Raises:
         UserError: unknown kind, backbone or option.
     """
-    kind = model_config.kind
-    if kind == "image":
+    kind = ModelKind.parse(model_config.kind, where="model.kind")
+    if kind is ModelKind.IMAGE:
         from tf_shopee.models.image import build_image_tower
 
         return build_image_tower(
@@ -70,7 +70,7 @@ def build_embedding_model(
             embedding_dim=model_config.embedding_dim,
             load_pretrained_weights=load_pretrained_weights,
         )
-    if kind == "text":
+    if kind is ModelKind.TEXT:
         from tf_shopee.models.text import build_text_tower
 
         return build_text_tower(
@@ -79,16 +79,14 @@ def build_embedding_model(
             vocabulary_size=vocabulary_size,
             load_pretrained_weights=load_pretrained_weights,
         )
-    if kind == "multimodal":
-        from tf_shopee.models.multimodal import build_multimodal_model
+    from tf_shopee.models.multimodal import build_multimodal_model
 
-        return build_multimodal_model(
-            model_config,
-            image_size=image_size,
-            vocabulary_size=vocabulary_size,
-            load_pretrained_weights=load_pretrained_weights,
-        )
-    raise UserError(f"model.kind must be one of {MODEL_KINDS}, got {kind!r}")
+    return build_multimodal_model(
+        model_config,
+        image_size=image_size,
+        vocabulary_size=vocabulary_size,
+        load_pretrained_weights=load_pretrained_weights,
+    )
 
 
 def margin_warmup_steps(model_config: "ModelConfig", steps_per_epoch: int) -> int:

@@ -26,7 +26,7 @@ import re
 import keras
 from keras import ops
 
-from tf_shopee.config import ImageModelConfig
+from tf_shopee.config import MIN_IMAGE_SIZE, ImageModelConfig
 from tf_shopee.errors import UserError, warn_once
 from tf_shopee.models.efficientnet_lite import (
     LITE_VARIANTS,
@@ -271,8 +271,9 @@ def build_image_tower(
             BatchNorm only; ``none``: the pooled features), and whether the backbone's
             BatchNorm layers stay frozen (``freeze_batch_norm``). Frozen BatchNorm layers run in
             inference mode.
-        image_size: side of the square input images in pixels; None accepts any size (a run
-            that changes resolution, ``train.final_image_size``).
+        image_size: side of the square input images in pixels, at least
+            :data:`tf_shopee.config.MIN_IMAGE_SIZE`; None accepts any size (a run that changes
+            resolution, ``train.final_image_size``).
         embedding_dim: width of the output embedding.
         load_pretrained_weights: False builds the same architecture without loading any
             weights (no download, no warning): for rebuilding a trained model before restoring
@@ -287,6 +288,7 @@ def build_image_tower(
     Raises:
         UserError: unknown backbone, bad option, missing or unusable weights file, or ImageNet
             weights that cannot be downloaded.
+        ValueError: ``image_size`` below :data:`tf_shopee.config.MIN_IMAGE_SIZE`.
     """
     _validate_config(config, image_size=image_size, embedding_dim=embedding_dim)
     weights = _normalise_weights_option(config.weights)
@@ -366,18 +368,6 @@ def get_backbone(tower: keras.Model) -> keras.Model:
     return tower.get_layer("backbone")
 
 
-def set_trainable(tower: keras.Model, mode: str, *, freeze_batch_norm: bool = False) -> None:
-    """Change which part of an image tower trains (``head`` | ``last_block`` |
-    ``last_N_blocks`` | ``all``).
-
-    The embedding head (pooling, Dense, BatchNorm) always trains; ``freeze_batch_norm`` keeps
-    the backbone's BatchNorm layers frozen whatever the mode. Recompile (or rebuild the
-    optimizer) afterwards: Keras collects trainable variables when the train step is traced.
-    """
-    trainable_stages(mode)  # validates the mode
-    _set_trainable(get_backbone(tower), mode, tower.name, freeze_batch_norm=freeze_batch_norm)
-
-
 def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim: int) -> None:
     if config.pooling not in POOLING_MODES:
         raise UserError(
@@ -393,9 +383,10 @@ def _validate_config(config: ImageModelConfig, *, image_size: int, embedding_dim
         raise UserError(f"model.image.dropout must be in [0, 1), got {config.dropout!r}")
     if config.pooling == "gem" and not config.gem_p >= 1.0:
         raise UserError(f"model.image.gem_p must be at least 1, got {config.gem_p!r}")
-    if image_size is not None and image_size < 32:
-        raise UserError(f"image size must be at least 32 pixels for the image tower, got "
-                        f"{image_size}")
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        # A programmer's error: the configuration checked data.image_size when it was read.
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels for the image "
+                         f"tower, got {image_size}")
     if embedding_dim <= 0:
         raise UserError(f"model.embedding_dim must be positive, got {embedding_dim}")
 

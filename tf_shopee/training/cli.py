@@ -9,8 +9,9 @@ import logging
 import sys
 
 from tf_shopee import distribute
-from tf_shopee.config import MODEL_KINDS, RunConfig, tiny_overrides
+from tf_shopee.config import RunConfig, tiny_overrides
 from tf_shopee.errors import UserError, exit_on_user_error
+from tf_shopee.models.kind import MODEL_KINDS, ModelKind
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -119,9 +120,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def config_from_arguments(args: argparse.Namespace) -> RunConfig:
     """Resolve defaults < --config < --tiny < --set < named flags into a RunConfig."""
     config = RunConfig.load(args.config) if args.config else RunConfig()
-    config.model.kind = args.model
+    kind = ModelKind(args.model)  # one of MODEL_KINDS: argparse checked it
+    config.model.kind = kind
     if args.tiny:
-        config.override(tiny_overrides(args.model))
+        config.override(tiny_overrides(kind))
     config.override(args.set)
     named = {
         "data.tfrecords": args.data,
@@ -137,10 +139,10 @@ def config_from_arguments(args: argparse.Namespace) -> RunConfig:
         "train.jit_compile": args.jit_compile,
     }
     if args.backbone is not None:
-        tower = "text" if args.model == "text" else "image"
+        tower = "text" if kind is ModelKind.TEXT else "image"
         named[f"model.{tower}.backbone"] = args.backbone
     if args.weights is not None:
-        if args.model == "text":
+        if not kind.uses_images:
             raise UserError(
                 "--weights applies to the image tower; a text model's weights come with its "
                 "--backbone (a keras-hub preset name or a local preset directory)"

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from tf_shopee.config import RunConfig
 from tf_shopee.data.manifest import load_manifest
-from tf_shopee.data.pipeline import CatalogMix, dataset_size, make_dataset
+from tf_shopee.data.pipeline import dataset_size, make_dataset
+from tf_shopee.data.studio import CatalogMix
 from tf_shopee.errors import UserError
+from tf_shopee.models.kind import ModelKind
 from tf_shopee.training.trainer import input_names
 
 logger = logging.getLogger("tf_shopee.training")
@@ -39,7 +41,7 @@ def read_data_facts(config: RunConfig) -> DataFacts:
     manifest = load_manifest(directory)
     if not manifest.get("has_labels"):
         raise UserError(f"{directory} has no labels (a test set): training needs label_group")
-    if config.model.kind in ("image", "multimodal") and not manifest.get("has_images"):
+    if config.model.kind.uses_images and not manifest.get("has_images"):
         raise UserError(
             f"{directory} is text-only (converted without images): train --model text on it"
         )
@@ -98,7 +100,7 @@ def training_titles(facts: DataFacts) -> list[str]:
     return titles
 
 
-def model_batch(kind: str):
+def model_batch(kind: ModelKind):
     """Keep only what the replicas need: strings cannot be sent to TPUs, and are not used."""
     keys = input_names(kind) + ("label",)
     return lambda batch: {key: batch[key] for key in keys}

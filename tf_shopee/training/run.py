@@ -128,7 +128,7 @@ class TrainingRun:
         config = self.config
         self.current_image_size = self.image_size(epoch)
         kind = config.model.kind
-        with_image = kind in ("image", "multimodal")
+        with_image = kind.uses_images
 
         def dataset_fn(input_context):
             dataset = make_dataset(
@@ -164,7 +164,7 @@ class TrainingRun:
     def _plain_dataset(self, *, folds=None, exclude_folds=None):
         """One un-augmented, unshuffled pass over some folds (for validation or precise BN)."""
         kind = self.config.model.kind
-        with_image = kind in ("image", "multimodal")
+        with_image = kind.uses_images
         return make_dataset(
             self.facts.directory,
             training=False,

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tf_shopee import distribute
 from tf_shopee.errors import UserError
+from tf_shopee.models.kind import ModelKind
 from tf_shopee.training.optimization import (
     DynamicLossScale,
     all_finite,
@@ -26,13 +27,10 @@ IMAGE_INPUTS = ("image",)
 TEXT_INPUTS = ("token_ids", "padding_mask")
 
 
-def input_names(kind: str) -> tuple[str, ...]:
+def input_names(kind: ModelKind) -> tuple[str, ...]:
     """The embedding model's input keys for a model kind."""
-    return {
-        "image": IMAGE_INPUTS,
-        "text": TEXT_INPUTS,
-        "multimodal": IMAGE_INPUTS + TEXT_INPUTS,
-    }[kind]
+    kind = ModelKind(kind)
+    return (IMAGE_INPUTS if kind.uses_images else ()) + (TEXT_INPUTS if kind.uses_titles else ())
 
 
 def check_jit_supported(strategy) -> None:
@@ -68,8 +66,8 @@ class TrainStepOutputs:
 class Trainer:
     """The distributed train step: models, optimizers, counters, loss scaling.
 
-    Built inside ``strategy.scope()`` by :func:`build_trainer`; usable on its own (tests build one
-    around any embedding/training model pair).
+    Built inside ``strategy.scope()`` by :func:`tf_shopee.training.job.train_and_evaluate`;
+    usable on its own (tests build one around any embedding/training model pair).
 
     Args:
         strategy: the ``tf.distribute.Strategy``.

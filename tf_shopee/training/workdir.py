@@ -117,9 +117,9 @@ def check_resumable(workdir: Path, config: RunConfig, num_classes: int) -> bool:
     relevant = [
         key
         for key in STRUCTURAL_KEYS
-        if not (key.startswith("model.image.") and kind == "text")
-        and not (key.startswith("model.text.") and kind == "image")
-        and not (key == "data.image_size" and kind == "text")
+        if not (key.startswith("model.image.") and not kind.uses_images)
+        and not (key.startswith("model.text.") and not kind.uses_titles)
+        and not (key == "data.image_size" and not kind.uses_images)
     ]
     differences = [
         f"{key}: {get_path(saved, key)!r} in the workdir, {get_path(config, key)!r} now"

@@ -1,4 +1,4 @@
-"""Tests of the synthetic mini-Shopee generator (tf_shopee.data.synthetic).
+"""Tests of the synthetic mini-Shopee generator (tf_shopee.synthetic).
 
 Small sets (a few hundred postings, 48-64 px photos) keep the file fast on two CPU cores.
 """
@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from tf_shopee.data import synthetic
-from tf_shopee.data.synthetic import CSV_COLUMNS, generate_dataset, main
 from tf_shopee.errors import UserError
+from tf_shopee.synthetic import CSV_COLUMNS, generate_dataset, main
+from tf_shopee.synthetic.plans import REAL_GROUP_SIZE_COUNTS, plan_families
 
 # ../shared beside the project folder (absent on a fresh clone: that test then skips).
 REAL_TRAIN_ZIP = Path(__file__).resolve().parents[3] / "shared/data/shopee/train.csv.zip"
@@ -89,7 +89,7 @@ def test_group_sizes_follow_the_long_tailed_shopee_shape(dataset):
     assert sizes.min() >= 2 and sizes.max() <= 50
     # At Kaggle scale the plan reproduces the real statistics (mean 3.11, 63 % pairs); the plan
     # is cheap, so check it there, where the sample is large enough to be tight.
-    families = synthetic._plan_families(34_250, seed=0)
+    families = plan_families(34_250, seed=0)
     planned = [len(group.posting_ids) for family in families for group in family.groups]
     assert sum(planned) == 34_250
     assert min(planned) == 2 and max(planned) <= 50
@@ -101,7 +101,7 @@ def test_group_sizes_follow_the_long_tailed_shopee_shape(dataset):
 @pytest.mark.parametrize("postings", [2, 3, 5, 51, 53])
 def test_plan_covers_every_posting_with_groups_of_at_least_two(postings):
     for seed in range(20):
-        families = synthetic._plan_families(postings, seed)
+        families = plan_families(postings, seed)
         sizes = [len(group.posting_ids) for family in families for group in family.groups]
         assert sum(sizes) == postings
         assert min(sizes) >= 2 and max(sizes) <= 50
@@ -112,7 +112,7 @@ def test_plan_covers_every_posting_with_groups_of_at_least_two(postings):
                           (7, 12, [7]), (101, 50, [50, 49, 2])])
 def test_a_fixed_group_size_plans_equal_groups_and_keeps_the_remainder(postings, group_size,
                                                                       expected):
-    families = synthetic._plan_families(postings, 0, group_size)
+    families = plan_families(postings, 0, group_size)
     sizes = [len(group.posting_ids) for family in families for group in family.groups]
     assert sizes == expected
 
@@ -276,14 +276,14 @@ def test_cli_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message
 def test_module_runs_as_a_script(tmp_path):
     environment = dict(os.environ)
     result = subprocess.run(
-        [sys.executable, "-m", "tf_shopee.data.synthetic", "--out", str(tmp_path / "script"),
+        [sys.executable, "-m", "tf_shopee.synthetic", "--out", str(tmp_path / "script"),
          "--postings", "4", "--seed", "9", "--image-size", "32", "--workers", "2"],
         capture_output=True, text=True, timeout=120, env=environment,
     )
     assert result.returncode == 0, result.stderr
     assert "wrote 4 postings" in result.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "tf_shopee.data.synthetic", "--out", str(tmp_path / "bad"),
+        [sys.executable, "-m", "tf_shopee.synthetic", "--out", str(tmp_path / "bad"),
          "--postings", "0", "--seed", "9"],
         capture_output=True, text=True, timeout=120, env=environment,
     )
@@ -296,4 +296,4 @@ def test_module_runs_as_a_script(tmp_path):
 def test_group_size_table_is_the_real_shopee_histogram():
     real = pd.read_csv(REAL_TRAIN_ZIP, usecols=["label_group"])
     counts = Counter(real.groupby("label_group").size().clip(upper=50).tolist())
-    assert dict(counts) == synthetic.REAL_GROUP_SIZE_COUNTS
+    assert dict(counts) == REAL_GROUP_SIZE_COUNTS
