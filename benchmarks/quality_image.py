@@ -150,6 +150,11 @@ FINE_TUNED_MODELS = {
         "description": "Lite2 recipe: catalogue photos + last epoch at 300 px",
         "config": "configs/grocery_lite2_recipe.json",
     },
+    "lite2_recipe_e6": {
+        "description": "Lite2 recipe trained 6 epochs (the last at 300 px)",
+        "config": "configs/grocery_lite2_recipe.json",
+        "sets": ["train.epochs=6"],
+    },
 }
 # Exports concatenated from fine-tuned ones (python -m tf_shopee.export concat): method → parts.
 CONCATENATED_MODELS = {
