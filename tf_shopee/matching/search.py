@@ -565,14 +565,9 @@ def with_shift_backgrounds(decision: Decision, sources: Mapping[str, Neighbours]
                            inb_variants: Mapping[str, Mapping] | None) -> Decision:
     """The decision with the ``shift`` method's record: the mean background of each similarity
     member's neighbours (as blended by its rule) on these postings."""
-    shift_background = {}
-    for name in decision.sources:
-        if not is_phash_source(name):
-            rule = decision.rules[name]
-            neighbours = sources[name] if rule.inb is None else inb_variants[name][
-                (rule.inb, rule.inb_phash, rule.inb_neighbours)]
-            shift_background[name] = float(np.mean(
-                background_scores(neighbours, window=decision.window)))
+    shift_background = {
+        name: float(np.mean(background_scores(neighbours, window=decision.window)))
+        for name, neighbours in _similarity_members(decision, sources, inb_variants)}
     return replace(decision, method="shift", shift_background=shift_background)
 
 
@@ -582,15 +577,21 @@ def with_match_counts(decision: Decision, sources: Mapping[str, Neighbours],
     """The decision with the ``count`` method's record: the mean matches per posting that each
     similarity member's threshold gives on these postings (its neighbours as blended by its
     rule)."""
-    match_counts = {}
+    match_counts = {
+        name: round(mean_match_count(neighbours, score_threshold(
+            name, decision.rules[name].threshold), max_matches), 4)
+        for name, neighbours in _similarity_members(decision, sources, inb_variants)}
+    return replace(decision, method="count", match_counts=match_counts)
+
+
+def _similarity_members(decision: Decision, sources: Mapping[str, Neighbours],
+                        inb_variants: Mapping[str, Mapping] | None):
+    """``(name, neighbours)`` of each similarity (not phash) member, as blended by its rule."""
     for name in decision.sources:
         if not is_phash_source(name):
             rule = decision.rules[name]
-            neighbours = sources[name] if rule.inb is None else inb_variants[name][
+            yield name, sources[name] if rule.inb is None else inb_variants[name][
                 (rule.inb, rule.inb_phash, rule.inb_neighbours)]
-            match_counts[name] = round(mean_match_count(
-                neighbours, score_threshold(name, rule.threshold), max_matches), 4)
-    return replace(decision, method="count", match_counts=match_counts)
 
 
 def _fit_size_slopes(sources, inb_variants, chosen: _State, members, labels, *, window,
