@@ -65,7 +65,9 @@ def test_auto_prefers_an_explicit_tpu_then_a_cluster(monkeypatch):
         assert distribute._auto_strategy_name("") == "multi_worker"
 
 
-def test_one_device_strategy_outside_a_cluster_is_the_chief(capsys):
+def test_one_device_strategy_outside_a_cluster_is_the_chief(capsys, monkeypatch):
+    # The banner shows once per process: as if no earlier test in this process had trained.
+    monkeypatch.setattr(distribute, "_cpu_training_announced", False)
     strategy = distribute.get_strategy("one_device")
     assert strategy.num_replicas_in_sync == 1
     assert distribute.is_chief(strategy)

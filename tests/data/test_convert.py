@@ -583,6 +583,7 @@ def test_empty_and_invalid_utf8_titles_are_counted(tmp_path):
     out_dir = tmp_path / "out"
     manifest = convert_csv(csv_path, None, out_dir, folds=2, workers=1, progress=False)
     assert manifest["counts"]["empty_titles"] == 2
+    assert manifest["counts"]["wordless_titles"] == 2  # the two empty ones; "bad" has a word
     assert manifest["counts"]["invalid_utf8_titles"] == 2
     titles = {p["posting_id"].decode(): p["title"].decode("utf-8") for p in read_postings(out_dir)}
     assert titles == {
@@ -593,6 +594,19 @@ def test_empty_and_invalid_utf8_titles_are_counted(tmp_path):
         "e": "bad \ufffd\ufffd bytes",
         "f": 'multi\nline "quoted"',
     }
+
+
+def test_titles_without_a_word_are_converted_with_a_warning(tmp_path, capsys):
+    # Every title empty or punctuation: photos and phashes could still match these postings, so
+    # the conversion goes on, but it says that no text model can train on them.
+    csv_path = tmp_path / "titles.csv"
+    csv_path.write_text("posting_id,title,label_group\na,,1\nb,!!! ...,1\nc,- -,2\nd,x,2\n",
+                        encoding="utf-8")
+    manifest = convert_csv(csv_path, None, tmp_path / "out", folds=2, workers=1, progress=False)
+    assert manifest["counts"]["written"] == 4
+    assert manifest["counts"]["wordless_titles"] == 4
+    warning = capsys.readouterr().err
+    assert "none of the 4 titles has a word" in warning and "--model text" in warning
 
 
 # ------------------------------------------------------------------------------------------

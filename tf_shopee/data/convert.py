@@ -415,6 +415,13 @@ def convert_csv(
     if notice:
         # A change to the text itself: shown even with --quiet.
         print(f"convert: warning: {notice}", file=sys.stderr, flush=True)
+    if rows and table.wordless_titles == rows:
+        # Not an error: photos and phashes can still be matched. But no text model can train on
+        # these titles and TF-IDF matches nothing, which train.py and predict.py say too.
+        print(f"convert: warning: none of the {rows} titles has a word (two letters or digits "
+              "in a row): train.py --model text will refuse this set and TF-IDF matches nothing; "
+              "only image models and image_phash can match these postings",
+              file=sys.stderr, flush=True)
 
     label_map = build_label_map(table.label_groups) if has_labels else {}
     fold_of_row = (
@@ -608,6 +615,7 @@ def _build_manifest(
             "written": sum(record.examples for record in records),
             "rejected": len(rejects),
             "empty_titles": table.empty_titles,
+            "wordless_titles": table.wordless_titles,
             "invalid_utf8_titles": table.invalid_utf8_titles,
             "reencoded_images": sum(record.reencoded_images for record in records),
             "computed_phashes": sum(record.computed_phashes for record in records),

@@ -45,6 +45,9 @@ REQUIRED_COLUMNS = ("posting_id", "title")
 PHASH_PATTERN = re.compile(r"^[0-9a-fA-F]{16}$")
 # An integer, optionally written as a float with a zero fraction ("2662813302.0").
 LABEL_PATTERN = re.compile(r"^([+-]?\d+)(?:\.0*)?$")
+# A word as TF-IDF (scikit-learn's default token pattern) and the text models' vocabulary learner
+# see one: two letters or digits in a row. A title without one is empty to both.
+WORD_PATTERN = re.compile(r"\w\w")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -106,6 +109,7 @@ class CsvTable:
     encoding: CsvEncoding
     empty_titles: int = 0
     decoded_escape_titles: int = 0
+    wordless_titles: int = 0  # empty ones included: no WORD_PATTERN match
 
     def __len__(self) -> int:
         return len(self.posting_ids)
@@ -320,6 +324,8 @@ def read_csv_table(csv_path: str | os.PathLike, *, encoding: str | None = None) 
             title = decoded
         if not title:
             table.empty_titles += 1
+        if not WORD_PATTERN.search(title):
+            table.wordless_titles += 1
         table.titles.append(title)
 
         if table.images is not None:
