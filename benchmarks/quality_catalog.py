@@ -25,6 +25,8 @@ The photos have no titles, so the image model is the only source; phash is switc
 (``--no-phash``): shelf photos and studio photos never share a perceptual hash. Nothing is tuned
 on fold 0: the image threshold is the model's own (its export's), or ``--image-threshold``; it
 does not change top-1 or recall@1 (min2 lists the nearest image when nothing passes).
+``--query-blend N`` blends each shelf photo with its N nearest other shelf photos of fold 0 first
+(no labels used: the queries are one batch of new listings).
 
 Reference (grocery README, measured with ImageNet EfficientNet-Lite0 zero-shot): top-1 0.53
 against 27 catalogue images, 0.31 against 81.
@@ -82,6 +84,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--catalog-augment", type=int, default=1, metavar="N",
                         help="views per catalogue image, searched as one item (catalog build "
                         "--catalog-augment; default 1)")
+    parser.add_argument("--query-blend", type=int, default=0, metavar="N",
+                        help="blend each shelf photo with its N nearest other shelf photos "
+                        "before the catalogue search (predict.py --query-blend; default 0: off)")
     parser.add_argument("--grocery", default=str(DEFAULT_GROCERY), metavar="DIR")
     parser.add_argument("--workdir", default="runs/quality_catalog", metavar="DIR")
     parser.add_argument("--image-threshold", type=float, default=None,
@@ -101,6 +106,8 @@ def main(argv=None) -> dict:
     if arguments.tta:
         build_views += ["--tta", arguments.tta]
         query_views = ["--tta", arguments.tta]
+    if arguments.query_blend:
+        query_views += ["--query-blend", str(arguments.query_blend)]
     threshold_flags = []
     if arguments.image_threshold is not None or metadata.get("threshold") is None:
         threshold_flags = ["--threshold", f"image={arguments.image_threshold or 0.5}"]
@@ -118,6 +125,7 @@ def main(argv=None) -> dict:
                                   "threshold", "backbone", "backend", "quantization")},
         "tta": arguments.tta or None,
         "catalog_augment": arguments.catalog_augment,
+        "query_blend": arguments.query_blend or None,
         "queries": len(queries),
         "query_products": len(labels),
         "reference_top1_lite0_zero_shot": REFERENCE,

