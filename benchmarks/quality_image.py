@@ -391,7 +391,11 @@ class QualityImage:
                   "catalog_augment": self.args.catalog_augment,
                   "command": step["command"]}
         method = row_key(method, self.args.decision, self.args.tta)
-        self.report["methods"][method]["catalogue"] = result
+        # The photos' F1 does not depend on the catalogue's views: an augmented catalogue's
+        # result is kept beside the plain one, not over it.
+        slot = ("catalogue" if self.args.catalog_augment <= 1
+                else f"catalogue+augment{self.args.catalog_augment}")
+        self.report["methods"][method][slot] = result
         print(f"  {method:<20} catalogue recall@1: "
               f"{result['recall_at_1_fold0_catalogue']:.4f} of 27, "
               f"{result['recall_at_1_all_catalogue']:.4f} of 81 (top-1 "

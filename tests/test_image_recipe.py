@@ -75,6 +75,22 @@ def test_only_catalogue_photos_of_training_products_join(tfrecords, tmp_path):
     assert 20 <= seen_catalogue <= 76  # about half of 96 examples
 
 
+def test_a_catalogue_photo_that_does_not_decode_is_left_out_before_training(tfrecords,
+                                                                           tmp_path, caplog):
+    from tf_shopee.training.data import catalog_mix, read_data_facts
+
+    folder = tmp_path / "catalogue"
+    csv = _catalogue(folder, [2, 5, 8])  # fold 2 trains
+    photo = (folder / "c5.jpg").read_bytes()
+    (folder / "c5.jpg").write_bytes(photo[: len(photo) // 2])
+    config = _config(tfrecords, csv)
+    lines = []
+    with caplog.at_level("WARNING"):
+        mix = catalog_mix(config, read_data_facts(config), say=lines.append)
+    assert sorted(mix.labels) == [2, 8]
+    assert "1 unreadable photo" in lines[0] and "c5.jpg" in caplog.text
+
+
 def test_catalogue_options_are_checked(tfrecords, tmp_path):
     from tf_shopee.training.data import catalog_mix, read_data_facts
 

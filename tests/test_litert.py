@@ -204,3 +204,34 @@ def test_the_litert_command_converts_from_a_csv_of_photos(image_export, tmp_path
     assert completed.returncode == 0, completed.stderr
     assert "wrote" in completed.stdout and "cosine to the SavedModel" in completed.stdout
     assert load_exported(out).metadata["calibration"]["photos"] == 6
+
+
+def test_a_cut_short_litert_file_and_bad_calibration_photos_are_named(converted, tmp_path,
+                                                                     caplog):
+    from tf_shopee.export import load_exported
+    from tf_shopee.export.litert import calibration_photos
+
+    data = converted["float32"].read_bytes()
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[: len(data) // 3])  # a copy that stopped part-way
+    with pytest.raises(UserError, match="cut.tflite"):
+        load_exported(cut)
+    photos = _raw_images()
+    for index, photo in enumerate(photos[:3]):
+        (tmp_path / f"{index}.jpg").write_bytes(photo)
+    (tmp_path / "bad.jpg").write_bytes(photos[0][: len(photos[0]) // 2])  # truncated JPEG
+    (tmp_path / "photos.csv").write_text(
+        "posting_id,image\n" + "".join(f"{i},{i}.jpg\n" for i in range(3))
+        + "b,bad.jpg\nm,missing.jpg\n")
+    with caplog.at_level("WARNING"):
+        found = calibration_photos(tmp_path / "photos.csv", tmp_path, count=10)
+    assert sorted(found) == sorted(photos[:3])
+    assert "2 photo(s) skipped" in caplog.text and "bad.jpg" in caplog.text
+
+
+def test_concat_refuses_to_write_over_one_of_its_parts(image_export):
+    from tf_shopee.export import concat_exports
+
+    with pytest.raises(UserError, match="is one of the exports to concatenate"):
+        concat_exports([image_export, image_export], image_export, say=lambda message: None)
+    assert (image_export / "saved_model.pb").is_file()

@@ -187,3 +187,15 @@ def test_the_app_embeds_uploads_as_the_index_embedded_its_photos(augmented, cata
     first = ranking.matches[0]
     assert first.row == row or frame["image"][first.row] == frame["image"][row]
     assert first.scores["image"] > 0.999
+
+
+def test_adding_plain_embeddings_to_an_index_of_views_is_refused(augmented, catalogue_set,
+                                                                 tmp_path):
+    from tf_shopee.errors import UserError
+
+    before = load_index(augmented / "grown").manifest["rows"]
+    (tmp_path / "embeddings").mkdir()
+    with pytest.raises(UserError, match="embedded with views .*--tta flip, --catalog-augment 3"):
+        add_to_index(str(augmented / "grown"), _options(
+            catalogue_set, "queries.csv", embeddings=str(tmp_path / "embeddings")))
+    assert load_index(augmented / "grown").manifest["rows"] == before

@@ -476,3 +476,16 @@ def test_blending_rounds_are_part_of_a_rule():
     assert "inb_iterations" not in SourceRule(threshold=0.6, inb=0.4).to_dict()
     with pytest.raises(UserError, match="inb_iterations"):
         SourceRule.from_dict("image", {**data, "inb_iterations": 0}, where="test")
+
+
+def test_match_counts_leave_out_postings_with_no_list_and_follow_the_match_cap():
+    from tf_shopee.matching.decision import count_threshold, mean_match_count
+
+    scores = np.array([[1.0, 0.9, 0.8, 0.7], [1.0, 0.6, 0.5, 0.4], [-np.inf] * 4], np.float32)
+    indices = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [-1] * 4], np.int32)  # row 2: a bad photo
+    neighbours = Neighbours(indices, scores)
+    assert mean_match_count(neighbours, 0.75) == pytest.approx((3 + 1) / 2)
+    assert mean_match_count(neighbours, 0.0, max_matches=2) == pytest.approx(2.0)
+    # The cap the search counted under is the one a count decision is applied under.
+    assert count_threshold(neighbours, 2.0, max_matches=2) == pytest.approx(0.6)
+    assert count_threshold(neighbours, 2.0) == pytest.approx(0.8)

@@ -439,6 +439,11 @@ def _add_locked(index_dir: str, index: CatalogIndex, options: BuildOptions) -> d
     stored_views = manifest.get("views") or {}
     options.tta = stored_views.get("tta") or ""  # new rows are embedded as the old ones were
     options.catalog_augment = int(stored_views.get("catalog_augment") or 1)
+    if options.embeddings and (parse_tta(options.tta).count > 1 or options.catalog_augment > 1):
+        raise UserError("this catalogue's photos were embedded with views (--tta "
+                        f"{options.tta or 'none'}, --catalog-augment {options.catalog_augment}); "
+                        "--embeddings holds one plain embedding per photo: add the new postings "
+                        "with --images so they are embedded the same way")
     new_embeddings, new_views = _embed(models, names, postings, options)
     embeddings = {name: np.concatenate([index.embeddings[name], new_embeddings[name]])
                   for name in index.embeddings}

@@ -11,7 +11,8 @@
 
 The first view is always the photo decoded exactly as the exported model's serving graph decodes
 it (:func:`~tf_shopee.data.pipeline.decode_image`), so one view gives the same embedding as
-``model.embed``. Views are made in TensorFlow (one traced function per spec and size), pixels
+``model.embed`` (except for a concatenated export, whose parts' pixels are resized from the
+largest part's view rather than each decoded at its own size). Views are made in TensorFlow (one traced function per spec and size), pixels
 0..255, ``[V, S, S, 3]`` per photo.
 """
 
@@ -25,6 +26,9 @@ from tf_shopee.errors import UserError
 CROP_FRACTION = 0.8
 TTA_CHOICES = ("flip", "crop")
 # Seeds of the catalogue variants: fixed, so an index built twice stores the same embeddings.
+# Variant j has the same seed for every photo (the same background, scale and jitter), like a
+# fixed test-time transform: items are compared with each other under the same transforms, and
+# no item gets a background that happens to look like a query's by the luck of its own seed.
 _AUGMENT_SEED = 20
 
 

@@ -54,6 +54,9 @@ def concat_exports(parts, export_dir, *, weights=None, say=print) -> dict:
         raise UserError(f"--weights: one positive number per export ({len(parts)}), got "
                         f"{weights}")
     export_dir = Path(export_dir)
+    if any(export_dir.resolve() == Path(part).resolve() for part in parts):
+        raise UserError(f"{export_dir} is one of the exports to concatenate: write the "
+                        "concatenation to another folder")
     if export_dir.exists() and (not export_dir.is_dir() or (
             any(export_dir.iterdir()) and not (export_dir / METADATA_FILE).is_file())):
         raise UserError(f"{export_dir} exists and is not a tf_shopee export: choose another "

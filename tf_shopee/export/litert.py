@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -126,9 +127,11 @@ def read_litert_metadata(path: str | os.PathLike) -> dict:
         else:
             raise UserError(f"{path} is a LiteRT model without tf_shopee metadata: convert an "
                             "export with python -m tf_shopee.export litert")
-    except (ValueError, IndexError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read its tf_shopee metadata ({error})") from None
-    if metadata.get("format") != EXPORT_FORMAT or metadata.get("backend") != "litert":
+    except (ValueError, IndexError, UnicodeDecodeError, struct.error) as error:
+        # struct.error: a file cut short after a valid header (flatbuffers reads past the end).
+        raise UserError(f"{path}: cannot read its tf_shopee metadata ({error}); is the file "
+                        "complete?") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT or metadata.get("backend") != "litert":
         raise UserError(f"{path}: its metadata is not a tf_shopee LiteRT export")
     return metadata
 
@@ -140,8 +143,11 @@ def read_litert_metadata(path: str | os.PathLike) -> dict:
 def calibration_photos(csv_path: str | os.PathLike, images_dir: str | os.PathLike, *,
                        count: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0) -> list[bytes]:
     """Up to ``count`` photos of a posting CSV (its ``image`` column, relative to
-    ``images_dir``), a seeded random sample of the rows; unreadable files are skipped."""
+    ``images_dir``), a seeded random sample of the rows; files that cannot be read or decoded are
+    skipped (the first few named in a warning)."""
     import pandas as pd
+
+    from tf_shopee.data.images import image_problem
 
     csv_path, images_dir = Path(csv_path), Path(images_dir)
     if not csv_path.is_file():
@@ -157,15 +163,24 @@ def calibration_photos(csv_path: str | os.PathLike, images_dir: str | os.PathLik
     names = [name for name in table["image"].tolist() if name]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(names))
-    photos = []
+    photos, skipped = [], []
     for index in order:
         if len(photos) >= count:
             break
         path = images_dir / names[index]
         try:
-            photos.append(path.read_bytes())
-        except OSError:
+            data = path.read_bytes()
+        except OSError as error:
+            skipped.append(f"{names[index]} ({error.strerror or error})")
             continue
+        problem = image_problem(data, names[index])
+        if problem is not None:
+            skipped.append(problem)
+            continue
+        photos.append(data)
+    if skipped:
+        logger.warning("--calibration: %d photo(s) skipped, e.g. %s", len(skipped),
+                       "; ".join(skipped[:3]))
     if not photos:
         raise UserError(f"--calibration: none of the images of {csv_path} could be read under "
                         f"{images_dir}")

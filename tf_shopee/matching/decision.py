@@ -513,8 +513,10 @@ def decision_neighbours(
     self_matching: bool = True,
     catalog_backgrounds: Mapping[str, np.ndarray] | None = None,
     pool_size: int | None = None,
+    max_matches: int = MAX_MATCHES,
 ) -> dict[str, tuple[Neighbours, float]]:
-    """Each member's neighbours as its rule matches them, with its score threshold.
+    """Each member's neighbours as its rule matches them, with its score threshold
+    (``max_matches``: the cap the ``count`` method counts matches under, as the search did).
 
     Thresholds follow the pool size (rules with a ``slope``); scaled members are rescored
     (:func:`~tf_shopee.neighbours.scaling.local_scaling`); with the ``shift`` method similarity
@@ -569,7 +571,7 @@ def decision_neighbours(
                 pool = background if catalog is None else catalog
                 threshold += float(np.mean(pool)) - decision.shift_background[name]
         if counted and name in decision.match_counts:
-            threshold = count_threshold(neighbours, decision.match_counts[name])
+            threshold = count_threshold(neighbours, decision.match_counts[name], max_matches)
         prepared[name] = (neighbours, threshold)
     return prepared
 
@@ -577,9 +579,11 @@ def decision_neighbours(
 def mean_match_count(neighbours: Neighbours, threshold: float,
                      max_matches: int = MAX_MATCHES) -> float:
     """Mean over postings of the neighbours scoring at least ``threshold`` (self-matching lists:
-    the posting itself included, at most ``max_matches``)."""
+    the posting itself included, at most ``max_matches``). Postings with an empty list (an
+    unusable photo) are not counted: they would pull the mean below one match."""
     valid = neighbours.indices >= 0
-    counts = np.sum((neighbours.scores >= threshold) & valid, axis=1)
+    listed = valid.any(axis=1)
+    counts = np.sum((neighbours.scores >= threshold) & valid, axis=1)[listed]
     return float(np.mean(np.minimum(counts, max_matches))) if len(counts) else 0.0
 
 
@@ -625,7 +629,8 @@ def apply_decision(
         lists (with self first when self-matching).
     """
     prepared = decision_neighbours(sources, decision, self_matching=self_matching,
-                                   catalog_backgrounds=catalog_backgrounds, pool_size=pool_size)
+                                   catalog_backgrounds=catalog_backgrounds, pool_size=pool_size,
+                                   max_matches=max_matches)
     per_source = {
         name: matches_from_neighbours(neighbours, threshold, max_matches=max_matches,
                                       include_self=self_matching)

@@ -15,6 +15,7 @@ model (plus the concatenation) are defined: predict.py, the catalogue and its qu
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from tf_shopee.matching.postings import Postings
 from tf_shopee.matching.topk import as_embeddings, l2_normalise
 from tf_shopee.models.kind import MODEL_KINDS, ModelKind
 from tf_shopee.neighbours import Neighbours
+
+logger = logging.getLogger(__name__)
 
 COMBINED = "combined"  # the union of the sources a decision keeps, with min2: the submission
 CONCAT = "concat"
@@ -162,6 +165,10 @@ def embed_sources(
             model, postings, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
             views=views if kind is ModelKind.IMAGE else None)
         kinds[name] = kind
+    viewed = views is not None and views.count > 1
+    if viewed and ModelKind.IMAGE not in kinds.values():
+        logger.warning("--tta applies to image models only: %s embedded without test-time views",
+                       ", ".join(f"{name} ({kind})" for name, kind in kinds.items()) or "nothing")
     parts = concat_parts(kinds) if use_concat else None
     if parts:
         embeddings[CONCAT] = concat_embeddings(*(embeddings[name] for name in parts))

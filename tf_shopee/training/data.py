@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf_shopee.config import RunConfig
+from tf_shopee.data.images import image_problem
 from tf_shopee.data.manifest import load_manifest
 from tf_shopee.data.pipeline import dataset_size, make_dataset
 from tf_shopee.data.studio import CatalogMix
@@ -157,6 +158,7 @@ def catalog_mix(config: RunConfig, facts: DataFacts, say=logger.info) -> Catalog
     photos, labels, skipped = [], [], {"not in the label map": 0, "held-out product": 0,
                                        "product not in the training folds": 0,
                                        "unreadable photo": 0}
+    problems = []
     for row in table.itertuples(index=False):
         key = str(row.label_group).strip()
         if key.endswith(".0"):
@@ -170,10 +172,21 @@ def catalog_mix(config: RunConfig, facts: DataFacts, say=logger.info) -> Catalog
             skipped["product not in the training folds"] += 1
         else:
             try:
-                photos.append((images_dir / row.image).read_bytes())
-                labels.append(label)
+                photo = (images_dir / row.image).read_bytes()
             except OSError:
                 skipped["unreadable photo"] += 1
+                continue
+            # Checked here: a photo that does not decode would stop training at a random step.
+            problem = image_problem(photo, str(row.image))
+            if problem is not None:
+                skipped["unreadable photo"] += 1
+                problems.append(problem)
+                continue
+            photos.append(photo)
+            labels.append(label)
+    if problems:
+        logger.warning("data.catalog_csv: %d catalogue photo(s) left out, e.g. %s",
+                       len(problems), "; ".join(problems[:3]))
     shown = ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count)
     say(f"catalogue photos in training: {len(photos)} of {len(table)} rows of {csv_path} join as "
         f"members of their class, {data.catalog_fraction:.0%} of the examples"
