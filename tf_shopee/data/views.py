@@ -12,8 +12,8 @@
 The first view is always the photo decoded exactly as the exported model's serving graph decodes
 it (:func:`~tf_shopee.data.pipeline.decode_image`), so one view gives the same embedding as
 ``model.embed`` (except for a concatenated export, whose parts' pixels are resized from the
-largest part's view rather than each decoded at its own size). Views are made in TensorFlow (one traced function per spec and size), pixels
-0..255, ``[V, S, S, 3]`` per photo.
+largest part's view rather than each decoded at its own size). Views are made in TensorFlow
+(one traced function per spec and size), pixels 0..255, ``[V, S, S, 3]`` per photo.
 """
 
 from __future__ import annotations

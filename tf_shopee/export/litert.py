@@ -131,7 +131,8 @@ def read_litert_metadata(path: str | os.PathLike) -> dict:
         # struct.error: a file cut short after a valid header (flatbuffers reads past the end).
         raise UserError(f"{path}: cannot read its tf_shopee metadata ({error}); is the file "
                         "complete?") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT or metadata.get("backend") != "litert":
+    if (not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT
+            or metadata.get("backend") != "litert"):
         raise UserError(f"{path}: its metadata is not a tf_shopee LiteRT export")
     return metadata
 
