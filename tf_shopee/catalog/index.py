@@ -436,9 +436,8 @@ def _add_locked(index_dir: str, index: CatalogIndex, options: BuildOptions) -> d
         raise UserError("the catalogue was built " + ("with" if manifest["has_images"] else
                         "without") + " images; give the new postings the same way")
     options.use_concat = bool(manifest.get("concat"))
-    stored_views = manifest.get("views") or {}
-    options.tta = stored_views.get("tta") or ""  # new rows are embedded as the old ones were
-    options.catalog_augment = int(stored_views.get("catalog_augment") or 1)
+    options.tta = index.tta  # new rows are embedded as the old ones were
+    options.catalog_augment = int((manifest.get("views") or {}).get("catalog_augment") or 1)
     if options.embeddings and (parse_tta(options.tta).count > 1 or options.catalog_augment > 1):
         raise UserError("this catalogue's photos were embedded with views (--tta "
                         f"{options.tta or 'none'}, --catalog-augment {options.catalog_augment}); "

@@ -122,7 +122,7 @@ def load_state(index_dir: str | os.PathLike, models: list[str], *, search: str =
     index = load_index(index_dir)
     loaded = resolve_models(index.manifest, models)
     if tta is None:
-        tta = (index.manifest.get("views") or {}).get("tta") or ""
+        tta = index.tta
     options = MatchOptions(progress=False, threshold_overrides=dict(thresholds or {}), tta=tta)
     matcher = CatalogMatcher(index, loaded, options, search=search)
     undecided = matcher.undecided_sources()

@@ -508,7 +508,7 @@ def run_catalog_prediction(options: PredictOptions) -> dict:
         raise UserError("--evaluate with --catalog needs label_group in the queries' CSV and in "
                         "the catalogue the index was built from")
     logger.info("%d queries against a catalogue of %d postings", len(postings), len(index))
-    built_tta = (index.manifest.get("views") or {}).get("tta") or ""
+    built_tta = index.tta
     if built_tta != (options.tta or ""):
         logger.warning("the catalogue's photos were embedded with --tta %s, these queries with "
                        "--tta %s: %s to embed them the same way (the app does by default)",

@@ -155,6 +155,12 @@ class CatalogIndex:
         return self.manifest["models"]
 
     @property
+    def tta(self) -> str:
+        """The test-time views the catalogue photos were embedded with (``catalog build --tta``;
+        empty: none): queries and added rows are embedded the same way."""
+        return (self.manifest.get("views") or {}).get("tta") or ""
+
+    @property
     def has_thumbnails(self) -> bool:
         """Whether small photos of the rows are stored (an index built with images)."""
         return bool(self.manifest.get("thumbnails"))
