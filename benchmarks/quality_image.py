@@ -146,6 +146,34 @@ FINE_TUNED_MODELS = {
         "description": "Lite0 recipe: catalogue photos + last epoch at 288 px",
         "config": "configs/grocery_lite0_recipe.json",
     },
+    "lite0_recipe_gem_subcenter": {
+        "description": "Lite0 recipe + GeM pooling + sub-center ArcFace (3 centres)",
+        "config": "configs/grocery_lite0_recipe.json",
+        "sets": ["model.image.pooling=gem", "model.arc_face.sub_centers=3"],
+    },
+    "lite0_final288_gem_subcenter": {
+        "description": "Lite0 fine-tuned, last epoch at 288 px + GeM + sub-center ArcFace "
+                       "(no catalogue photos)",
+        "config": "configs/grocery_lite0_arcface.json",
+        "sets": ["train.final_image_size=288", "model.image.pooling=gem",
+                 "model.arc_face.sub_centers=3"],
+    },
+    "lite0_recipe_catalog30": {
+        "description": "Lite0 recipe with catalogue photos as 30 % of the examples (10 % in the "
+                       "recipe)",
+        "config": "configs/grocery_lite0_recipe.json",
+        "sets": ["data.catalog_fraction=0.3"],
+    },
+    "lite0_recipe_seed1": {
+        "description": "Lite0 recipe, another seed (train.seed=1): the spread between runs",
+        "config": "configs/grocery_lite0_recipe.json",
+        "sets": ["train.seed=1"],
+    },
+    "lite0_recipe_seed2": {
+        "description": "Lite0 recipe, another seed (train.seed=2): the spread between runs",
+        "config": "configs/grocery_lite0_recipe.json",
+        "sets": ["train.seed=2"],
+    },
     "lite2_recipe": {
         "description": "Lite2 recipe: catalogue photos + last epoch at 300 px",
         "config": "configs/grocery_lite2_recipe.json",
@@ -161,6 +189,15 @@ CONCATENATED_MODELS = {
     "recipe_concat": {
         "description": "Lite0 recipe + Lite2 recipe, embeddings concatenated",
         "parts": ["lite0_recipe", "lite2_recipe"],
+    },
+    "lite0_recipe_x3": {
+        "description": "Three Lite0 recipe runs (seeds 42, 1, 2), embeddings concatenated",
+        "parts": ["lite0_recipe", "lite0_recipe_seed1", "lite0_recipe_seed2"],
+    },
+    "recipe_concat_x4": {
+        "description": "Three Lite0 recipe runs (seeds 42, 1, 2) + the Lite2 recipe, "
+                       "embeddings concatenated",
+        "parts": ["lite0_recipe", "lite0_recipe_seed1", "lite0_recipe_seed2", "lite2_recipe"],
     },
 }
 METHODS = ("phash", *INITIAL_MODELS, *FINE_TUNED_MODELS, *CONCATENATED_MODELS)
