@@ -136,6 +136,16 @@ FINE_TUNED_MODELS = {
         "config": "configs/grocery_lite0_arcface.json",
         "sets": ["train.final_image_size=288"],
     },
+    "lite0_final288_seed1": {
+        "description": "Lite0 fine-tuned, last epoch at 288 px, another seed (train.seed=1)",
+        "config": "configs/grocery_lite0_arcface.json",
+        "sets": ["train.final_image_size=288", "train.seed=1"],
+    },
+    "lite0_final288_seed2": {
+        "description": "Lite0 fine-tuned, last epoch at 288 px, another seed (train.seed=2)",
+        "config": "configs/grocery_lite0_arcface.json",
+        "sets": ["train.final_image_size=288", "train.seed=2"],
+    },
     "lite0_catalog": {
         "description": "Lite0 fine-tuned with the 54 training products' catalogue photos "
                        "(studio-to-shelf variants, 10 % of the examples)",
@@ -193,6 +203,11 @@ CONCATENATED_MODELS = {
     "lite0_recipe_x3": {
         "description": "Three Lite0 recipe runs (seeds 42, 1, 2), embeddings concatenated",
         "parts": ["lite0_recipe", "lite0_recipe_seed1", "lite0_recipe_seed2"],
+    },
+    "lite0_final288_x3": {
+        "description": "Three Lite0 runs with the last epoch at 288 px (seeds 42, 1, 2), "
+                       "embeddings concatenated",
+        "parts": ["lite0_final288", "lite0_final288_seed1", "lite0_final288_seed2"],
     },
     "recipe_concat_x4": {
         "description": "Three Lite0 recipe runs (seeds 42, 1, 2) + the Lite2 recipe, "
