@@ -437,7 +437,7 @@ def _add_locked(index_dir: str, index: CatalogIndex, options: BuildOptions) -> d
                         "without") + " images; give the new postings the same way")
     options.use_concat = bool(manifest.get("concat"))
     options.tta = index.tta  # new rows are embedded as the old ones were
-    options.catalog_augment = int((manifest.get("views") or {}).get("catalog_augment") or 1)
+    options.catalog_augment = index.catalog_augment
     if options.embeddings and (parse_tta(options.tta).count > 1 or options.catalog_augment > 1):
         raise UserError("this catalogue's photos were embedded with views (--tta "
                         f"{options.tta or 'none'}, --catalog-augment {options.catalog_augment}); "

@@ -161,6 +161,12 @@ class CatalogIndex:
         return (self.manifest.get("views") or {}).get("tta") or ""
 
     @property
+    def catalog_augment(self) -> int:
+        """Views stored per catalogue photo and searched as one item (``catalog build
+        --catalog-augment``; 1: the photo alone): added rows get as many."""
+        return int((self.manifest.get("views") or {}).get("catalog_augment") or 1)
+
+    @property
     def has_thumbnails(self) -> bool:
         """Whether small photos of the rows are stored (an index built with images)."""
         return bool(self.manifest.get("thumbnails"))
